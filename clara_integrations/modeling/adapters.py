@@ -1,0 +1,152 @@
+"""The three named LoRA adapters on one causal LM, and which one is active.
+
+PEFT injects and serialises the adapters. Activation is done here rather than with
+PEFT's `set_adapter`, because that also flips `requires_grad` on every adapter: in a joint
+forward (query reasoner -> top-k -> generator) the adapter used first would lose its
+gradient. Trainability is set explicitly by the training code instead.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict
+
+__all__ = [
+    "ADAPTER_NAMES",
+    "MissingAdapterError",
+    "DECODER_ADAPTER",
+    "ENCODER_ADAPTER",
+    "QUERY_ADAPTER",
+    "AdapterSet",
+    "lora_config",
+]
+
+ENCODER_ADAPTER = "encoder_adapter"
+DECODER_ADAPTER = "decoder_adapter"
+QUERY_ADAPTER = "query_reasoner_adapter"
+ADAPTER_NAMES = (ENCODER_ADAPTER, DECODER_ADAPTER, QUERY_ADAPTER)
+
+_WHY_NEEDED = {
+    QUERY_ADAPTER: "retrieval needs a query reasoner: use an end-to-end (stage2) checkpoint",
+    ENCODER_ADAPTER: "compression needs the compressor adapter",
+    DECODER_ADAPTER: "generation needs the generator adapter",
+}
+
+# Keys PEFT may add to an exported adapter when the vocabulary was resized (spec §6.1).
+EMBEDDING_KEYS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+class MissingAdapterError(ValueError):
+    """The checkpoint lacks the adapter an operation needs (e.g. retrieval without
+    `query_reasoner_adapter`)."""
+
+
+def lora_config(rank: int) -> LoraConfig:
+    """Reference LoRA settings: alpha = 2r, dropout 0.1, all linear layers but lm_head."""
+    return LoraConfig(
+        task_type="CAUSAL_LM", r=rank, lora_alpha=2 * rank, lora_dropout=0.1,
+        target_modules="all-linear", bias="none",
+    )
+
+
+class AdapterSet:
+    """Named LoRA adapters living inside `model` (a transformers causal LM).
+
+    Example:
+        >>> adapters = AdapterSet(decoder, rank=16)        # doctest: +SKIP
+        >>> adapters.add("encoder_adapter")                 # doctest: +SKIP
+        >>> with adapters.using("encoder_adapter"): ...     # doctest: +SKIP
+    """
+
+    def __init__(self, model: torch.nn.Module, rank: int) -> None:
+        self.model = model
+        self.rank = rank
+        self.names: list[str] = []  # insertion order = save order, as the reference
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def add(self, name: str, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Create adapter `name` (fresh: an exact no-op, B = 0) and optionally load weights."""
+        if name in self.names:
+            raise ValueError(f"adapter {name!r} already exists")
+        inject_adapter_in_model(lora_config(self.rank), self.model, adapter_name=name)
+        self.names.append(name)
+        if state_dict is not None:
+            self.load(name, state_dict)
+        self.activate(None)
+
+    def load(self, name: str, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load exported weights (keys without adapter name) into adapter `name`.
+
+        Raises:
+            ValueError: a LoRA key of the file does not exist in the model, or a LoRA weight
+                of the model is missing from the file (wrong base model or rank).
+        """
+        lora = {k: v for k, v in state_dict.items() if k not in EMBEDDING_KEYS}
+        result = set_peft_model_state_dict(self.model, lora, adapter_name=name)
+        unexpected = list(getattr(result, "unexpected_keys", []) or [])
+        missing = [k for k in (getattr(result, "missing_keys", []) or []) if f".{name}." in k
+                   and "lora_" in k]
+        if unexpected or missing:
+            raise ValueError(
+                f"adapter {name!r} does not fit this base model: "
+                f"{len(unexpected)} unexpected keys (e.g. {unexpected[:2]}), "
+                f"{len(missing)} missing (e.g. {missing[:2]})"
+            )
+
+    def state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """Exported weights of `name`, keys without adapter name (reference layout)."""
+        self._require(name)
+        sd = get_peft_model_state_dict(self.model, adapter_name=name, save_embedding_layers=False)
+        return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+
+    def copy(self, source: str, target: str) -> None:
+        """Add `target` as an exact copy of `source` (reference: query reasoner from encoder)."""
+        self.add(target, self.state_dict(source))
+
+    def _require(self, name: str) -> None:
+        if name not in self.names:
+            raise MissingAdapterError(
+                f"this CLaRa model has no {name!r} adapter (present: {self.names}); "
+                + _WHY_NEEDED.get(name, "")
+            )
+
+    def _layers(self) -> Iterator[BaseTunerLayer]:
+        for module in self.model.modules():
+            if isinstance(module, BaseTunerLayer):
+                yield module
+
+    def activate(self, name: str | None) -> None:
+        """Make exactly `name` active (None: the plain base model). Grad flags untouched."""
+        if name is not None:
+            self._require(name)
+        active = [] if name is None else [name]
+        for layer in self._layers():
+            # Private attribute on purpose: see the module docstring.
+            layer._active_adapter = active
+
+    @contextlib.contextmanager
+    def using(self, name: str | None) -> Iterator[None]:
+        """Activate `name` for the block; afterwards no adapter is active."""
+        self.activate(name)
+        try:
+            yield
+        finally:
+            self.activate(None)
+
+    def parameters(self, name: str) -> list[torch.nn.Parameter]:
+        """The LoRA parameters of adapter `name` (for optimisers and freezing)."""
+        self._require(name)
+        return [p for n, p in self.model.named_parameters() if f".{name}." in n and "lora_" in n]
+
+    def set_trainable(self, names: list[str]) -> None:
+        """requires_grad on exactly these adapters' LoRA weights; every other adapter frozen."""
+        for adapter in self.names:
+            flag = adapter in names
+            for p in self.parameters(adapter):
+                p.requires_grad_(flag)

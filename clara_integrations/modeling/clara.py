@@ -1,0 +1,563 @@
+"""`ClaraModel`: compress documents, encode queries, select, and generate from memory.
+
+One causal LM carries three LoRA adapters (compressor, query reasoner, generator); each
+sub-forward runs with exactly one of them active. Method names follow the reference
+(`compress_documents`, `generate_from_questions`, ...) so its users feel at home, but
+inference always runs in eval mode, under `no_grad`, on any device and dtype, and never
+mutates the model (`generation_top_k` is a per-call argument, not hidden state).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from ..config import ClaraConfig
+from . import prompts
+from .adapters import DECODER_ADAPTER, ENCODER_ADAPTER, QUERY_ADAPTER, AdapterSet
+from .checkpoint import (
+    CheckpointCorruptError,
+    CheckpointFiles,
+    read_checkpoint,
+    write_native,
+    write_released,
+)
+from .hub import DEFAULT_BASE_MODEL, resolve_base_model, resolve_checkpoint
+from .layout import (
+    encoder_token_ids,
+    memory_mse,
+    pack_encoder_batch,
+    splice_memory,
+    validate_texts,
+)
+from .loading import apply_checkpoint, default_device, default_dtype
+from .tokens import SpecialTokens, prepare_tokenizer
+from .topk import cosine_scores, differentiable_topk
+
+__all__ = ["ClaraModel"]
+
+logger = logging.getLogger(__name__)
+
+# Reference inference helpers tokenize decoder prompts with this cap (spec §4.5).
+DECODER_MAX_LENGTH = 1024
+# Reference temperature of the top-k selector over supplied candidates (spec §3.3).
+SELECT_TEMPERATURE = 0.02
+
+
+class ClaraModel(torch.nn.Module):
+    """A CLaRa model: one base LM, compressor / query-reasoner / generator adapters.
+
+    Build it with `from_pretrained` (our format or the released one) or `from_base`
+    (fresh adapters, for training).
+
+    Example:
+        >>> model = ClaraModel.from_pretrained("path/to/ckpt", base_model="path/to/base")  # doctest: +SKIP
+        >>> mem = model.compress_documents(["Paris is the capital of France."])  # (1, n_mem, H)
+        >>> answers, idx = model.generate_from_questions(["Capital of France?"], documents=[[...]])
+    """
+
+    def __init__(self, decoder: PreTrainedModel, tokenizer: Any, config: ClaraConfig,
+                 adapters: AdapterSet, special: SpecialTokens, base_vocab_size: int) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.config = config
+        self.adapters = adapters
+        self.special = special
+        self.base_vocab_size = base_vocab_size
+        self._identity: str | None = None
+        self.eval()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def _build(cls, config: ClaraConfig, base_path: str, *, device: Any, dtype: Any,
+               round_base_to_bf16: bool) -> ClaraModel:
+        device = torch.device(device) if device is not None else default_device()
+        dtype = dtype or default_dtype(device)
+        # The reference always runs its base LM in bfloat16, so released adapters were
+        # trained against bf16-rounded base weights: reproduce that rounding on request.
+        load_dtype = torch.bfloat16 if round_base_to_bf16 else dtype
+        decoder = AutoModelForCausalLM.from_pretrained(base_path, dtype=load_dtype)
+        decoder = decoder.to(dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(base_path, use_fast=True)
+        base_vocab = len(tokenizer)
+        special = prepare_tokenizer(tokenizer, config.n_mem, config.different_mem_tokens)
+        decoder.resize_token_embeddings(len(tokenizer))
+        gen = decoder.generation_config
+        gen.top_p, gen.temperature, gen.top_k = None, None, None
+        gen.pad_token_id = tokenizer.pad_token_id
+        adapters = AdapterSet(decoder, rank=config.lora_r)
+        model = cls(decoder, tokenizer, config, adapters, special, base_vocab)
+        return model.to(device)
+
+    @classmethod
+    def from_base(cls, base_model: str | os.PathLike[str] = DEFAULT_BASE_MODEL,
+                  config: ClaraConfig | None = None, *, adapters: Sequence[str] | None = None,
+                  device: Any = None, dtype: torch.dtype | None = None,
+                  allow_network: bool | None = None) -> ClaraModel:
+        """A fresh CLaRa on `base_model` for training.
+
+        Args:
+            base_model: local folder, hub id (network opt-in) or the embedded default.
+            config: defaults to the reference training CLI's config (`ClaraConfig.for_training`).
+            adapters: adapters to create; default per `config.training_stage` as the
+                reference (stage1: generator + compressor; stage2: generator + query reasoner;
+                stage1_2: compressor + generator). Fresh adapters are exact no-ops.
+
+        Example:
+            >>> model = ClaraModel.from_base(adapters=["encoder_adapter", "decoder_adapter"])  # doctest: +SKIP
+        """
+        config = (config or ClaraConfig.for_training(str(base_model))).model_copy(
+            update={"decoder_model_name": str(base_model)}
+        )
+        path = resolve_base_model(base_model, allow_network=allow_network)
+        model = cls._build(config, path, device=device, dtype=dtype, round_base_to_bf16=False)
+        default = {
+            "stage1": [DECODER_ADAPTER, ENCODER_ADAPTER],
+            "stage2": [DECODER_ADAPTER, QUERY_ADAPTER],
+            "stage1_2": [ENCODER_ADAPTER, DECODER_ADAPTER],
+        }.get(config.training_stage, [ENCODER_ADAPTER, DECODER_ADAPTER, QUERY_ADAPTER])
+        for name in adapters if adapters is not None else default:
+            model.adapters.add(name)
+        model.to(model.device)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike[str] | None = None, *,
+                        base_model: str | os.PathLike[str] | None = None,
+                        subfolder: str | None = None, device: Any = None,
+                        dtype: torch.dtype | None = None, adapter_policy: str = "reference",
+                        allow_network: bool | None = None, **config_overrides: Any) -> ClaraModel:
+        """Load a CLaRa checkpoint, native or released format.
+
+        Args:
+            path_or_id: checkpoint folder or hub repo id; None loads the checkpoint shipped
+                with the package.
+            base_model: overrides the config's `decoder_model_name` (released configs name
+                the authors' cluster path or `mistralai/Mistral-7B-Instruct-v0.2`).
+            subfolder: e.g. `"compression-16"` in the released hub repos.
+            device, dtype: where and in what precision to run (default: CUDA/MPS if
+                available, float32 on CPU/MPS and bfloat16 on CUDA).
+            adapter_policy: `"reference"` applies the reference loader's per-stage rules
+                (an Instruct `stage1_2` checkpoint then runs with a fresh generator);
+                `"all"` loads every adapter in the file (the reference's evaluation mode).
+            config_overrides: config keys to overwrite, e.g. `generation_top_k=3`.
+
+        Raises:
+            FileNotFoundError: checkpoint or base model not found (network is opt-in).
+            CheckpointCorruptError: a checkpoint file is missing, truncated or malformed
+                (the message names the file).
+
+        Example:
+            >>> model = ClaraModel.from_pretrained("ckpt-e2e", base_model="tiny-llama-base")  # doctest: +SKIP
+        """
+        if path_or_id is None:
+            from .assets import default_checkpoint_dir  # noqa: PLC0415
+
+            path_or_id = default_checkpoint_dir()
+        folder = resolve_checkpoint(path_or_id, subfolder, allow_network=allow_network)
+        files = read_checkpoint(folder)
+        config = files.config
+        if config_overrides:
+            unknown = [k for k in config_overrides if k not in ClaraConfig.model_fields]
+            if unknown:
+                raise ValueError(f"unknown config keys {unknown}")
+            config = config.model_copy(update=config_overrides)
+        base_name = str(base_model) if base_model is not None else config.decoder_model_name
+        config = config.model_copy(update={"decoder_model_name": base_name})
+        base_path = resolve_base_model(
+            base_name, search_dirs=(folder, folder.parent), allow_network=allow_network
+        )
+        model = cls._build(config, base_path, device=device, dtype=dtype,
+                           round_base_to_bf16=_rounds_base(files))
+        apply_checkpoint(model, files, adapter_policy)
+        model.to(model.device)
+        return model
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_mem(self) -> int:
+        """Memory vectors per document."""
+        return self.config.n_mem
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of one memory vector (the base LM's hidden size)."""
+        return int(self.decoder.get_input_embeddings().weight.shape[1])
+
+    @property
+    def compression_rate(self) -> int:
+        """Document tokens per memory vector."""
+        return self.config.compr_rate
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.get_input_embeddings().weight.dtype
+
+    @property
+    def model_identity(self) -> str:
+        """Stable id of the compressor (encoder adapter + new-token rows + base name and
+        shape): stores refuse memory from another compressor."""
+        if self._identity is None:
+            digest = hashlib.sha256()
+            digest.update(f"{Path(self.config.decoder_model_name).name}|{self.hidden_size}|"
+                          f"{self.n_mem}|{self.config.doc_max_length}".encode())
+            tensors = dict(self.adapters.state_dict(ENCODER_ADAPTER)) if ENCODER_ADAPTER in self.adapters else {}
+            tensors["rows"] = self.decoder.get_input_embeddings().weight[self.base_vocab_size:]
+            for key in sorted(tensors):
+                digest.update(key.encode())
+                digest.update(tensors[key].detach().float().cpu().numpy().tobytes())
+            self._identity = f"clara-{digest.hexdigest()[:16]}"
+        return self._identity
+
+    def train(self, mode: bool = True) -> ClaraModel:
+        self._identity = None  # weights may change while training
+        return super().train(mode)
+
+    # ------------------------------------------------------------------ encoders
+    def _encode(self, texts: Sequence[str], adapter: str, batch_size: int,
+                show_progress: bool | None, desc: str, with_mse: bool = False,
+                reference_padding: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run texts through the encoder layout with `adapter`; (B, n_mem, H) [+ mse].
+
+        Rows are sorted by length and padded per batch only; explicit position ids keep
+        the reference's positions. Gradients flow when called under grad mode.
+        """
+        self.adapters._require(adapter)
+        rows = encoder_token_ids(self.tokenizer, self.special, texts, self.config.doc_max_length)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
+        out = [None] * len(rows)
+        mse_parts = []
+        base = getattr(self.decoder, self.decoder.base_model_prefix)
+        if show_progress is None:
+            show_progress = len(rows) > 4 * batch_size
+        with self.adapters.using(adapter):
+            for start in tqdm(range(0, len(order), batch_size), desc=desc,
+                              disable=not show_progress, unit="batch"):
+                idx = order[start:start + batch_size]
+                batch = pack_encoder_batch([rows[i] for i in idx], self.special,
+                                           self.config.doc_max_length, reference_padding)
+                hidden = base(
+                    input_ids=batch.input_ids.to(self.device),
+                    attention_mask=batch.attention_mask.to(self.device),
+                    position_ids=batch.position_ids.to(self.device),
+                ).last_hidden_state  # (b, T, H), post final norm = reference hidden_states[-1]
+                if with_mse:
+                    mse_parts.append((memory_mse(hidden, batch.attention_mask.to(self.device),
+                                                 self.n_mem), len(idx)))
+                for row, i in zip(hidden[:, -self.n_mem:, :], idx):
+                    out[i] = row
+        memory = torch.stack(out)
+        if not with_mse:
+            return memory, None
+        # Reference computes one MSE over the whole batch: a size-weighted mean of ours.
+        mse = sum(m * n for m, n in mse_parts) / len(rows)
+        return memory, mse
+
+    def _empty_memory(self) -> torch.Tensor:
+        return torch.empty(0, self.n_mem, self.hidden_size, device=self.device, dtype=self.dtype)
+
+    @torch.no_grad()
+    def compress_documents(self, texts: Sequence[str], batch_size: int = 16,
+                           show_progress: bool | None = None,
+                           reference_padding: bool = False) -> torch.Tensor:
+        """Compress documents into memory vectors with the compressor adapter.
+
+        Args:
+            texts: documents; longer than `doc_max_length` tokens are truncated as the
+                reference does (the first `doc_max_length + 1` text tokens are kept).
+            batch_size: documents per forward.
+            show_progress: tqdm bar (default: only for many batches).
+            reference_padding: pad every row to `doc_max_length + 3` like the reference
+                (same vectors, slower; for benchmarks).
+
+        Returns:
+            Tensor (N, n_mem, H) in the model's dtype, on its device.
+
+        Raises:
+            ValueError: an entry is empty or not a string (the message gives its index).
+
+        Example:
+            >>> memory = model.compress_documents(["Weldenia is a genus of plants."])  # doctest: +SKIP
+        """
+        texts = validate_texts(texts)
+        if not texts:
+            return self._empty_memory()
+        self.eval()
+        memory, _ = self._encode(texts, ENCODER_ADAPTER, batch_size, show_progress,
+                                 "compressing", reference_padding=reference_padding)
+        return memory
+
+    @torch.no_grad()
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 16,
+                       show_progress: bool | None = None) -> torch.Tensor:
+        """Query vectors (B, n_mem * H) from the query reasoner, comparable by cosine with
+        flattened document memory.
+
+        Raises:
+            MissingAdapterError: the checkpoint has no `query_reasoner_adapter`.
+            ValueError: an empty or non-string question (naming its index).
+        """
+        texts = validate_texts(texts, "question")
+        if not texts:
+            return torch.empty(0, self.n_mem * self.hidden_size, device=self.device, dtype=self.dtype)
+        self.eval()
+        memory, _ = self._encode(texts, QUERY_ADAPTER, batch_size, show_progress, "queries")
+        return memory.flatten(1)
+
+    # ------------------------------------------------------------------ selection
+    def select(self, query_vectors: torch.Tensor, candidates: torch.Tensor, k: int,
+               temperature: float = SELECT_TEMPERATURE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pick `k` of `N` candidate memories per query with the differentiable top-k.
+
+        Args:
+            query_vectors: (B, n_mem * H).
+            candidates: (B, N, n_mem, H) candidate document memories.
+            k: documents to keep, k <= N.
+
+        Returns:
+            (selected (B * k, n_mem, H) in rank order, topk_idx (B, k), scores (B, N)).
+            In grad mode the selection passes the straight-through gradient to the query.
+        """
+        if candidates.dim() != 4 or query_vectors.dim() != 2:
+            raise ValueError("expected query_vectors (B, D) and candidates (B, N, n_mem, H)")
+        b, n, n_mem, hidden = candidates.shape
+        if query_vectors.shape != (b, n_mem * hidden):
+            raise ValueError(
+                f"query_vectors {tuple(query_vectors.shape)} do not match candidates "
+                f"{tuple(candidates.shape)} (expected ({b}, {n_mem * hidden}))"
+            )
+        flat = candidates.reshape(b, n, n_mem * hidden)
+        scores = cosine_scores(query_vectors, flat)
+        weights, topk_idx = differentiable_topk(scores, k, temperature)
+        selected = torch.einsum("bkn,bnd->bkd", weights.to(flat.dtype), flat)
+        return selected.reshape(b * k, n_mem, hidden), topk_idx, scores
+
+    # ------------------------------------------------------------------ generation
+    def _answer_prompts(self, questions: Sequence[str], k: int) -> list[str]:
+        return [prompts.answer_prompt(self.tokenizer, self.special.memory_block, k, q)[0]
+                for q in questions]
+
+    def _decoder_inputs(self, prompt_texts: Sequence[str], memories: torch.Tensor, k: int,
+                        max_length: int = DECODER_MAX_LENGTH) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(list(prompt_texts), add_special_tokens=False, padding="longest",
+                             truncation=True, max_length=max_length, return_tensors="pt")
+        input_ids = enc["input_ids"].to(self.device)
+        attention_mask = enc["attention_mask"].to(self.device)
+        embeds = self.decoder.get_input_embeddings()(input_ids)
+        embeds = splice_memory(embeds, input_ids, memories.to(self.device), self.special.mem_token_ids[0],
+                               k, self.config.sep)
+        return {"input_ids": input_ids, "inputs_embeds": embeds, "attention_mask": attention_mask}
+
+    def prepare_generation_inputs(self, questions: Sequence[str], memories: torch.Tensor,
+                                  k: int | None = None) -> dict[str, torch.Tensor]:
+        """Decoder inputs with memory spliced in, for users who decode elsewhere.
+
+        Args:
+            questions: B questions.
+            memories: (B * k, n_mem, H) or (B, k, n_mem, H) document memories, rank order.
+            k: documents per question (default: inferred from `memories`).
+
+        Returns:
+            {"input_ids", "inputs_embeds", "attention_mask"} ((B, T), (B, T, H), (B, T));
+            run the decoder with `model.generator_active()` for the generator adapter.
+        """
+        questions = validate_texts(questions, "question")
+        memories, k = self._check_memories(questions, memories, k)
+        return self._decoder_inputs(self._answer_prompts(questions, k), memories, k)
+
+    def _check_memories(self, questions: Sequence[str], memories: torch.Tensor,
+                        k: int | None) -> tuple[torch.Tensor, int]:
+        if memories.dim() == 4:
+            memories = memories.reshape(-1, *memories.shape[2:])
+        if memories.dim() != 3 or memories.shape[1:] != (self.n_mem, self.hidden_size):
+            raise ValueError(
+                f"memories must be (B*k, {self.n_mem}, {self.hidden_size}), got {tuple(memories.shape)}"
+            )
+        if k is None:
+            if not questions or memories.shape[0] % len(questions):
+                raise ValueError(
+                    f"{memories.shape[0]} memories cannot be split evenly over {len(questions)} questions"
+                )
+            k = memories.shape[0] // len(questions)
+        if memories.shape[0] != len(questions) * k:
+            raise ValueError(f"expected {len(questions)} * {k} memories, got {memories.shape[0]}")
+        return memories, k
+
+    def generator_active(self):
+        """Context manager: the generator adapter active (plain base LM if absent)."""
+        return self.adapters.using(DECODER_ADAPTER if DECODER_ADAPTER in self.adapters else None)
+
+    @torch.no_grad()
+    def generate_from_embeddings(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                                 max_new_tokens: int = 128, **generate_kwargs: Any) -> Any:
+        """`generate` on spliced embeddings with the generator adapter, greedy by default.
+        Returns what `transformers` `generate` returns (new token ids only)."""
+        self.eval()
+        kwargs: dict[str, Any] = {"do_sample": False, "top_p": None, "temperature": None,
+                                  "pad_token_id": self.tokenizer.pad_token_id}
+        kwargs.update(generate_kwargs)
+        with self.generator_active():
+            return self.decoder.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                         max_new_tokens=max_new_tokens, **kwargs)
+
+    def _generate_text(self, inputs: dict[str, torch.Tensor], max_new_tokens: int,
+                       **generate_kwargs: Any) -> list[str]:
+        out = self.generate_from_embeddings(inputs["inputs_embeds"], inputs["attention_mask"],
+                                            max_new_tokens, **generate_kwargs)
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    def generate_from_compressed_documents_and_questions(
+        self, questions: Sequence[str], compressed_documents: torch.Tensor,
+        max_new_tokens: int = 128, **generate_kwargs: Any,
+    ) -> list[str]:
+        """Answer each question from its `k` documents' memory.
+
+        Args:
+            questions: B questions.
+            compressed_documents: (B * k, n_mem, H) (or (B, k, n_mem, H)), question-major.
+        """
+        questions = validate_texts(questions, "question")
+        if not questions:
+            return []
+        inputs = self.prepare_generation_inputs(questions, compressed_documents)
+        return self._generate_text(inputs, max_new_tokens, **generate_kwargs)
+
+    def _check_documents(self, questions: Sequence[str], documents: Sequence[Sequence[str]]) -> int:
+        if len(documents) != len(questions):
+            raise ValueError(
+                f"got {len(questions)} questions but {len(documents)} document lists"
+            )
+        sizes = {len(d) for d in documents}
+        if len(sizes) != 1 or 0 in sizes:
+            raise ValueError(f"every question needs the same, non-zero number of documents; got {sorted(sizes)}")
+        return sizes.pop()
+
+    def _compress_unique(self, documents: Sequence[Sequence[str]], batch_size: int) -> torch.Tensor:
+        """Compress each distinct text once; (B * N, n_mem, H) question-major."""
+        flat = [t for docs in documents for t in docs]
+        validate_texts(flat)
+        unique = list(dict.fromkeys(flat))
+        memory = self.compress_documents(unique, batch_size=batch_size)
+        where = {t: i for i, t in enumerate(unique)}
+        return memory[torch.as_tensor([where[t] for t in flat], device=memory.device)]
+
+    def generate_from_text(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
+                           max_new_tokens: int = 128, batch_size: int = 16,
+                           **generate_kwargs: Any) -> list[str]:
+        """Compress each question's documents and answer from all of them (k = len(docs))."""
+        questions = validate_texts(questions, "question")
+        if not questions and not documents:
+            return []
+        k = self._check_documents(questions, documents)
+        memory = self._compress_unique(documents, batch_size)
+        inputs = self._decoder_inputs(self._answer_prompts(questions, k), memory, k)
+        return self._generate_text(inputs, max_new_tokens, **generate_kwargs)
+
+    def generate_from_paraphrase(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
+                                 max_new_tokens: int = 128, template_index: int | None = None,
+                                 **generate_kwargs: Any) -> list[str]:
+        """Stage-1 paraphrase of each document list (question text is ignored, as in the
+        reference). The template is drawn with `random.choice` unless pinned."""
+        if len(questions) != len(documents):
+            raise ValueError(f"got {len(questions)} questions but {len(documents)} document lists")
+        if not documents:
+            return []
+        k = self._check_documents(questions, documents)
+        memory = self._compress_unique(documents, 16)
+        texts = [prompts.paraphrase_prompt(self.tokenizer, self.special.memory_block, k,
+                                           template_index=template_index)[0] for _ in documents]
+        inputs = self._decoder_inputs(texts, memory, k)
+        return self._generate_text(inputs, max_new_tokens, **generate_kwargs)
+
+    @torch.no_grad()
+    def generate_from_questions(self, questions: Sequence[str],
+                                documents: Sequence[Sequence[str]] | None = None,
+                                max_new_tokens: int = 128, k: int | None = None,
+                                candidate_memories: torch.Tensor | None = None,
+                                batch_size: int = 16, **generate_kwargs: Any,
+                                ) -> tuple[list[str], torch.Tensor]:
+        """Retrieve `k` of each question's candidates with the query reasoner, then answer.
+
+        Args:
+            questions: B questions.
+            documents: B lists of N candidate texts (N >= k), or
+            candidate_memories: (B, N, n_mem, H) already-compressed candidates.
+            k: documents to read (default `config.generation_top_k`).
+
+        Returns:
+            (answers, topk_idx (B, k) indices into each question's candidates, best first).
+
+        Raises:
+            MissingAdapterError: no query reasoner in this checkpoint.
+            ValueError: mismatched lengths, fewer candidates than k.
+        """
+        questions = validate_texts(questions, "question")
+        k = k or self.config.generation_top_k
+        if (documents is None) == (candidate_memories is None):
+            raise ValueError("pass exactly one of documents or candidate_memories")
+        if not questions:
+            return [], torch.empty(0, k, dtype=torch.long)
+        self.adapters._require(QUERY_ADAPTER)
+        if documents is not None:
+            n = self._check_documents(questions, documents)
+            candidate_memories = self._compress_unique(documents, batch_size).reshape(
+                len(questions), n, self.n_mem, self.hidden_size)
+        elif candidate_memories.shape[0] != len(questions):
+            raise ValueError(f"candidate_memories has {candidate_memories.shape[0]} rows for {len(questions)} questions")
+        if candidate_memories.shape[1] < k:
+            raise ValueError(f"k={k} but only {candidate_memories.shape[1]} candidates per question")
+        queries = self.encode_queries(questions, batch_size=batch_size)
+        selected, topk_idx, _ = self.select(queries, candidate_memories.to(self.device), k)
+        inputs = self._decoder_inputs(self._answer_prompts(questions, k), selected, k)
+        return self._generate_text(inputs, max_new_tokens, **generate_kwargs), topk_idx
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, save_directory: str | os.PathLike[str], official_format: bool = False,
+                        official_dtype: torch.dtype = torch.bfloat16) -> None:
+        """Write the checkpoint: our format (safetensors, adapters + new-token rows), or with
+        `official_format=True` the released one (`adapters.pth`,
+        `decoder_first_last_layers.pth`, `config.json`) in `official_dtype`.
+
+        Example:
+            >>> model.save_pretrained("my-clara")  # doctest: +SKIP
+        """
+        folder = Path(save_directory)
+        adapters = {name: self.adapters.state_dict(name) for name in self.adapters.names}
+        embed = self.decoder.get_input_embeddings().weight.detach().cpu()
+        head = self.decoder.get_output_embeddings()
+        untied = head is not None and head.weight.data_ptr() != self.decoder.get_input_embeddings().weight.data_ptr()
+        config = self.config.model_copy()
+        if official_format:
+            full = {"model.embed_tokens.weight": embed.to(official_dtype).contiguous()}
+            if untied:
+                full["lm_head.weight"] = head.weight.detach().cpu().to(official_dtype).contiguous()
+            adapters = {n: {k: v.to(official_dtype) for k, v in sd.items()} for n, sd in adapters.items()}
+            write_released(folder, config, adapters, full)
+            return
+        rows = {"embed_tokens": embed[self.base_vocab_size:].contiguous()}
+        if untied:
+            rows["lm_head"] = head.weight.detach().cpu()[self.base_vocab_size:].contiguous()
+        write_native(folder, config, adapters, rows)
+
+
+def _rounds_base(files: CheckpointFiles) -> bool:
+    """Released checkpoints were trained on a bf16 base; native ones record it."""
+    extra = files.config.model_extra or {}
+    if "clara_base_rounding" in extra:
+        return extra["clara_base_rounding"] == "bfloat16"
+    return files.released
+
+
+__all__ += ["CheckpointCorruptError"]

@@ -1,0 +1,122 @@
+"""Putting a checkpoint's weights into a freshly built model, with the reference's rules.
+
+The reference loader decides per `training_stage` which adapters of the file it uses
+(spec §6.2): those rules decide which weights produce the output, so `adapter_policy=
+"reference"` reproduces them, and `"all"` loads everything (its evaluation script's mode).
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+from .adapters import DECODER_ADAPTER, EMBEDDING_KEYS, ENCODER_ADAPTER, QUERY_ADAPTER
+from .checkpoint import FIRST_LAST_PTH, NEW_ROWS_FILE, CheckpointCorruptError, CheckpointFiles
+
+if TYPE_CHECKING:
+    from .clara import ClaraModel
+
+__all__ = ["apply_checkpoint", "default_device", "default_dtype"]
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_POLICIES = ("reference", "all")
+
+
+def default_device() -> torch.device:
+    """CUDA, else MPS, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on CUDA cards that support it (as the reference), float32 elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _copy_rows(target: torch.Tensor, source: torch.Tensor, what: str, start: int = 0) -> None:
+    expected = (target.shape[0] - start, target.shape[1])
+    if tuple(source.shape) != expected:
+        raise CheckpointCorruptError(
+            f"{what} has shape {tuple(source.shape)}, the model expects {expected}: the "
+            "checkpoint was made for another base model, doc_max_length or compr_rate"
+        )
+    with torch.no_grad():
+        target[start:].copy_(source.to(target.dtype))
+
+
+def _load_embeddings(model: ClaraModel, files: CheckpointFiles) -> None:
+    embed = model.decoder.get_input_embeddings().weight
+    head_module = model.decoder.get_output_embeddings()
+    head = head_module.weight if head_module is not None else None
+    tied = head is None or head.data_ptr() == embed.data_ptr()
+    if files.released:
+        full = files.full_embeddings
+        if "model.embed_tokens.weight" not in full:
+            raise CheckpointCorruptError(f"{FIRST_LAST_PTH} lacks 'model.embed_tokens.weight'")
+        _copy_rows(embed, full["model.embed_tokens.weight"], f"{FIRST_LAST_PTH}:model.embed_tokens.weight")
+        if "lm_head.weight" in full and not tied:
+            _copy_rows(head, full["lm_head.weight"], f"{FIRST_LAST_PTH}:lm_head.weight")
+        return
+    start = model.base_vocab_size
+    _copy_rows(embed, files.new_rows["embed_tokens"], f"{NEW_ROWS_FILE}:embed_tokens", start)
+    if "lm_head" in files.new_rows and not tied:
+        _copy_rows(head, files.new_rows["lm_head"], f"{NEW_ROWS_FILE}:lm_head", start)
+
+
+def _kept_adapters(stage: str, stored: list[str], policy: str) -> tuple[list[str], list[str]]:
+    """(adapters to load from the file, fresh adapters created before them)."""
+    if policy == "all":
+        return stored, []
+    skip = {"stage1": {QUERY_ADAPTER}, "stage1_2": {QUERY_ADAPTER, DECODER_ADAPTER},
+            "stage2_reasoning": {DECODER_ADAPTER}}.get(stage, set())
+    fresh = [DECODER_ADAPTER] if stage in ("stage1_2", "stage2_reasoning") else []
+    return [name for name in stored if name not in skip], fresh
+
+
+def apply_checkpoint(model: ClaraModel, files: CheckpointFiles, adapter_policy: str) -> None:
+    """Restore embedding rows and adapters of `files` into `model` (built from its config)."""
+    if adapter_policy not in ADAPTER_POLICIES:
+        raise ValueError(f"adapter_policy must be one of {ADAPTER_POLICIES}, got {adapter_policy!r}")
+    config = model.config  # the file's config with the caller's overrides
+    if (config.model_extra or {}).get("pure_inference"):
+        adapter_policy = "all"
+    _load_embeddings(model, files)
+    stored = list(files.adapters)
+    if not files.released:
+        keep, fresh = stored, []
+    else:
+        keep, fresh = _kept_adapters(config.training_stage, stored, adapter_policy)
+    for name in fresh:
+        model.adapters.add(name)
+    skipped = [n for n in stored if n not in keep]
+    if skipped:
+        logger.warning(
+            "training_stage %r: the reference loader ignores %s in this checkpoint (%s); "
+            "pass adapter_policy='all' to use them", config.training_stage, skipped,
+            "a fresh generator is used instead" if DECODER_ADAPTER in fresh else "not used",
+        )
+    for name in keep:
+        state = files.adapters[name]
+        try:
+            model.adapters.add(name, state)
+        except ValueError as exc:
+            raise CheckpointCorruptError(f"adapters file, entry {name!r}: {exc}") from exc
+        # Embedding copies inside an adapter dict are written too, last one wins (spec §6.2).
+        for key in (k for k in state if k in EMBEDDING_KEYS):
+            target = model.decoder.get_input_embeddings().weight if key.startswith("model.") \
+                else model.decoder.get_output_embeddings().weight
+            _copy_rows(target, state[key], f"adapters file, {name}:{key}")
+    if config.training_stage == "stage2" and QUERY_ADAPTER not in model.adapters:
+        if ENCODER_ADAPTER in model.adapters:
+            model.adapters.copy(ENCODER_ADAPTER, QUERY_ADAPTER)
+        else:
+            model.adapters.add(QUERY_ADAPTER)
+    extra = {"clara_base_rounding": "bfloat16"} if files.released else {}
+    model.config = config.model_copy(update=extra) if extra else config
