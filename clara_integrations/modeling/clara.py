@@ -226,13 +226,16 @@ class ClaraModel(torch.nn.Module):
         return super().train(mode)
 
     # ------------------------------------------------------------------ encoders
-    def _encode(self, texts: Sequence[str], adapter: str, batch_size: int,
-                show_progress: bool | None, desc: str, with_mse: bool = False,
-                reference_padding: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run texts through the encoder layout with `adapter`; (B, n_mem, H) [+ mse].
+    def encode_texts(self, texts: Sequence[str], adapter: str, batch_size: int = 16,
+                     show_progress: bool | None = False, desc: str = "encoding",
+                     with_mse: bool = False, reference_padding: bool = False,
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run texts through the encoder layout with `adapter` (`"encoder_adapter"` or
+        `"query_reasoner_adapter"`): ((B, n_mem, H), reference MSE term or None).
 
         Rows are sorted by length and padded per batch only; explicit position ids keep
-        the reference's positions. Gradients flow when called under grad mode.
+        the reference's positions. Gradients flow when called under grad mode (training);
+        inference callers use `compress_documents` / `encode_queries`.
         """
         self.adapters._require(adapter)
         rows = encoder_token_ids(self.tokenizer, self.special, texts, self.config.doc_max_length)
@@ -295,7 +298,7 @@ class ClaraModel(torch.nn.Module):
         if not texts:
             return self._empty_memory()
         self.eval()
-        memory, _ = self._encode(texts, ENCODER_ADAPTER, batch_size, show_progress,
+        memory, _ = self.encode_texts(texts, ENCODER_ADAPTER, batch_size, show_progress,
                                  "compressing", reference_padding=reference_padding)
         return memory
 
@@ -313,7 +316,7 @@ class ClaraModel(torch.nn.Module):
         if not texts:
             return torch.empty(0, self.n_mem * self.hidden_size, device=self.device, dtype=self.dtype)
         self.eval()
-        memory, _ = self._encode(texts, QUERY_ADAPTER, batch_size, show_progress, "queries")
+        memory, _ = self.encode_texts(texts, QUERY_ADAPTER, batch_size, show_progress, "queries")
         return memory.flatten(1)
 
     # ------------------------------------------------------------------ selection
@@ -349,8 +352,11 @@ class ClaraModel(torch.nn.Module):
         return [prompts.answer_prompt(self.tokenizer, self.special.memory_block, k, q)[0]
                 for q in questions]
 
-    def _decoder_inputs(self, prompt_texts: Sequence[str], memories: torch.Tensor, k: int,
-                        max_length: int = DECODER_MAX_LENGTH) -> dict[str, torch.Tensor]:
+    def build_decoder_inputs(self, prompt_texts: Sequence[str], memories: torch.Tensor, k: int,
+                             max_length: int = DECODER_MAX_LENGTH) -> dict[str, torch.Tensor]:
+        """Tokenize rendered prompts (left padding, right truncation at `max_length`) and
+        splice `memories` (B * k, n_mem, H) into their memory slots. Differentiable in
+        `memories`; used by generation and by training (prompts with answers)."""
         enc = self.tokenizer(list(prompt_texts), add_special_tokens=False, padding="longest",
                              truncation=True, max_length=max_length, return_tensors="pt")
         input_ids = enc["input_ids"].to(self.device)
@@ -375,7 +381,7 @@ class ClaraModel(torch.nn.Module):
         """
         questions = validate_texts(questions, "question")
         memories, k = self._check_memories(questions, memories, k)
-        return self._decoder_inputs(self._answer_prompts(questions, k), memories, k)
+        return self.build_decoder_inputs(self._answer_prompts(questions, k), memories, k)
 
     def _check_memories(self, questions: Sequence[str], memories: torch.Tensor,
                         k: int | None) -> tuple[torch.Tensor, int]:
@@ -434,6 +440,30 @@ class ClaraModel(torch.nn.Module):
         inputs = self.prepare_generation_inputs(questions, compressed_documents)
         return self._generate_text(inputs, max_new_tokens, **generate_kwargs)
 
+    def generate_from_messages(self, messages: Sequence[dict[str, str]], max_new_tokens: int = 128,
+                               use_generator: bool = False, **generate_kwargs: Any) -> str:
+        """Plain chat without memory: the base model (or, with `use_generator`, the
+        generator adapter) answers chat-template `messages` ({"role", "content"} dicts).
+
+        Example:
+            >>> model.generate_from_messages([{"role": "user", "content": "Hi"}])  # doctest: +SKIP
+        """
+        if not messages:
+            raise ValueError("messages is empty")
+        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                                  add_generation_prompt=True)
+        enc = self.tokenizer([text], add_special_tokens=False, return_tensors="pt").to(self.device)
+        embeds = self.decoder.get_input_embeddings()(enc["input_ids"])
+        kwargs: dict[str, Any] = {"do_sample": False, "top_p": None, "temperature": None,
+                                  "pad_token_id": self.tokenizer.pad_token_id}
+        kwargs.update(generate_kwargs)
+        self.eval()
+        adapter = DECODER_ADAPTER if use_generator and DECODER_ADAPTER in self.adapters else None
+        with torch.no_grad(), self.adapters.using(adapter):
+            out = self.decoder.generate(inputs_embeds=embeds, attention_mask=enc["attention_mask"],
+                                        max_new_tokens=max_new_tokens, **kwargs)
+        return self.tokenizer.decode(out[0], skip_special_tokens=True)
+
     def _check_documents(self, questions: Sequence[str], documents: Sequence[Sequence[str]]) -> int:
         if len(documents) != len(questions):
             raise ValueError(
@@ -462,7 +492,7 @@ class ClaraModel(torch.nn.Module):
             return []
         k = self._check_documents(questions, documents)
         memory = self._compress_unique(documents, batch_size)
-        inputs = self._decoder_inputs(self._answer_prompts(questions, k), memory, k)
+        inputs = self.build_decoder_inputs(self._answer_prompts(questions, k), memory, k)
         return self._generate_text(inputs, max_new_tokens, **generate_kwargs)
 
     def generate_from_paraphrase(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
@@ -478,7 +508,7 @@ class ClaraModel(torch.nn.Module):
         memory = self._compress_unique(documents, 16)
         texts = [prompts.paraphrase_prompt(self.tokenizer, self.special.memory_block, k,
                                            template_index=template_index)[0] for _ in documents]
-        inputs = self._decoder_inputs(texts, memory, k)
+        inputs = self.build_decoder_inputs(texts, memory, k)
         return self._generate_text(inputs, max_new_tokens, **generate_kwargs)
 
     @torch.no_grad()
@@ -520,7 +550,7 @@ class ClaraModel(torch.nn.Module):
             raise ValueError(f"k={k} but only {candidate_memories.shape[1]} candidates per question")
         queries = self.encode_queries(questions, batch_size=batch_size)
         selected, topk_idx, _ = self.select(queries, candidate_memories.to(self.device), k)
-        inputs = self._decoder_inputs(self._answer_prompts(questions, k), selected, k)
+        inputs = self.build_decoder_inputs(self._answer_prompts(questions, k), selected, k)
         return self._generate_text(inputs, max_new_tokens, **generate_kwargs), topk_idx
 
     # ------------------------------------------------------------------ saving
