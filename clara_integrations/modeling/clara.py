@@ -38,7 +38,7 @@ from .layout import (
     validate_texts,
 )
 from .loading import apply_checkpoint, default_device, default_dtype
-from .tokens import SpecialTokens, prepare_tokenizer
+from .tokens import SpecialTokens, prepare_tokenizer, reference_decode
 from .topk import cosine_scores, differentiable_topk
 
 __all__ = ["ClaraModel"]
@@ -422,7 +422,7 @@ class ClaraModel(torch.nn.Module):
                        **generate_kwargs: Any) -> list[str]:
         out = self.generate_from_embeddings(inputs["inputs_embeds"], inputs["attention_mask"],
                                             max_new_tokens, **generate_kwargs)
-        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return reference_decode(self.tokenizer, out)
 
     def generate_from_compressed_documents_and_questions(
         self, questions: Sequence[str], compressed_documents: torch.Tensor,
@@ -462,7 +462,7 @@ class ClaraModel(torch.nn.Module):
         with torch.no_grad(), self.adapters.using(adapter):
             out = self.decoder.generate(inputs_embeds=embeds, attention_mask=enc["attention_mask"],
                                         max_new_tokens=max_new_tokens, **kwargs)
-        return self.tokenizer.decode(out[0], skip_special_tokens=True)
+        return reference_decode(self.tokenizer, out)[0]
 
     def _check_documents(self, questions: Sequence[str], documents: Sequence[Sequence[str]]) -> int:
         if len(documents) != len(questions):

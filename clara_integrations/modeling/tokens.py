@@ -85,3 +85,24 @@ def prepare_tokenizer(
         eos=tokenizer.eos_token,
         pad_id=tokenizer.pad_token_id,
     )
+
+
+# transformers 4.x (the reference's 4.56.2) applied this clean-up in `decode` whenever
+# the tokenizer config sets `clean_up_tokenization_spaces` (SmolLM2's and Mistral's do);
+# 5.x skips it for BPE tokenizers. The reference's answers went through it, so we apply
+# the same replacements, in the same order, to stay byte-identical.
+_CLEANUP_REPLACEMENTS = (
+    (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+    (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
+)
+
+
+def reference_decode(tokenizer: PreTrainedTokenizerBase, token_ids) -> list[str]:
+    """`batch_decode(skip_special_tokens=True)` plus the 4.x space clean-up when configured."""
+    texts = tokenizer.batch_decode(token_ids, skip_special_tokens=True,
+                                   clean_up_tokenization_spaces=False)
+    if not tokenizer.init_kwargs.get("clean_up_tokenization_spaces", False):
+        return texts
+    for old, new in _CLEANUP_REPLACEMENTS:
+        texts = [t.replace(old, new) for t in texts]
+    return texts
