@@ -8,6 +8,7 @@ gradient. Trainability is set explicitly by the training code instead.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -74,7 +75,10 @@ class AdapterSet:
         """Create adapter `name` (fresh: an exact no-op, B = 0) and optionally load weights."""
         if name in self.names:
             raise ValueError(f"adapter {name!r} already exists")
-        inject_adapter_in_model(lora_config(self.rank), self.model, adapter_name=name)
+        with warnings.catch_warnings():
+            # PEFT warns that a second adapter joins the first: that is the design here.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            inject_adapter_in_model(lora_config(self.rank), self.model, adapter_name=name)
         self.names.append(name)
         if state_dict is not None:
             self.load(name, state_dict)

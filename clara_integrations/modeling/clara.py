@@ -73,6 +73,8 @@ class ClaraModel(torch.nn.Module):
         self.special = special
         self.base_vocab_size = base_vocab_size
         self._identity: str | None = None
+        # Base-vocabulary rows a loaded checkpoint changed: {"embed_tokens"|"lm_head": ids}.
+        self.base_row_patches: dict[str, torch.Tensor] = {}
         self.eval()
 
     # ------------------------------------------------------------------ construction
@@ -159,7 +161,7 @@ class ClaraModel(torch.nn.Module):
             >>> model = ClaraModel.from_pretrained("ckpt-e2e", base_model="tiny-llama-base")  # doctest: +SKIP
         """
         if path_or_id is None:
-            from .assets import default_checkpoint_dir  # noqa: PLC0415
+            from .assets import default_checkpoint_dir  # noqa: PLC0415 - avoid a cycle
 
             path_or_id = default_checkpoint_dir()
         folder = resolve_checkpoint(path_or_id, subfolder, allow_network=allow_network)
@@ -576,9 +578,16 @@ class ClaraModel(torch.nn.Module):
             adapters = {n: {k: v.to(official_dtype) for k, v in sd.items()} for n, sd in adapters.items()}
             write_released(folder, config, adapters, full)
             return
-        rows = {"embed_tokens": embed[self.base_vocab_size:].contiguous()}
+        matrices = {"embed_tokens": embed}
         if untied:
-            rows["lm_head"] = head.weight.detach().cpu()[self.base_vocab_size:].contiguous()
+            matrices["lm_head"] = head.weight.detach().cpu()
+        rows = {}
+        for name, matrix in matrices.items():
+            rows[name] = matrix[self.base_vocab_size:].contiguous()
+            if name in self.base_row_patches:
+                ids = self.base_row_patches[name]
+                rows[f"{name}.patch_ids"] = ids.clone()
+                rows[f"{name}.patch_rows"] = matrix[ids].contiguous()
         write_native(folder, config, adapters, rows)
 
 

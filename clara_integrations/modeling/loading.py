@@ -40,34 +40,66 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _copy_rows(target: torch.Tensor, source: torch.Tensor, what: str, start: int = 0) -> None:
+def _check_shape(target: torch.Tensor, source: torch.Tensor, what: str, start: int = 0) -> None:
     expected = (target.shape[0] - start, target.shape[1])
     if tuple(source.shape) != expected:
         raise CheckpointCorruptError(
             f"{what} has shape {tuple(source.shape)}, the model expects {expected}: the "
             "checkpoint was made for another base model, doc_max_length or compr_rate"
         )
+
+
+def _copy_rows(target: torch.Tensor, source: torch.Tensor, what: str, start: int = 0) -> None:
+    _check_shape(target, source, what, start)
     with torch.no_grad():
         target[start:].copy_(source.to(target.dtype))
 
 
-def _load_embeddings(model: ClaraModel, files: CheckpointFiles) -> None:
+def _embedding_targets(model: ClaraModel) -> dict[str, torch.Tensor]:
+    """{"embed_tokens": input matrix, "lm_head": output matrix if untied}."""
     embed = model.decoder.get_input_embeddings().weight
     head_module = model.decoder.get_output_embeddings()
-    head = head_module.weight if head_module is not None else None
-    tied = head is None or head.data_ptr() == embed.data_ptr()
+    targets = {"embed_tokens": embed}
+    if head_module is not None and head_module.weight.data_ptr() != embed.data_ptr():
+        targets["lm_head"] = head_module.weight
+    return targets
+
+
+def _record_changed_base_rows(model: ClaraModel, name: str, target: torch.Tensor,
+                              source: torch.Tensor) -> None:
+    """Remember base-vocabulary rows a released checkpoint changed, so that our native
+    format (which stores only new-token rows) can store these few rows as a patch."""
+    n = model.base_vocab_size
+    changed = (target[:n] != source[:n].to(target.dtype)).any(dim=1).nonzero().flatten()
+    if changed.numel():
+        model.base_row_patches[name] = changed.cpu()
+
+
+def _load_embeddings(model: ClaraModel, files: CheckpointFiles) -> None:
+    targets = _embedding_targets(model)
     if files.released:
         full = files.full_embeddings
-        if "model.embed_tokens.weight" not in full:
+        keys = {"embed_tokens": "model.embed_tokens.weight", "lm_head": "lm_head.weight"}
+        if keys["embed_tokens"] not in full:
             raise CheckpointCorruptError(f"{FIRST_LAST_PTH} lacks 'model.embed_tokens.weight'")
-        _copy_rows(embed, full["model.embed_tokens.weight"], f"{FIRST_LAST_PTH}:model.embed_tokens.weight")
-        if "lm_head.weight" in full and not tied:
-            _copy_rows(head, full["lm_head.weight"], f"{FIRST_LAST_PTH}:lm_head.weight")
+        for name, target in targets.items():
+            if keys[name] in full:
+                what = f"{FIRST_LAST_PTH}:{keys[name]}"
+                source = full[keys[name]]
+                _check_shape(target, source, what)
+                _record_changed_base_rows(model, name, target, source)
+                _copy_rows(target, source, what)
         return
     start = model.base_vocab_size
-    _copy_rows(embed, files.new_rows["embed_tokens"], f"{NEW_ROWS_FILE}:embed_tokens", start)
-    if "lm_head" in files.new_rows and not tied:
-        _copy_rows(head, files.new_rows["lm_head"], f"{NEW_ROWS_FILE}:lm_head", start)
+    for name, target in targets.items():
+        if name not in files.new_rows:
+            continue
+        _copy_rows(target, files.new_rows[name], f"{NEW_ROWS_FILE}:{name}", start)
+        if f"{name}.patch_ids" in files.new_rows:
+            ids = files.new_rows[f"{name}.patch_ids"].long()
+            with torch.no_grad():
+                target[ids] = files.new_rows[f"{name}.patch_rows"].to(target.dtype).to(target.device)
+            model.base_row_patches[name] = ids
 
 
 def _kept_adapters(stage: str, stored: list[str], policy: str) -> tuple[list[str], list[str]]:

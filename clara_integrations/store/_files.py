@@ -1,0 +1,102 @@
+"""Small file-system helpers: fsync, atomic writes, hashing writers.
+
+Crash safety rests on two POSIX facts: ``os.replace`` is atomic within a directory, and
+data is durable only after ``fsync`` of the file *and* of its directory entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_HASH_CHUNK = 8 << 20
+
+
+def new_hasher() -> "hashlib._Hash":
+    """blake2b-128: fast in pure hashlib (~0.9 GB/s here) and plenty against corruption."""
+    return hashlib.blake2b(digest_size=16)
+
+
+def unique_name(prefix: str, suffix: str) -> str:
+    """A file name that no earlier or later version of the store will use."""
+    return f"{prefix}-{uuid.uuid4().hex[:16]}{suffix}"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make directory entries (creations, renames) durable; a no-op where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_file_durable(path: Path, data: bytes) -> str:
+    """Write a brand-new file, fsync it, and return its blake2b hex digest."""
+    with open(path, "xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    h = new_hasher()
+    h.update(data)
+    return h.hexdigest()
+
+
+def replace_atomic(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``: temp file, fsync, rename, fsync dir.
+
+    A crash at any moment leaves either the old file or the new one, never a mix.
+    """
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        write_file_durable(tmp, data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
+
+
+def hash_file(path: Path) -> str:
+    """blake2b hex digest of a whole file, read in 8 MiB chunks."""
+    h = new_hasher()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    """fsync an existing file by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Bring an immutable file into another directory: hard link if possible, else copy.
+
+    Segment files are never modified after they are written, so a hard link is a safe,
+    instant "copy"; across file systems we fall back to a real copy plus fsync.
+    """
+    if dst.exists():
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        tmp = dst.with_name(f"{dst.name}.tmp-{uuid.uuid4().hex[:12]}")
+        shutil.copyfile(src, tmp)
+        fsync_file(tmp)
+        os.replace(tmp, dst)

@@ -1,0 +1,244 @@
+"""Approximate indexes ("hnsw", "ivfpq", FAISS factory strings) over a PCA projection.
+
+Memory rows are 4608-dim for SmolLM2 (8 x 576) and 65536-dim for CLaRa-7B, far too wide
+for an in-RAM FAISS graph. We index a PCA projection instead and treat the index purely
+as a candidate generator: the store re-scores every candidate exactly from the stored
+memory, so reported scores are always exact cosines.
+
+Why the projection is asymmetric: for unit vectors the cosine is ``q . x``. With the
+PCA mean ``m`` and components ``P``, ``q . x = q . m + (P q) . (P (x - m)) + residual``;
+the first term is the same for every document, so documents are projected *centred*
+(``P (x - m)``) and queries *uncentred* (``P q``), and the index ranks by inner product.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ._files import fsync_file, hash_file, unique_name
+from .config import StoreConfig
+from .errors import StoreCorruptError
+from .manifest import FileEntry, IndexEntry
+
+logger = logging.getLogger(__name__)
+
+_SMALL_FILE = 64 << 20
+
+
+def build_empty_index(cfg: StoreConfig, n_train: int) -> faiss.Index:
+    """A fresh, untrained FAISS index of the configured kind over ``cfg.index_dim``.
+
+    Raises:
+        ValueError: an invalid FAISS factory string (the message names it).
+    """
+    d, ip = cfg.index_dim, faiss.METRIC_INNER_PRODUCT
+    if cfg.index == "hnsw":
+        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, ip)
+        index.hnsw.efConstruction = cfg.hnsw_ef_construction
+        return index
+    if cfg.index == "ivfpq":
+        spec = f"IVF{default_nlist(cfg, n_train)},PQ{cfg.pq_m}"
+    else:
+        spec = cfg.index
+    try:
+        return faiss.index_factory(d, spec, ip)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"index={spec!r} is not a valid FAISS factory string for dimension {d}: {exc}"
+        ) from None
+
+
+def default_nlist(cfg: StoreConfig, n_train: int) -> int:
+    """IVF list count: the configured one, else ~4*sqrt(N) bounded by 39 points per list."""
+    if cfg.ivf_nlist:
+        return cfg.ivf_nlist
+    return int(max(1, min(4 * math.sqrt(max(n_train, 1)), n_train // 39)))
+
+
+class Reducer:
+    """PCA projection ``[D] -> [d]`` (see the module docstring for the asymmetry)."""
+
+    def __init__(self, components: torch.Tensor, mean: torch.Tensor) -> None:
+        self.components = components.float().contiguous()  # [d, D]
+        self.mean = mean.float().contiguous()  # [D]
+        self._shift = self.components @ self.mean  # [d]: P m, subtracted from docs
+
+    @classmethod
+    def fit(cls, sample: torch.Tensor, dim: int, seed: int = 0) -> "Reducer":
+        """Randomised PCA of ``sample`` [n, D] (unit rows, float32)."""
+        mean = sample.mean(dim=0)
+        q = min(dim + 16, *sample.shape)
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)  # svd_lowrank draws a random sketch
+        try:
+            _, _, v = torch.svd_lowrank(sample - mean, q=q, niter=4)  # v: [D, q]
+        finally:
+            torch.random.set_rng_state(gen_state)
+        return cls(v[:, :dim].T, mean)
+
+    def docs(self, x: torch.Tensor) -> np.ndarray:
+        """Unit document rows [n, D] -> [n, d] float32 numpy."""
+        return np.ascontiguousarray((x @ self.components.T - self._shift).numpy())
+
+    def queries(self, q: torch.Tensor) -> np.ndarray:
+        """Unit queries [B, D] -> [B, d] float32 numpy (not centred)."""
+        return np.ascontiguousarray((q @ self.components.T).numpy())
+
+    def save(self, path: Path) -> None:
+        save_file({"components": self.components, "mean": self.mean}, str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> "Reducer":
+        tensors = load_file(str(path))
+        return cls(tensors["components"], tensors["mean"])
+
+
+class AnnIndex:
+    """A trained FAISS index whose label ``i`` is global memory row ``i``."""
+
+    def __init__(self, kind: str, index: faiss.Index, reducer: Reducer | None, n_indexed: int = 0):
+        self.kind, self.index, self.reducer = kind, index, reducer
+        self.n_indexed = n_indexed
+        self._search_index = index  # a GPU clone when enabled
+
+    # -- building ---------------------------------------------------------------------
+    @classmethod
+    def train(cls, cfg: StoreConfig, sample: torch.Tensor) -> "AnnIndex":
+        """Fit the PCA (when ``reduce_dim`` < dim) and train the index on unit rows."""
+        reducer = Reducer.fit(sample, cfg.index_dim) if cfg.index_dim < cfg.dim else None
+        index = build_empty_index(cfg, sample.shape[0])
+        if not index.is_trained:
+            vecs = reducer.docs(sample) if reducer else sample.numpy()
+            try:
+                index.train(vecs)
+            except RuntimeError as exc:
+                raise ValueError(f"training index {cfg.index!r} failed: {exc}") from None
+        return cls(cfg.index, index, reducer)
+
+    def add(self, x_unit: torch.Tensor) -> None:
+        """Append unit rows [n, D]; they get labels n_indexed .. n_indexed + n - 1."""
+        vecs = self.reducer.docs(x_unit) if self.reducer else np.ascontiguousarray(x_unit.numpy())
+        self.index.add(vecs)
+        self.n_indexed += vecs.shape[0]
+        self._search_index = self.index
+
+    def use_gpu(self, enabled: bool) -> None:
+        """Search on a faiss-gpu clone when allowed and available (IVF/flat kinds)."""
+        self._search_index = self.index
+        if not enabled:
+            return
+        if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+            logger.info("use_gpu=True but faiss-gpu/CUDA is not available; searching on CPU")
+            return
+        if isinstance(faiss.downcast_index(self.index), faiss.IndexHNSW):
+            logger.info("FAISS has no GPU HNSW; searching on CPU")
+            return
+        self._gpu_res = faiss.StandardGpuResources()
+        self._search_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, self.index)
+        logger.info("searching the %s index on GPU", self.kind)
+
+    # -- searching --------------------------------------------------------------------
+    def search(
+        self, q_unit: torch.Tensor, pool: int, cfg: StoreConfig, bitmap: np.ndarray | None
+    ) -> np.ndarray:
+        """Candidate rows [B, pool] (-1 where fewer), restricted to ``bitmap`` if given.
+
+        ``bitmap`` is a little-endian packed bit array over rows [0, n_indexed).
+        """
+        vecs = self.reducer.queries(q_unit) if self.reducer else np.ascontiguousarray(q_unit.numpy())
+        index = self._search_index if bitmap is None else self.index  # GPU: no selectors
+        params = _search_params(index, cfg, pool)
+        if bitmap is not None:
+            sel = faiss.IDSelectorBitmap(self.n_indexed, faiss.swig_ptr(bitmap))
+            _set_selector(params, sel)
+        _, labels = index.search(vecs, pool, params=params)
+        return labels
+
+    # -- files ------------------------------------------------------------------------
+    def save(self, directory: Path, trained_on: int) -> IndexEntry:
+        """Write the index (and PCA) under fresh names, fsync'd; returns its entry."""
+        name = unique_name("index", ".faiss")
+        faiss.write_index(self.index, str(directory / name))
+        entries = [_entry(directory, name)]
+        if self.reducer is not None:
+            rname = unique_name("reducer", ".safetensors")
+            self.reducer.save(directory / rname)
+            entries.append(_entry(directory, rname))
+        return IndexEntry(
+            kind=self.kind, index=entries[0], reducer=entries[1] if self.reducer else None,
+            n_indexed=self.n_indexed, trained_on=trained_on,
+        )
+
+    @classmethod
+    def load(cls, directory: Path, entry: IndexEntry, verify: bool) -> "AnnIndex":
+        path = _check(directory, entry.index, verify)
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise StoreCorruptError(f"cannot read index file {path}: {exc}", path) from None
+        if index.ntotal != entry.n_indexed:
+            raise StoreCorruptError(
+                f"index file {path} holds {index.ntotal} vectors, manifest says {entry.n_indexed}",
+                path,
+            )
+        reducer = None
+        if entry.reducer is not None:
+            rpath = _check(directory, entry.reducer, verify)
+            try:
+                reducer = Reducer.load(rpath)
+            except Exception as exc:  # safetensors raises several types
+                raise StoreCorruptError(f"cannot read PCA file {rpath}: {exc}", rpath) from None
+        return cls(entry.kind, index, reducer, entry.n_indexed)
+
+
+def _entry(directory: Path, name: str) -> FileEntry:
+    path = directory / name
+    fsync_file(path)
+    return FileEntry(file=name, bytes=path.stat().st_size, blake2b=hash_file(path))
+
+
+def _check(directory: Path, entry: FileEntry, verify: bool) -> Path:
+    """Size always; checksum when ``verify`` or the file is small (cheap)."""
+    path = Path(directory) / entry.file
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise StoreCorruptError(f"store file {path} is missing", path) from None
+    if size != entry.bytes:
+        raise StoreCorruptError(f"store file {path} has {size} bytes, expected {entry.bytes}", path)
+    if (verify or size <= _SMALL_FILE) and hash_file(path) != entry.blake2b:
+        raise StoreCorruptError(f"store file {path} fails its checksum", path)
+    return path
+
+
+def _search_params(index: faiss.Index, cfg: StoreConfig, pool: int) -> faiss.SearchParameters:
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexPreTransform):
+        params = faiss.SearchParametersPreTransform()
+        params.index_params = _search_params(inner.index, cfg, pool)
+        params._keep = params.index_params  # keep the SWIG object alive
+        return params
+    if isinstance(inner, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(cfg.hnsw_ef_search, pool)
+        return params
+    if faiss.try_extract_index_ivf(inner) is not None:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = cfg.ivf_nprobe
+        return params
+    return faiss.SearchParameters()
+
+
+def _set_selector(params: faiss.SearchParameters, sel: faiss.IDSelector) -> None:
+    params.sel = sel
+    params._sel = sel  # keep alive for the duration of the search
+    inner = getattr(params, "_keep", None)
+    if inner is not None:
+        _set_selector(inner, sel)

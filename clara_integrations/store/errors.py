@@ -1,0 +1,50 @@
+"""Exceptions raised by the memory store.
+
+Every error derives from :class:`StoreError`, so callers can catch the whole family;
+the mismatch error is also a ``ValueError`` and the not-found error also a ``KeyError``
+so that generic handlers keep working.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "NodeNotFoundError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreLockedError",
+    "StoreMismatchError",
+]
+
+
+class StoreError(Exception):
+    """Base class of every error the store raises on purpose."""
+
+
+class StoreMismatchError(StoreError, ValueError):
+    """The store and a model (or an expected fingerprint) disagree.
+
+    Raised when a model with another identity, ``n_mem`` or hidden size meets a store,
+    and when :meth:`MemoryStore.load` is given a fingerprint the store does not have.
+    """
+
+
+class StoreCorruptError(StoreError):
+    """A store file is missing, truncated, or fails its checksum.
+
+    Attributes:
+        file: the path of the offending file.
+    """
+
+    def __init__(self, message: str, file: object = None) -> None:
+        super().__init__(message)
+        self.file = file
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the writer lock of this store directory."""
+
+
+class NodeNotFoundError(StoreError, KeyError):
+    """One or more node ids are not in the store."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
