@@ -8,6 +8,7 @@ gradient. Trainability is set explicitly by the training code instead.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 
@@ -67,6 +68,8 @@ class AdapterSet:
         self.model = model
         self.rank = rank
         self.names: list[str] = []  # insertion order = save order, as the reference
+        # The active adapter is model-wide state: one forward at a time may choose it.
+        self._lock = threading.RLock()
 
     def __contains__(self, name: object) -> bool:
         return name in self.names
@@ -136,12 +139,13 @@ class AdapterSet:
 
     @contextlib.contextmanager
     def using(self, name: str | None) -> Iterator[None]:
-        """Activate `name` for the block; afterwards no adapter is active."""
-        self.activate(name)
-        try:
-            yield
-        finally:
-            self.activate(None)
+        """Activate `name` for the block (other threads wait); afterwards none is active."""
+        with self._lock:
+            self.activate(name)
+            try:
+                yield
+            finally:
+                self.activate(None)
 
     def parameters(self, name: str) -> list[torch.nn.Parameter]:
         """The LoRA parameters of adapter `name` (for optimisers and freezing)."""

@@ -224,7 +224,8 @@ class ClaraModel(torch.nn.Module):
         return self._identity
 
     def train(self, mode: bool = True) -> ClaraModel:
-        self._identity = None  # weights may change while training
+        if mode:
+            self._identity = None  # weights may change while training
         return super().train(mode)
 
     # ------------------------------------------------------------------ encoders

@@ -81,3 +81,16 @@ def test_prefill_is_prompt_plus_memory_slots(e2e_model):
     for j in range(2):  # each slot holds the memory vectors, not token embeddings
         start = prompt_ids.index(e2e_model.special.mem_token_ids[0]) + j * (e2e_model.n_mem + 1)
         assert torch.equal(inputs["inputs_embeds"][0, start:start + e2e_model.n_mem], memories[j])
+
+
+def test_concurrent_calls_give_serial_results(e2e_model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    serial_docs = e2e_model.compress_documents(DOCS)
+    serial_queries = e2e_model.encode_queries(["Where?", "Who?"])
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(e2e_model.compress_documents, DOCS) if i % 2 else
+                   pool.submit(e2e_model.encode_queries, ["Where?", "Who?"]) for i in range(8)]
+        results = [f.result() for f in futures]
+    for i, result in enumerate(results):
+        assert torch.equal(result, serial_docs if i % 2 else serial_queries)

@@ -110,3 +110,29 @@ def test_inference_is_deterministic_and_in_eval_mode(e2e_model, ref):
     second = e2e_model.compress_documents(ref["docs"][:2])
     assert torch.equal(first, second)
     assert not e2e_model.training
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_parity_on_cuda(fixture_dir, ref, ref_tensors):
+    from clara_integrations import ClaraModel
+    from tests.conftest import TINY_BASE
+
+    model = ClaraModel.from_pretrained(fixture_dir / "ckpt-e2e", base_model=TINY_BASE,
+                                       device="cuda", dtype=torch.float32)
+    memory = model.compress_documents(ref["docs"]).cpu()
+    assert (memory - ref_tensors["e2e.doc_embeddings"]).abs().max().item() <= VECTOR_TOL
+    answers, topk = model.generate_from_questions(ref["questions"], documents=[ref["docs"]] * 2,
+                                                  max_new_tokens=8)
+    assert topk.tolist() == ref["e2e.topk_idx"] and answers == ref["e2e.generate_from_questions"]
+
+
+def test_bfloat16_runs_and_stays_close(fixture_dir, ref, ref_tensors):
+    from clara_integrations import ClaraModel
+    from tests.conftest import TINY_BASE
+
+    model = ClaraModel.from_pretrained(fixture_dir / "ckpt-e2e", base_model=TINY_BASE, dtype=torch.bfloat16)
+    memory = model.compress_documents(ref["docs"])
+    assert memory.dtype == torch.bfloat16
+    # bf16 differs from the float32 reference at rounding level only.
+    assert (memory.float() - ref_tensors["e2e.doc_embeddings"]).abs().max().item() < 0.1
