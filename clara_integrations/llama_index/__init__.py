@@ -1,0 +1,44 @@
+"""LlamaIndex adapters for CLaRa: retrieval, generation from memory, reranking, indexing.
+
+Needs the optional extra: ``pip install "clara-integrations[llama-index]"``.
+
+How memory travels: every node that a CLaRa component returns (`ClaraRetriever`,
+`ClaraReranker`, `ClaraVectorStore` queries) carries its document memory as
+``node.embedding`` — the ``[n_mem, H]`` memory flattened to ``n_mem * H`` floats (a
+lossless copy of the stored values). `ClaraSynthesizer` reads it from there and hands it
+to `ClaraLLM`, whose generator reads the memory vectors in place of the text. Any text LLM
+just reads ``node.text`` as usual.
+
+Example:
+    >>> from llama_index.core.query_engine import RetrieverQueryEngine  # doctest: +SKIP
+    >>> engine = RetrieverQueryEngine(
+    ...     retriever=ClaraRetriever(model=model, store=store, similarity_top_k=2),
+    ...     response_synthesizer=ClaraSynthesizer(llm=ClaraLLM(model=model)),
+    ... )  # doctest: +SKIP
+    >>> print(engine.query("Who is the Eiffel Tower named after?"))  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+try:
+    import llama_index.core  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "clara_integrations.llama_index needs llama-index-core, which is not installed: "
+        'pip install "clara-integrations[llama-index]"'
+    ) from exc
+
+from .embedding import ClaraEmbedding
+from .llm import ClaraLLM
+from .reranker import ClaraReranker
+from .retriever import ClaraRetriever
+from .synthesizer import ClaraSynthesizer
+from .vector_store import ClaraVectorStore
+
+__all__ = [
+    "ClaraEmbedding",
+    "ClaraLLM",
+    "ClaraReranker",
+    "ClaraRetriever",
+    "ClaraSynthesizer",
+    "ClaraVectorStore",
+]

@@ -1,0 +1,273 @@
+"""`ClaraLLM`: a LlamaIndex LLM whose generator answers from CLaRa memory tokens."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.schema import BaseNode, NodeWithScore
+
+from ..modeling.tokens import reference_decode
+from ._memory import model_lock, node_memory
+from ._streaming import astream_text, stream_text
+
+__all__ = ["ClaraLLM"]
+
+logger = logging.getLogger(__name__)
+
+MemoryLike = torch.Tensor | Sequence[Any]
+
+
+class ClaraLLM(CustomLLM):
+    """CLaRa's generator as a LlamaIndex LLM.
+
+    With ``memory=`` (documents' memory: a ``(k, n_mem, H)`` / ``(k, n_mem * H)`` tensor,
+    or nodes carrying memory in ``embedding``, e.g. from `ClaraRetriever`), the prompt is
+    the question: the generator reads the k memories spliced into the reference answer
+    prompt, never the documents' text. Without memory it is the plain base chat model
+    (chat template, no adapter), so it also works as an ordinary LlamaIndex LLM.
+    `ClaraSynthesizer` passes retrieved nodes' memory for you.
+
+    Every entry point has its sync, streaming and async forms (`complete`,
+    `stream_complete`, `chat`, `stream_chat`, `acomplete`, ...). Answers with memory carry
+    ``additional_kwargs={"prefill_tokens", "num_documents", "memory_tokens"}``.
+
+    Args:
+        model: a `ClaraModel`.
+        max_new_tokens: tokens to generate.
+        temperature: 0 (default) decodes greedily; above 0 samples with `top_p`.
+        top_p: nucleus sampling mass when sampling.
+        context_window: reported in `metadata` (default: the base LM's
+            ``max_position_embeddings``).
+        model_name: reported in `metadata` (default ``"clara/<base model>"``).
+        generate_kwargs: extra `transformers` `generate` arguments for every call.
+
+    Example:
+        >>> llm = ClaraLLM(model=model, max_new_tokens=32)                  # doctest: +SKIP
+        >>> memory = model.compress_documents(["Paris is the capital of France."])  # doctest: +SKIP
+        >>> llm.complete("What is the capital of France?", memory=memory).text  # doctest: +SKIP
+        >>> llm.complete("Say hi.").text   # no memory: the plain base chat model  # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(protected_namespaces=("pydantic_model_",))
+
+    max_new_tokens: int = Field(default=128, gt=0, description="Tokens to generate.")
+    temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy decoding.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus mass when sampling.")
+    context_window: int | None = Field(default=None, gt=0, description="Reported context window.")
+    model_name: str | None = Field(default=None, description="Reported model name.")
+    generate_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                            description="Extra transformers generate() arguments.")
+
+    _model: Any = PrivateAttr()
+    _warned_text_context: bool = PrivateAttr(default=False)
+
+    def __init__(self, model: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._model = model
+        if self.model_name is None:
+            self.model_name = f"clara/{Path(str(model.config.decoder_model_name)).name}"
+        if self.context_window is None:
+            self.context_window = int(getattr(model.decoder.config, "max_position_embeddings", 0) or 4096)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ClaraLLM"
+
+    @property
+    def model(self) -> Any:
+        """The `ClaraModel` that generates."""
+        return self._model
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(context_window=self.context_window, num_output=self.max_new_tokens,
+                           is_chat_model=True, model_name=self.model_name)
+
+    # ------------------------------------------------------------------ preparation
+    def _generate_kwargs(self, call_kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        kwargs = dict(self.generate_kwargs)
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        kwargs.update(call_kwargs)
+        return int(kwargs.pop("max_new_tokens", self.max_new_tokens)), kwargs
+
+    def memory_batch(self, memory: MemoryLike) -> torch.Tensor:
+        """Normalise `memory` to ``(k, n_mem, H)`` on the model's device and dtype.
+
+        Accepts a tensor ``(k, n_mem, H)``, ``(k, n_mem * H)`` or ``(n_mem, H)``, or a
+        sequence of nodes (memory in ``embedding``), tensors or float lists.
+
+        Raises:
+            ValueError: empty memory, wrong sizes, or a node without CLaRa memory.
+        """
+        model = self._model
+        n_mem, hidden = model.n_mem, model.hidden_size
+        if isinstance(memory, torch.Tensor):
+            mem = memory
+        else:
+            rows = []
+            for i, item in enumerate(memory):
+                if isinstance(item, (NodeWithScore, BaseNode)):
+                    row = node_memory(item, model)
+                    if row is None:
+                        raise ValueError(
+                            f"node {i} carries no CLaRa memory in `embedding` (expected "
+                            f"{n_mem * hidden} floats); retrieve it with ClaraRetriever or "
+                            "ClaraVectorStore, or use ClaraSynthesizer, which compresses text on the fly"
+                        )
+                else:
+                    row = torch.as_tensor(item, dtype=torch.float32)
+                rows.append(row.reshape(-1))
+            if not rows:
+                raise ValueError("memory is empty; pass memory=None to chat without documents")
+            mem = torch.stack([r.to(rows[0].device) for r in rows])
+        if mem.dim() == 2 and n_mem > 1 and tuple(mem.shape) == (n_mem, hidden):
+            mem = mem.unsqueeze(0)  # one document
+        if mem.dim() == 2 and mem.shape[1] == n_mem * hidden:
+            mem = mem.reshape(-1, n_mem, hidden)
+        if mem.dim() != 3 or tuple(mem.shape[1:]) != (n_mem, hidden) or mem.shape[0] == 0:
+            raise ValueError(
+                f"memory must be (k, {n_mem}, {hidden}) or (k, {n_mem * hidden}) with k >= 1, "
+                f"got {tuple(memory.shape) if isinstance(memory, torch.Tensor) else tuple(mem.shape)}"
+            )
+        return mem.to(model.device, model.dtype)
+
+    def _runner(self, question: str | None, messages: list[dict[str, str]] | None,
+                memory: MemoryLike | None, call_kwargs: dict[str, Any],
+                ) -> tuple[Callable[..., Any], dict[str, int]]:
+        """Validate and build the inputs now; return (run(**extra) -> text or ids, info)."""
+        model = self._model
+        max_new, kwargs = self._generate_kwargs(call_kwargs)
+        if memory is None:
+            if not messages or not any((m["content"] or "").strip() for m in messages):
+                raise ValueError("ClaraLLM got an empty prompt")
+            return (lambda **extra: model.generate_from_messages(
+                messages, max_new_tokens=max_new, **kwargs, **extra)), {}
+        mem = self.memory_batch(memory)
+        # Tokenising and splicing touch only the (adapter-free) embedding table: no lock.
+        inputs = model.prepare_generation_inputs([question], mem)  # ValueError if empty
+        info = {"prefill_tokens": int(inputs["attention_mask"].shape[1]),
+                "num_documents": int(mem.shape[0]), "memory_tokens": int(mem.shape[0] * model.n_mem)}
+        logger.debug("ClaraLLM: answering from %d memories, prefill %d tokens",
+                     info["num_documents"], info["prefill_tokens"])
+        return (lambda **extra: model.generate_from_embeddings(
+            inputs["inputs_embeds"], inputs["attention_mask"], max_new, **kwargs, **extra)), info
+
+    def _finish(self, result: Any) -> str:
+        return result if isinstance(result, str) else reference_decode(self._model.tokenizer, result)[0]
+
+    def _run(self, runner: tuple[Callable[..., Any], dict[str, int]]) -> CompletionResponse:
+        run, info = runner
+        with model_lock(self._model):
+            text = self._finish(run())
+        return CompletionResponse(text=text, additional_kwargs=info)
+
+    def _stream(self, runner: tuple[Callable[..., Any], dict[str, int]]) -> CompletionResponseGen:
+        run, info = runner
+        for text, delta in stream_text(run, self._model.tokenizer, model_lock(self._model)):
+            yield CompletionResponse(text=text, delta=delta, additional_kwargs=info)
+
+    def _prompt_runner(self, prompt: str, kwargs: dict[str, Any]):
+        memory = kwargs.pop("memory", None)
+        return self._runner(prompt, [{"role": "user", "content": prompt}], memory, kwargs)
+
+    def _chat_runner(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]):
+        memory = kwargs.pop("memory", None)
+        plain = [{"role": m.role.value, "content": m.content or ""} for m in messages]
+        question = None
+        if memory is not None:
+            users = [m.content for m in messages if m.role == MessageRole.USER and m.content]
+            if not users:
+                raise ValueError("ClaraLLM.chat with memory needs a user message (the question)")
+            question = users[-1]  # CLaRa's answer prompt holds one question: the last one
+        return self._runner(question, plain, memory, kwargs)
+
+    # ------------------------------------------------------------------ completion
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Answer `prompt`; ``memory=`` makes it a question over those documents."""
+        return self._run(self._prompt_runner(prompt, kwargs))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        """Like `complete`, yielding `CompletionResponse` deltas as tokens arrive."""
+        return self._stream(self._prompt_runner(prompt, kwargs))
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await asyncio.to_thread(self._run, self._prompt_runner(prompt, kwargs))
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False,
+                               **kwargs: Any) -> CompletionResponseAsyncGen:
+        return astream_text(self._stream(self._prompt_runner(prompt, kwargs)))
+
+    # ------------------------------------------------------------------ chat
+    @staticmethod
+    def _as_chat(response: CompletionResponse) -> ChatResponse:
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text),
+                            delta=response.delta, additional_kwargs=response.additional_kwargs)
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Chat with the base model; with ``memory=`` the last user message is answered
+        from those documents (earlier turns are not part of CLaRa's answer prompt)."""
+        return self._as_chat(self._run(self._chat_runner(messages, kwargs)))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return (self._as_chat(r) for r in self._stream(self._chat_runner(messages, kwargs)))
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        response = await asyncio.to_thread(self._run, self._chat_runner(messages, kwargs))
+        return self._as_chat(response)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        chunks = (self._as_chat(r) for r in self._stream(self._chat_runner(messages, kwargs)))
+        return astream_text(chunks)
+
+    # ------------------------------------------------------------------ text RAG hint
+    def _note_text_context(self, prompt_args: dict[str, Any]) -> None:
+        if "context_str" in prompt_args and not self._warned_text_context:
+            self._warned_text_context = True
+            logger.warning(
+                "ClaraLLM received retrieved documents as text (a LlamaIndex text synthesizer); "
+                "the base model will read them as plain text. To answer from CLaRa memory, pass "
+                "response_synthesizer=ClaraSynthesizer(llm=...) to the query engine."
+            )
+
+    def predict(self, prompt: Any, **prompt_args: Any) -> str:
+        self._note_text_context(prompt_args)
+        return super().predict(prompt, **prompt_args)
+
+    def stream(self, prompt: Any, **prompt_args: Any) -> Any:
+        self._note_text_context(prompt_args)
+        return super().stream(prompt, **prompt_args)
+
+    async def apredict(self, prompt: Any, **prompt_args: Any) -> str:
+        self._note_text_context(prompt_args)
+        return await super().apredict(prompt, **prompt_args)
+
+    async def astream(self, prompt: Any, **prompt_args: Any) -> Any:
+        self._note_text_context(prompt_args)
+        return await super().astream(prompt, **prompt_args)

@@ -1,0 +1,132 @@
+"""`ClaraRetriever`: the query reasoner searches a MemoryStore; nodes carry their memory."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.vector_stores.types import MetadataFilters
+
+from ._filters import to_store_filters
+from ._memory import hit_to_node, model_lock, query_text, require_query_reasoner
+from .vector_store import ClaraVectorStore
+
+__all__ = ["ClaraRetriever"]
+
+logger = logging.getLogger(__name__)
+
+
+class ClaraRetriever(BaseRetriever):
+    """Retrieve from a CLaRa `MemoryStore` with the model's query reasoner.
+
+    The question is encoded by the query reasoner into one ``n_mem * H`` vector and the
+    store ranks documents by cosine with their flattened memory. With ``candidate_pool=N``
+    the store returns N candidates and the differentiable top-k selector (forward pass:
+    exact top-k of the reference's cosine scores) keeps ``similarity_top_k`` of them, as
+    the reference ``generate_from_questions`` does over its candidates.
+
+    Each result is a `NodeWithScore` with the node's text and metadata, the cosine score,
+    and the node's memory in ``node.embedding`` (flattened ``[n_mem, H]``), which
+    `ClaraSynthesizer` hands to `ClaraLLM`. Any other LLM reads the text.
+
+    Args:
+        model: a `ClaraModel` with a query reasoner.
+        store: a `MemoryStore` built with the same compressor (or a `ClaraVectorStore`,
+            whose MemoryStore is used).
+        similarity_top_k: documents returned.
+        candidate_pool: search this many, then select `similarity_top_k` with the
+            differentiable top-k (None: return the store's top `similarity_top_k`).
+        filters: metadata filter, a store filter dict (``{"source": "a.pdf"}``) or
+            LlamaIndex `MetadataFilters` (AND of ==, !=, in, nin, any, contains).
+        attach_memory: put each node's memory in ``node.embedding`` (turn off when only
+            text LLMs consume the nodes, to keep them small).
+        callback_manager, verbose: as every LlamaIndex retriever.
+
+    Raises:
+        StoreMismatchError: the store holds another model's memory (identity, n_mem or H).
+        MissingAdapterError: the model has no query reasoner.
+        ValueError: bad `similarity_top_k` / `candidate_pool` / filters; at query time,
+            an empty query.
+
+    Example:
+        >>> from clara_integrations.store import MemoryStore
+        >>> store = MemoryStore.for_model(model)                              # doctest: +SKIP
+        >>> store.add_documents(["Paris is the capital of France."], model)   # doctest: +SKIP
+        >>> retriever = ClaraRetriever(model=model, store=store, similarity_top_k=1)  # doctest: +SKIP
+        >>> [n.node.text for n in retriever.retrieve("Capital of France?")]  # doctest: +SKIP
+        ['Paris is the capital of France.']
+    """
+
+    def __init__(self, model: Any, store: Any, similarity_top_k: int = 5,
+                 candidate_pool: int | None = None,
+                 filters: MetadataFilters | Mapping[str, Any] | None = None,
+                 attach_memory: bool = True, callback_manager: CallbackManager | None = None,
+                 verbose: bool = False) -> None:
+        if isinstance(similarity_top_k, bool) or not isinstance(similarity_top_k, int) \
+                or similarity_top_k < 1:
+            raise ValueError(f"similarity_top_k must be a positive integer, got {similarity_top_k!r}")
+        if candidate_pool is not None and (
+            isinstance(candidate_pool, bool) or not isinstance(candidate_pool, int)
+            or candidate_pool < similarity_top_k
+        ):
+            raise ValueError(
+                f"candidate_pool must be an integer >= similarity_top_k ({similarity_top_k}), "
+                f"got {candidate_pool!r}"
+            )
+        if isinstance(store, ClaraVectorStore):
+            store = store.client  # the same MemoryStore, searched directly
+        store.check_model(model)  # StoreMismatchError names both fingerprints
+        require_query_reasoner(model, "ClaraRetriever")
+        self._model = model
+        self._store = store
+        self.similarity_top_k = similarity_top_k
+        self.candidate_pool = candidate_pool
+        self._filters = to_store_filters(filters)
+        self.attach_memory = attach_memory
+        super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    @property
+    def model(self) -> Any:
+        """The `ClaraModel` that encodes queries."""
+        return self._model
+
+    @property
+    def store(self) -> Any:
+        """The `MemoryStore` searched."""
+        return self._store
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        query = query_text(query_bundle, "ClaraRetriever")
+        model, store = self._model, self._store
+        with model_lock(model):
+            q = model.encode_queries([query])  # (1, n_mem * H)
+        hits = store.search(q, k=self.candidate_pool or self.similarity_top_k, filters=self._filters)[0]
+        if not hits:
+            return []
+        memories = store.get_memories([h.id for h in hits])  # (N, n_mem, H), store dtype, CPU
+        if self.candidate_pool is None:
+            order, scores = list(range(len(hits))), [h.score for h in hits]
+        else:
+            k = min(self.similarity_top_k, len(hits))
+            candidates = memories.to(model.device, model.dtype).unsqueeze(0)  # (1, N, n_mem, H)
+            with model_lock(model):
+                _, topk_idx, cosine = model.select(q, candidates, k)
+            order = topk_idx[0].tolist()
+            scores = cosine[0, order].tolist()
+        logger.debug("ClaraRetriever: %d hits for %r", len(order), query)
+        return [
+            NodeWithScore(
+                node=hit_to_node(hits[i].id, hits[i].text, hits[i].metadata,
+                                 memories[i] if self.attach_memory else None),
+                score=float(score),
+            )
+            for i, score in zip(order, scores)
+        ]
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        # Torch work runs in a worker thread so the event loop stays free.
+        return await asyncio.to_thread(self._retrieve, query_bundle)

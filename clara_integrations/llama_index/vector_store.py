@@ -1,0 +1,220 @@
+"""`ClaraVectorStore`: the CLaRa `MemoryStore` behind LlamaIndex's vector-store interface."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.schema import BaseNode, MetadataMode
+from llama_index.core.vector_stores.types import (
+    BasePydanticVectorStore,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryMode,
+    VectorStoreQueryResult,
+)
+from llama_index.core.vector_stores.utils import node_to_metadata_dict
+
+from ..store import MemoryStore
+from ._filters import to_store_filters
+from ._memory import hit_to_node
+
+__all__ = ["ClaraVectorStore"]
+
+logger = logging.getLogger(__name__)
+
+
+class ClaraVectorStore(BasePydanticVectorStore):
+    """LlamaIndex vector store over a CLaRa `MemoryStore` (nodes + memory + FAISS).
+
+    Node embeddings must be CLaRa memory, i.e. come from `ClaraEmbedding` of the model
+    the store belongs to. The store keeps each node's text and its serialised node
+    (relationships, metadata settings) and returns nodes with their memory in
+    ``node.embedding``, so `ClaraSynthesizer` answers from stored memory.
+
+    Args:
+        store: an existing `MemoryStore` (e.g. ``MemoryStore.load(path)``), or None to
+            create one for `model`.
+        model: the `ClaraModel`; checked against `store` (identity, n_mem, H), or used to
+            shape a new one.
+        **store_kwargs: `MemoryStore` options for a new store (``dtype``, ``index``...).
+
+    Raises:
+        StoreMismatchError: `store` holds another model's memory.
+        ValueError: neither `store` nor `model` given.
+
+    Example:
+        >>> from llama_index.core import StorageContext, VectorStoreIndex
+        >>> vector_store = ClaraVectorStore(model=model)                    # doctest: +SKIP
+        >>> index = VectorStoreIndex.from_documents(
+        ...     docs, storage_context=StorageContext.from_defaults(vector_store=vector_store),
+        ...     embed_model=ClaraEmbedding(model=model))                    # doctest: +SKIP
+        >>> llm = ClaraLLM(model=model)                                     # doctest: +SKIP
+        >>> engine = index.as_query_engine(llm=llm, similarity_top_k=2,
+        ...                                response_synthesizer=ClaraSynthesizer(llm=llm))  # doctest: +SKIP
+        >>> vector_store.persist("storage/default__vector_store")           # doctest: +SKIP
+        >>> again = ClaraVectorStore.from_persist_dir("storage", model=model)  # doctest: +SKIP
+    """
+
+    stores_text: bool = True
+    is_embedding_query: bool = True
+    flat_metadata: bool = False
+
+    _store: MemoryStore = PrivateAttr()
+
+    def __init__(self, store: MemoryStore | None = None, model: Any = None, **store_kwargs: Any) -> None:
+        super().__init__()
+        if store is None:
+            if model is None:
+                raise ValueError("ClaraVectorStore needs a MemoryStore (store=) or a ClaraModel (model=)")
+            store = MemoryStore.for_model(model, **store_kwargs)
+        elif store_kwargs:
+            raise ValueError(f"store options {sorted(store_kwargs)} apply only when creating a new store")
+        if model is not None:
+            store.check_model(model)
+        self._store = store
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ClaraVectorStore"
+
+    @property
+    def client(self) -> MemoryStore:
+        """The underlying `MemoryStore` (usable directly by `ClaraRetriever`)."""
+        return self._store
+
+    # ------------------------------------------------------------------ writing
+    def _memories(self, nodes: list[BaseNode]) -> torch.Tensor:
+        cfg = self._store.config
+        for node in nodes:
+            if node.embedding is None:
+                raise ValueError(
+                    f"node {node.node_id!r} has no embedding; build the index with "
+                    "embed_model=ClaraEmbedding(model)"
+                )
+            if len(node.embedding) != cfg.dim:
+                raise ValueError(
+                    f"node {node.node_id!r} has a {len(node.embedding)}-dim embedding but this store "
+                    f"holds CLaRa memory of n_mem*H = {cfg.dim} (fingerprint {self._store.fingerprint}); "
+                    "embed with ClaraEmbedding of the store's model"
+                )
+        flat = torch.tensor([node.embedding for node in nodes], dtype=torch.float32)
+        return flat.reshape(len(nodes), cfg.n_mem, cfg.hidden_size)
+
+    def add(self, nodes: list[BaseNode], **add_kwargs: Any) -> list[str]:
+        """Add (or replace, by node id) nodes whose embeddings are CLaRa memory."""
+        if not nodes:
+            return []
+        memories = self._memories(nodes)
+        texts = [node.get_content(metadata_mode=MetadataMode.NONE) for node in nodes]
+        metadata = [node_to_metadata_dict(node, remove_text=True, flat_metadata=self.flat_metadata)
+                    for node in nodes]
+        ids = [node.node_id for node in nodes]
+        present = [j for j, i in enumerate(ids) if i in self._store]
+        fresh = [j for j, i in enumerate(ids) if i not in self._store]
+        if present:  # LlamaIndex re-inserts changed nodes under their id: upsert
+            self._store.update([ids[j] for j in present], memories[present],
+                               texts=[texts[j] for j in present], metadata=[metadata[j] for j in present])
+        if fresh:
+            self._store.add(memories[fresh], texts=[texts[j] for j in fresh],
+                            metadata=[metadata[j] for j in fresh], ids=[ids[j] for j in fresh])
+        return ids
+
+    def _ids_where(self, filters: dict[str, Any] | None) -> list[str]:
+        """Ids of all live nodes matching `filters` (store filter syntax)."""
+        n = len(self._store)
+        if n == 0:
+            return []
+        probe = torch.ones(1, self._store.config.dim)  # every row scores; only ids matter
+        return [h.id for h in self._store.search(probe, k=n, filters=filters)[0]]
+
+    def _select(self, node_ids: list[str] | None, filters: MetadataFilters | None) -> list[str]:
+        if node_ids is None and filters is None:
+            raise ValueError("give node_ids and/or filters")
+        ids = None if node_ids is None else [i for i in dict.fromkeys(node_ids) if i in self._store]
+        if filters is not None:
+            matching = set(self._ids_where(to_store_filters(filters)))
+            ids = [i for i in ids if i in matching] if ids is not None else sorted(matching)
+        return ids
+
+    def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        """Delete every node of the source document `ref_doc_id`."""
+        ids = self._ids_where({"ref_doc_id": ref_doc_id})
+        if ids:
+            self._store.delete(ids, missing_ok=True)
+
+    def delete_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None,
+                     **delete_kwargs: Any) -> None:
+        ids = self._select(node_ids, filters)
+        if ids:
+            self._store.delete(ids, missing_ok=True)
+
+    def clear(self) -> None:
+        ids = self._ids_where(None)
+        if ids:
+            self._store.delete(ids, missing_ok=True)
+
+    # ------------------------------------------------------------------ reading
+    def get_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None,
+                  ) -> list[BaseNode]:
+        """Stored nodes (with their memory in ``embedding``) by id and/or filter."""
+        ids = self._select(node_ids, filters)
+        if not ids:
+            return []
+        records = self._store.get_nodes(ids)
+        memories = self._store.get_memories(ids)
+        return [hit_to_node(r.id, r.text, r.metadata, m) for r, m in zip(records, memories)]
+
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """Top ``similarity_top_k`` nodes by cosine with ``query_embedding`` (a
+        `ClaraEmbedding` query vector), with ``filters`` and ``doc_ids`` applied first."""
+        if query.mode != VectorStoreQueryMode.DEFAULT:
+            raise ValueError(
+                f"ClaraVectorStore supports only the default (dense) query mode, got {query.mode.value!r}")
+        if query.query_embedding is None:
+            raise ValueError("query_embedding is required; use embed_model=ClaraEmbedding(model)")
+        if query.node_ids:
+            raise ValueError(
+                "ClaraVectorStore cannot restrict a query to node_ids; filter on metadata instead")
+        filters = to_store_filters(query.filters) or {}
+        if query.doc_ids:
+            if "ref_doc_id" in filters:
+                raise ValueError("give doc_ids or a ref_doc_id filter, not both")
+            filters["ref_doc_id"] = {"$in": list(query.doc_ids)}
+        if len(self._store) == 0:
+            return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+        q = torch.tensor(query.query_embedding, dtype=torch.float32).unsqueeze(0)
+        hits = self._store.search(q, k=query.similarity_top_k, filters=filters or None)[0]
+        memories = self._store.get_memories([h.id for h in hits]) if hits else []
+        nodes = [hit_to_node(h.id, h.text, h.metadata, m) for h, m in zip(hits, memories)]
+        return VectorStoreQueryResult(nodes=nodes, similarities=[h.score for h in hits],
+                                      ids=[h.id for h in hits])
+
+    # ------------------------------------------------------------------ persistence
+    def persist(self, persist_path: str, fs: Any = None) -> None:
+        """Persist the MemoryStore into the directory `persist_path` (a trailing
+        ``.json``, which `StorageContext.persist` appends, is dropped)."""
+        if fs is not None and getattr(fs, "protocol", "file") not in ("file", ("file", "local")):
+            raise ValueError("ClaraVectorStore persists to the local file system only")
+        path = Path(persist_path)
+        if path.suffix == ".json":
+            path = path.with_suffix("")
+        self._store.persist(path, show_progress=False)
+
+    @classmethod
+    def from_persist_path(cls, persist_path: str | Path, model: Any = None, mmap: bool = True,
+                          **load_kwargs: Any) -> ClaraVectorStore:
+        """Open a store persisted with `persist` (checked against `model` if given)."""
+        path = Path(persist_path)
+        if path.suffix == ".json":
+            path = path.with_suffix("")
+        return cls(store=MemoryStore.load(path, mmap=mmap, model=model, **load_kwargs), model=model)
+
+    @classmethod
+    def from_persist_dir(cls, persist_dir: str | Path, namespace: str = "default", model: Any = None,
+                         mmap: bool = True, **load_kwargs: Any) -> ClaraVectorStore:
+        """Open the store that ``StorageContext.persist(persist_dir)`` wrote."""
+        return cls.from_persist_path(Path(persist_dir) / f"{namespace}__vector_store", model=model,
+                                     mmap=mmap, **load_kwargs)

@@ -1,0 +1,41 @@
+"""Fixtures for the LlamaIndex adapters: the parity fixture's documents in a float32 store."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+# The fixture README: reference generations used greedy decoding and 8 new tokens.
+REFERENCE_MAX_NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="session")
+def reference(fixture_dir) -> dict:
+    """reference_outputs.json: docs, questions and the reference's outputs."""
+    return json.loads((fixture_dir / "reference_outputs.json").read_text())
+
+
+def doc_id(i: int) -> str:
+    return f"doc-{i}"
+
+
+@pytest.fixture(scope="session")
+def store32(e2e_model, reference):
+    """A float32 MemoryStore of the fixture's documents (ids doc-<i>, metadata {"i": i}).
+    Read-only: tests that write build their own."""
+    import torch
+
+    from clara_integrations.store import MemoryStore
+
+    store = MemoryStore.for_model(e2e_model, dtype=torch.float32)
+    docs = reference["docs"]
+    store.add_documents(docs, e2e_model, ids=[doc_id(i) for i in range(len(docs))],
+                        metadata=[{"i": i, "half": "first" if i < len(docs) // 2 else "second"}
+                                  for i in range(len(docs))], show_progress=False)
+    return store
+
+
+@pytest.fixture(scope="session")
+def doc_memory(store32, reference):
+    """(N, n_mem, H) float32 memory of the fixture documents, in document order."""
+    return store32.get_memories([doc_id(i) for i in range(len(reference["docs"]))])

@@ -1,0 +1,155 @@
+"""ClaraEmbedding + ClaraVectorStore inside VectorStoreIndex, and CLaRa memory in
+another LlamaIndex vector store (SimpleVectorStore)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+import torch
+from llama_index.core import Document, StorageContext, VectorStoreIndex
+from llama_index.core.schema import TextNode
+from llama_index.core.vector_stores.types import (
+    MetadataFilter,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryMode,
+)
+
+from clara_integrations.llama_index import ClaraEmbedding, ClaraLLM, ClaraRetriever, ClaraSynthesizer, ClaraVectorStore
+from clara_integrations.store import MemoryStore, StoreMismatchError
+from tests.llama_index.conftest import REFERENCE_MAX_NEW_TOKENS
+
+
+def documents(reference):
+    # Metadata stays out of the embedded text so memory equals the reference's.
+    return [Document(id_=f"doc-{i}", text=t, metadata={"i": i, "half": "first" if i < 2 else "second"},
+                     excluded_embed_metadata_keys=["i", "half"])
+            for i, t in enumerate(reference["docs"])]
+
+
+@pytest.fixture(scope="module")
+def embed(e2e_model):
+    return ClaraEmbedding(model=e2e_model)
+
+
+@pytest.fixture()
+def index(e2e_model, embed, reference):
+    vector_store = ClaraVectorStore(model=e2e_model, dtype=torch.float32)
+    return VectorStoreIndex.from_documents(
+        documents(reference), storage_context=StorageContext.from_defaults(vector_store=vector_store),
+        embed_model=embed)
+
+
+def reference_engine(index, model, **synth_kwargs):
+    llm = ClaraLLM(model=model, max_new_tokens=REFERENCE_MAX_NEW_TOKENS)
+    return index.as_query_engine(llm=llm, similarity_top_k=model.config.generation_top_k,
+                                 response_synthesizer=ClaraSynthesizer(llm=llm, **synth_kwargs))
+
+
+def ranks(response) -> list[int]:
+    return [n.node.metadata["i"] for n in response.source_nodes]
+
+
+def test_embedding_is_memory_and_query_vector(e2e_model, embed, reference, doc_memory):
+    torch.testing.assert_close(torch.tensor(embed.get_text_embedding(reference["docs"][0])), doc_memory[0].flatten())
+    batch = embed.get_text_embedding_batch(reference["docs"][:3])
+    torch.testing.assert_close(torch.tensor(batch), doc_memory[:3].flatten(1))
+    q = embed.get_query_embedding(reference["questions"][0])
+    torch.testing.assert_close(torch.tensor(q), e2e_model.encode_queries(reference["questions"][:1])[0])
+    assert asyncio.run(embed.aget_query_embedding(reference["questions"][0])) == q
+    with pytest.raises(ValueError, match="empty query"):
+        embed.get_query_embedding(" ")
+
+
+def test_index_answers_from_stored_memory(index, e2e_model, reference, doc_memory):
+    engine = reference_engine(index, e2e_model, compress_missing=False)
+    for question, answer, topk in zip(reference["questions"], reference["e2e.generate_from_questions"],
+                                      reference["e2e.topk_idx"]):
+        response = engine.query(question)
+        assert ranks(response) == topk
+        assert response.response == answer
+        node = response.source_nodes[0].node
+        assert node.ref_doc_id == f"doc-{topk[0]}"
+        assert torch.equal(torch.tensor(node.embedding).reshape(doc_memory[0].shape), doc_memory[topk[0]])
+
+
+def test_text_synthesizer_path_warns_and_still_answers(index, e2e_model, reference, caplog):
+    llm = ClaraLLM(model=e2e_model, max_new_tokens=2)
+    with caplog.at_level(logging.WARNING, logger="clara_integrations.llama_index.llm"):
+        response = index.as_query_engine(llm=llm, similarity_top_k=2).query(reference["questions"][0])
+    assert isinstance(response.response, str)
+    assert "ClaraSynthesizer" in caplog.text
+
+
+def test_filters_delete_upsert_and_get(index, e2e_model, reference):
+    vector_store = index.vector_store
+    question = reference["questions"][1]
+    only_first = MetadataFilters(filters=[MetadataFilter(key="half", value="first")])
+    got = index.as_retriever(similarity_top_k=5, filters=only_first).retrieve(question)
+    assert sorted(n.node.metadata["i"] for n in got) == [0, 1]
+    assert sorted(n.metadata["i"] for n in vector_store.get_nodes(filters=only_first)) == [0, 1]
+
+    index.delete_ref_doc("doc-3")
+    assert len(vector_store.client) == 4
+    assert 3 not in [n.node.metadata["i"] for n in index.as_retriever(similarity_top_k=5).retrieve(question)]
+
+    node = vector_store.get_nodes(filters=MetadataFilters(filters=[MetadataFilter(key="i", value=4)]))[0]
+    node.text = "Python is a snake."
+    vector_store.add([node])  # same id: replaced, not duplicated
+    assert len(vector_store.client) == 4
+    assert vector_store.get_nodes(node_ids=[node.node_id])[0].text == "Python is a snake."
+
+    vector_store.delete_nodes(node_ids=[node.node_id])
+    assert len(vector_store.client) == 3
+    vector_store.clear()
+    assert len(vector_store.client) == 0
+    assert index.as_retriever().retrieve(question) == []
+
+
+def test_persist_and_reload(index, e2e_model, embed, reference, tmp_path):
+    question = reference["questions"][0]
+    before = [(n.node.node_id, n.score) for n in index.as_retriever(similarity_top_k=3).retrieve(question)]
+    index.storage_context.persist(persist_dir=tmp_path)
+    index.vector_store.client.close()  # release the directory's writer lock
+    reloaded = ClaraVectorStore.from_persist_dir(tmp_path, model=e2e_model)
+    again = VectorStoreIndex.from_vector_store(reloaded, embed_model=embed)
+    after = [(n.node.node_id, n.score) for n in again.as_retriever(similarity_top_k=3).retrieve(question)]
+    assert [i for i, _ in after] == [i for i, _ in before]
+    assert [s for _, s in after] == pytest.approx([s for _, s in before], abs=1e-6)
+    # The same store also serves ClaraRetriever directly, nodes restored whole.
+    nodes = ClaraRetriever(model=e2e_model, store=reloaded.client, similarity_top_k=3).retrieve(question)
+    assert [(n.node.node_id, n.node.ref_doc_id is not None) for n in nodes] == [(i, True) for i, _ in before]
+
+
+def test_vector_store_errors(e2e_model, index):
+    vector_store = index.vector_store
+    width = e2e_model.n_mem * e2e_model.hidden_size
+    with pytest.raises(ValueError, match="no embedding"):
+        vector_store.add([TextNode(text="x")])
+    with pytest.raises(ValueError, match="n_mem\\*H"):
+        vector_store.add([TextNode(text="x", embedding=[0.1] * 3)])
+    with pytest.raises(ValueError, match="node_ids"):
+        vector_store.query(VectorStoreQuery(query_embedding=[0.1] * width, node_ids=["a"]))
+    with pytest.raises(ValueError, match="query mode"):
+        vector_store.query(VectorStoreQuery(query_embedding=[0.1] * width, mode=VectorStoreQueryMode.MMR))
+    with pytest.raises(StoreMismatchError):
+        ClaraVectorStore(store=MemoryStore.for_model(e2e_model, model_identity="clara-other"), model=e2e_model)
+    with pytest.raises(ValueError, match="needs a MemoryStore"):
+        ClaraVectorStore()
+
+
+def test_memory_in_another_vector_store(e2e_model, embed, reference):
+    """SimpleVectorStore keeps CLaRa memory but does not return it with query results:
+    memory_lookup reads it back by node id (or the synthesizer recompresses the text)."""
+    index = VectorStoreIndex.from_documents(documents(reference), embed_model=embed)
+    simple = index.vector_store
+    nodes = index.as_retriever(similarity_top_k=2).retrieve(reference["questions"][1])
+    assert [n.node.metadata["i"] for n in nodes] == reference["e2e.topk_idx"][1]
+    assert all(n.node.embedding is None for n in nodes)  # the requirement SimpleVectorStore misses
+    for kwargs in ({"memory_lookup": simple.get, "compress_missing": False}, {}):
+        response = reference_engine(index, e2e_model, **kwargs).query(reference["questions"][1])
+        assert ranks(response) == reference["e2e.topk_idx"][1]
+        assert response.response == reference["e2e.generate_from_questions"][1]
+    with pytest.raises(ValueError, match="carry no CLaRa memory"):
+        reference_engine(index, e2e_model, compress_missing=False).query(reference["questions"][1])
