@@ -71,6 +71,16 @@ class AdapterSet:
         # The active adapter is model-wide state: one forward at a time may choose it.
         self._lock = threading.RLock()
 
+    def __getstate__(self) -> dict:
+        # Locks cannot be copied or pickled; a copy gets its own (copy.deepcopy(model) works).
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     def __contains__(self, name: object) -> bool:
         return name in self.names
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-__all__ = ["AE_TOKEN", "ENC_TOKEN", "SEP_TOKEN", "SpecialTokens", "prepare_tokenizer"]
+__all__ = ["AE_TOKEN", "ENC_TOKEN", "SEP_TOKEN", "SpecialTokens", "prepare_tokenizer", "reference_decode"]
 
 AE_TOKEN = "<AE>"
 ENC_TOKEN = "<ENC>"

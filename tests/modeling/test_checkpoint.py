@@ -143,3 +143,10 @@ def test_stage2_copies_encoder_into_missing_query_reasoner(fixture_dir, tmp_path
     model = ClaraModel.from_pretrained(target, base_model=TINY_BASE, dtype=torch.float32)
     enc, query = model.adapters.state_dict("encoder_adapter"), model.adapters.state_dict("query_reasoner_adapter")
     assert enc.keys() == query.keys() and all(torch.equal(enc[k], query[k]) for k in enc)
+
+
+def test_model_can_be_deep_copied(e2e_model):
+    import copy
+
+    clone = copy.deepcopy(e2e_model)
+    assert torch.equal(clone.compress_documents(DOCS), e2e_model.compress_documents(DOCS))

@@ -1,0 +1,85 @@
+"""`ClaraRetriever`: CLaRa's query reasoner over a `MemoryStore`, as a LangChain retriever."""
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, Field
+
+from ..modeling import ClaraModel
+from ..store import Hit, MemoryStore
+from ._common import check_store, query_text
+
+__all__ = ["ClaraRetriever"]
+
+SCORE_KEY = "score"
+
+
+class ClaraRetriever(BaseRetriever):
+    """Retrieve documents by CLaRa's query reasoner: cosine between the question vector
+    and each stored document's flattened memory.
+
+    It is a LangChain runnable: `invoke`, `batch`, `ainvoke`, `stream` all work. Each
+    `Document` carries the node's text, its metadata plus the cosine under
+    `metadata["score"]`, and the store id as `Document.id` (which lets `ChatClara`
+    read the node's stored memory instead of its text).
+
+    With `candidate_pool=N` the store returns `N` candidates, which are re-ranked
+    exactly by `ClaraModel.select` (the reference's selector) before keeping `k`: use it
+    with approximate indexes.
+
+    Example:
+        >>> store = MemoryStore.for_model(model, dtype=torch.float32)  # doctest: +SKIP
+        >>> store.add_documents(texts, model)  # doctest: +SKIP
+        >>> retriever = ClaraRetriever(model=model, store=store, k=2)  # doctest: +SKIP
+        >>> retriever.invoke("Who is the Eiffel Tower named after?")  # doctest: +SKIP
+        [Document(id='...', metadata={'score': 0.83}, page_content='The Eiffel Tower ...'), ...]
+        >>> retriever.invoke("...", k=1, filters={"source": "a.pdf"})  # per-call overrides  # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+
+    model: ClaraModel
+    """The CLaRa model; needs its query reasoner adapter."""
+    store: MemoryStore
+    """Store of compressed documents made by this model's compressor."""
+    k: int = Field(default=5, gt=0)
+    """Documents to return (overridable per call: `invoke(q, k=3)`)."""
+    candidate_pool: int | None = Field(default=None, gt=0)
+    """If set, fetch this many candidates and re-rank them with `ClaraModel.select`."""
+    filters: dict[str, Any] | None = None
+    """Metadata filter applied before the top-k cut, e.g. `{"source": "a.pdf"}`."""
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        # After pydantic, so a mismatch surfaces as StoreMismatchError, not ValidationError.
+        check_store(self.model, self.store)
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                k: int | None = None,
+                                filters: dict[str, Any] | None = None) -> list[Document]:
+        query = query_text(query)
+        k = self.k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        filters = self.filters if filters is None else filters
+        pool = max(k, self.candidate_pool or 0)
+        q = self.model.encode_queries([query], show_progress=False)  # (1, n_mem*H)
+        hits = self.store.search(q, k=pool, filters=filters)[0]
+        if pool > k and len(hits) > k:
+            hits = self._rerank(q, hits, k)
+        return [_to_document(hit) for hit in hits[:k]]
+
+    def _rerank(self, q: Any, hits: list[Hit], k: int) -> list[Hit]:
+        """Exact re-rank of the candidates with the model's selector (reference top-k)."""
+        memories = self.store.get_memories([h.id for h in hits])  # (N, n_mem, H)
+        _, order, scores = self.model.select(q, memories[None].to(q.device, q.dtype), k)
+        return [Hit(hits[i].id, float(scores[0, i]), hits[i].text, hits[i].metadata)
+                for i in order[0].tolist()]
+
+
+def _to_document(hit: Hit) -> Document:
+    return Document(page_content=hit.text, metadata={**hit.metadata, SCORE_KEY: hit.score},
+                    id=hit.id)

@@ -1,0 +1,223 @@
+"""`ClaraVectorStore`: a LangChain `VectorStore` over a `MemoryStore` of CLaRa memory."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import VectorStore
+from langchain_core.vectorstores.utils import maximal_marginal_relevance
+
+from ..modeling import ClaraModel
+from ..store import Hit, MemoryStore
+from ._common import check_store, query_text
+
+__all__ = ["ClaraEmbeddings", "ClaraVectorStore"]
+
+
+class ClaraEmbeddings(Embeddings):
+    """CLaRa as LangChain `Embeddings`: a document's vector is its flattened memory
+    (compressor), a query's is the query reasoner's output; both `n_mem * H` wide and
+    compared by cosine.
+
+    Example:
+        >>> emb = ClaraEmbeddings(model)  # doctest: +SKIP
+        >>> len(emb.embed_query("Who is the Eiffel Tower named after?")) == model.n_mem * model.hidden_size  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, model: ClaraModel, batch_size: int = 16) -> None:
+        if not isinstance(model, ClaraModel):
+            raise TypeError(f"model must be a ClaraModel, got {type(model).__name__}")
+        self.model = model
+        self.batch_size = batch_size
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        memory = self.model.compress_documents(texts, batch_size=self.batch_size)
+        return memory.flatten(1).float().cpu().tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._query_vector(text)[0].float().cpu().tolist()
+
+    def _query_vector(self, text: str) -> torch.Tensor:
+        """(1, n_mem * H) in the model's dtype."""
+        return self.model.encode_queries([query_text(text)], show_progress=False)
+
+
+class ClaraVectorStore(VectorStore):
+    """LangChain `VectorStore` whose vectors are CLaRa memories in a `MemoryStore`.
+
+    `add_texts` compresses texts with the model (upserting ids already present);
+    searches rank by the query reasoner. Documents come back with their store id, text
+    and metadata, so `as_retriever()` feeds `ChatClara` stored memory. `filter=` takes
+    the store's metadata filter dict.
+
+    Args:
+        model: the CLaRa model (or give `embedding=ClaraEmbeddings(model)`).
+        store: an existing store (default: a new `MemoryStore.for_model(model, **store_options)`).
+        embedding: `ClaraEmbeddings` of the same model (what `from_texts` passes).
+        store_options: for the new store, e.g. `dtype=torch.float32`, `index="hnsw"`.
+
+    Raises:
+        TypeError: no model, or `embedding` is not `ClaraEmbeddings` (CLaRa memory comes
+            only from a CLaRa compressor).
+        StoreMismatchError: `store` was built by another compressor / shape.
+
+    Example:
+        >>> vs = ClaraVectorStore.from_texts(texts, ClaraEmbeddings(model), dtype=torch.float32)  # doctest: +SKIP
+        >>> vs.similarity_search_with_score("Who is the Eiffel Tower named after?", k=2)  # doctest: +SKIP
+        >>> chain = create_clara_rag_chain(vs.as_retriever(search_kwargs={"k": 2}), ChatClara(model=model))  # doctest: +SKIP
+    """
+
+    def __init__(self, model: ClaraModel | None = None, store: MemoryStore | None = None, *,
+                 embedding: Embeddings | None = None, **store_options: Any) -> None:
+        if embedding is not None and not isinstance(embedding, ClaraEmbeddings):
+            raise TypeError(
+                f"ClaraVectorStore stores CLaRa memory, so embedding must be ClaraEmbeddings, got "
+                f"{type(embedding).__name__}; use another VectorStore for {type(embedding).__name__}"
+            )
+        if model is None:
+            if embedding is None:
+                raise TypeError("ClaraVectorStore needs model= (a ClaraModel) or embedding=ClaraEmbeddings(model)")
+            model = embedding.model
+        elif embedding is not None and embedding.model is not model:
+            raise ValueError("model and embedding.model are different ClaraModels")
+        self._embedding = embedding if embedding is not None else ClaraEmbeddings(model)
+        self.model: ClaraModel = model
+        if store is None:
+            store = MemoryStore.for_model(model, **store_options)
+        elif store_options:
+            raise TypeError(f"store_options {sorted(store_options)} only apply to a new store")
+        check_store(model, store)
+        self.store: MemoryStore = store
+
+    @property
+    def embeddings(self) -> ClaraEmbeddings:
+        return self._embedding
+
+    # ------------------------------------------------------------------ writing
+    def add_texts(self, texts: Iterable[str], metadatas: list[dict[str, Any]] | None = None, *,
+                  ids: list[str | None] | None = None, **kwargs: Any) -> list[str]:
+        """Compress and store `texts`; an id already in the store is replaced (upsert).
+
+        Args:
+            texts: non-empty document texts.
+            metadatas: one JSON-serialisable dict per text.
+            ids: one id per text (None entries get a fresh uuid4).
+            show_progress: keyword; tqdm bar (default: more than 64 texts).
+            batch_size: keyword; compression batch size (default 16).
+
+        Returns:
+            The ids, in order.
+
+        Raises:
+            ValueError: empty text, length mismatch, duplicate ids.
+        """
+        texts = list(texts)
+        show = kwargs.pop("show_progress", len(texts) > 64)
+        batch_size = kwargs.pop("batch_size", self._embedding.batch_size)
+        if kwargs:
+            raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
+        n = len(texts)
+        metas = list(metadatas) if metadatas is not None else [{} for _ in range(n)]
+        ids_ = [i or str(uuid.uuid4()) for i in ids] if ids is not None else [str(uuid.uuid4()) for _ in range(n)]
+        if len(metas) != n or len(ids_) != n:
+            raise ValueError(f"got {n} texts, {len(metas)} metadatas and {len(ids_)} ids")
+        if len(set(ids_)) != n:
+            raise ValueError("ids contains duplicates")
+        if n == 0:
+            return []
+        present = [i in self.store for i in ids_]
+        old = [j for j in range(n) if present[j]]
+        new = [j for j in range(n) if not present[j]]
+        if new:
+            self.store.add_documents([texts[j] for j in new], self.model,
+                                     metadata=[metas[j] for j in new], ids=[ids_[j] for j in new],
+                                     batch_size=batch_size, show_progress=show)
+        if old:
+            memory = self.model.compress_documents([texts[j] for j in old], batch_size=batch_size,
+                                                   show_progress=show)
+            self.store.update([ids_[j] for j in old], memories=memory,
+                              texts=[texts[j] for j in old], metadata=[metas[j] for j in old])
+        return ids_
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Delete `ids`; ids not in the store are ignored. Returns True."""
+        if ids is None:
+            raise ValueError("delete() needs the ids to delete")
+        self.store.delete(list(ids), missing_ok=True)
+        return True
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """Documents for the ids present in the store (missing ids are skipped)."""
+        present = [i for i in dict.fromkeys(ids) if i in self.store]
+        return [Document(page_content=n.text, metadata=n.metadata, id=n.id)
+                for n in self.store.get_nodes(present)] if present else []
+
+    # ------------------------------------------------------------------ searching
+    def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        return [doc for doc, _ in self.similarity_search_with_score(query, k, **kwargs)]
+
+    def similarity_search_with_score(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
+                                     **kwargs: Any) -> list[tuple[Document, float]]:
+        """Documents and their cosine similarity (in [-1, 1]) to the query vector."""
+        q = self._embedding._query_vector(query)
+        return self._search(q, k, filter, kwargs)
+
+    def similarity_search_by_vector(self, embedding: list[float], k: int = 4,
+                                    filter: dict[str, Any] | None = None, **kwargs: Any) -> list[Document]:
+        q = torch.as_tensor([embedding], dtype=torch.float32)
+        return [doc for doc, _ in self._search(q, k, filter, kwargs)]
+
+    def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20,
+                                      lambda_mult: float = 0.5, filter: dict[str, Any] | None = None,
+                                      **kwargs: Any) -> list[Document]:
+        """Diverse results: MMR over the `fetch_k` best by cosine of flattened memory."""
+        q = self._embedding._query_vector(query)
+        hits = self._hits(q, max(fetch_k, k), filter, kwargs)
+        if not hits:
+            return []
+        vectors = self.store.get_memories([h.id for h in hits]).flatten(1).float().numpy()
+        picked = maximal_marginal_relevance(q.float().cpu().numpy()[0], vectors, lambda_mult, k)
+        return [_document(hits[i]) for i in picked]
+
+    def _select_relevance_score_fn(self) -> Any:
+        # Cosine similarity in [-1, 1] -> relevance in [0, 1].
+        return lambda score: (score + 1.0) / 2.0
+
+    def _hits(self, q: torch.Tensor, k: int, filter: dict[str, Any] | None,
+              kwargs: dict[str, Any]) -> list[Hit]:
+        if kwargs:
+            raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (filters go in filter=)")
+        if len(self.store) == 0:
+            return []
+        return self.store.search(q, k=k, filters=filter)[0]
+
+    def _search(self, q: torch.Tensor, k: int, filter: dict[str, Any] | None,
+                kwargs: dict[str, Any]) -> list[tuple[Document, float]]:
+        return [(_document(h), h.score) for h in self._hits(q, k, filter, kwargs)]
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_texts(cls, texts: list[str], embedding: Embeddings,
+                   metadatas: list[dict[str, Any]] | None = None, *,
+                   ids: list[str] | None = None, **kwargs: Any) -> ClaraVectorStore:
+        """A new store holding `texts`, compressed by `embedding.model`.
+
+        Args:
+            embedding: `ClaraEmbeddings(model)`.
+            store: keyword; an existing `MemoryStore` to add to.
+            kwargs: other keywords create the new store (e.g. `dtype=torch.float32`).
+        """
+        store = kwargs.pop("store", None)
+        vs = cls(store=store, embedding=embedding, **kwargs)
+        vs.add_texts(texts, metadatas, ids=ids)
+        return vs
+
+
+def _document(hit: Hit) -> Document:
+    return Document(page_content=hit.text, metadata=dict(hit.metadata), id=hit.id)
+

@@ -1,0 +1,83 @@
+"""ClaraRetriever: documents, scores, overrides, reranking, runnable protocol, bad input."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from clara_integrations.langchain import ClaraRetriever
+from clara_integrations.store import MemoryStore, StoreMismatchError
+
+
+def test_documents_carry_text_metadata_id_and_score(e2e_model, doc_store, reference):
+    question = reference["questions"][0]
+    docs = ClaraRetriever(model=e2e_model, store=doc_store, k=5).invoke(question)
+    assert [int(d.id) for d in docs][:2] == reference["e2e.topk_idx"][0]
+    q = e2e_model.encode_queries([question])
+    memory = e2e_model.compress_documents(reference["docs"]).flatten(1)
+    cosine = torch.nn.functional.cosine_similarity(q, memory)  # (5,)
+    for doc in docs:
+        assert doc.page_content == reference["docs"][int(doc.id)]
+        assert doc.metadata["score"] == pytest.approx(float(cosine[int(doc.id)]), abs=1e-5)
+    scores = [d.metadata["score"] for d in docs]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_k_and_filters_per_call_and_in_constructor(e2e_model, reference):
+    store = MemoryStore.for_model(e2e_model, dtype=torch.float32)
+    store.add_documents(reference["docs"], e2e_model, ids=[str(i) for i in range(5)],
+                        metadata=[{"topic": "plants"}] * 3 + [{"topic": "other"}] * 2,
+                        show_progress=False)
+    retriever = ClaraRetriever(model=e2e_model, store=store, k=4, filters={"topic": "plants"})
+    question = reference["questions"][1]
+    assert {d.metadata["topic"] for d in retriever.invoke(question)} == {"plants"}
+    assert len(retriever.invoke(question)) == 3  # only 3 documents pass the filter
+    other = retriever.invoke(question, k=1, filters={"topic": "other"})
+    assert [d.id for d in other] == ["3"] and other[0].metadata["topic"] == "other"
+
+
+def test_candidate_pool_reranks_with_the_reference_selector(e2e_model, doc_store, reference):
+    plain = ClaraRetriever(model=e2e_model, store=doc_store, k=2)
+    pooled = ClaraRetriever(model=e2e_model, store=doc_store, k=2, candidate_pool=5)
+    for i, question in enumerate(reference["questions"]):
+        docs = pooled.invoke(question)
+        assert [int(d.id) for d in docs] == reference["e2e.topk_idx"][i]
+        assert [d.id for d in docs] == [d.id for d in plain.invoke(question)]
+        for a, b in zip(docs, plain.invoke(question)):
+            assert a.metadata["score"] == pytest.approx(b.metadata["score"], abs=1e-5)
+
+
+def test_runnable_protocol(e2e_model, doc_store, reference):
+    retriever = ClaraRetriever(model=e2e_model, store=doc_store, k=2)
+    questions = reference["questions"]
+    single = [retriever.invoke(q) for q in questions]
+    assert retriever.batch(questions) == single
+    assert retriever.batch(questions, config={"max_concurrency": 2}) == single
+    assert asyncio.run(retriever.ainvoke(questions[0])) == single[0]
+
+    async def both():
+        return await asyncio.gather(*(retriever.ainvoke(q) for q in questions))
+
+    assert asyncio.run(both()) == single  # concurrent calls share one model safely
+
+
+def test_bad_input(e2e_model, doc_store):
+    retriever = ClaraRetriever(model=e2e_model, store=doc_store)
+    with pytest.raises(ValueError, match="query is empty"):
+        retriever.invoke("  ")
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        retriever.invoke("question", k=0)
+    with pytest.raises(ValueError):
+        ClaraRetriever(model=e2e_model, store=doc_store, k=0)
+
+
+def test_mismatched_store_and_model_is_a_clear_error(e2e_model):
+    wrong_shape = MemoryStore(n_mem=2, hidden_size=e2e_model.hidden_size)
+    with pytest.raises(StoreMismatchError, match="n_mem=2"):
+        ClaraRetriever(model=e2e_model, store=wrong_shape)
+    other = MemoryStore(e2e_model.n_mem, e2e_model.hidden_size, model_identity="clara-0123456789abcdef")
+    with pytest.raises(StoreMismatchError, match="clara-0123456789abcdef"):
+        ClaraRetriever(model=e2e_model, store=other)
+    with pytest.raises(Exception, match="MemoryStore"):
+        ClaraRetriever(model=e2e_model, store={"not": "a store"})
