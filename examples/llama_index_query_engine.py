@@ -9,7 +9,8 @@ gibberish, the plumbing is real):
 Sections:
   store     MemoryStore + ClaraRetriever + ClaraSynthesizer(ClaraLLM): the reference setting
   stream    the same engine, streaming tokens
-  index     VectorStoreIndex over ClaraVectorStore, embed_model=ClaraEmbedding
+  index     VectorStoreIndex over ClaraVectorStore, embed_model=ClaraEmbedding, and a plain
+            index.as_query_engine(llm=ClaraLLM): still answered from memory
   simple    CLaRa memory kept in LlamaIndex's in-memory SimpleVectorStore
   text-llm  ClaraRetriever as a drop-in retriever for any text LLM (MockLLM here)
 """
@@ -96,15 +97,16 @@ def main() -> None:
         print(f"[stream] q{j} sources={sources} answer={text!r}")
 
     # 3. A LlamaIndex VectorStoreIndex whose vectors are CLaRa memory, in a ClaraVectorStore.
-    #    Keep metadata out of the compressed text, as step 1 did.
+    #    Keep metadata out of the compressed text, as step 1 did. No response_synthesizer:
+    #    LlamaIndex's default synthesizer hands ClaraLLM the nodes' text, and ClaraLLM
+    #    recognises the nodes ClaraVectorStore returned and answers from their memory.
     documents = [Document(id_=f"doc-{i}", text=t, metadata={"i": i}, excluded_embed_metadata_keys=["i"])
                  for i, t in enumerate(DOCS)]
     embed_model = ClaraEmbedding(model=model)
     index = VectorStoreIndex.from_documents(
         documents, embed_model=embed_model,
         storage_context=StorageContext.from_defaults(vector_store=ClaraVectorStore(model=model, dtype=torch.float32)))
-    index_engine = index.as_query_engine(llm=llm, similarity_top_k=k,
-                                         response_synthesizer=ClaraSynthesizer(llm=llm))
+    index_engine = index.as_query_engine(llm=llm, similarity_top_k=k)
     for j, question in enumerate(QUESTIONS):
         report("index", j, index_engine.query(question))
 

@@ -9,6 +9,11 @@ lossless copy of the stored values). `ClaraSynthesizer` reads it from there and 
 to `ClaraLLM`, whose generator reads the memory vectors in place of the text. Any text LLM
 just reads ``node.text`` as usual.
 
+Without `ClaraSynthesizer` (e.g. ``index.as_query_engine(llm=ClaraLLM(model))``, which
+builds LlamaIndex's default text synthesizer), `ClaraLLM` recognises the nodes those
+components returned in the context text it is given and still answers from their memory;
+a context it cannot account for entirely is read as text, with a warning (see `ClaraLLM`).
+
 Example:
     >>> from llama_index.core.query_engine import RetrieverQueryEngine  # doctest: +SKIP
     >>> engine = RetrieverQueryEngine(
@@ -16,6 +21,11 @@ Example:
     ...     response_synthesizer=ClaraSynthesizer(llm=ClaraLLM(model=model)),
     ... )  # doctest: +SKIP
     >>> print(engine.query("Who is the Eiffel Tower named after?"))  # doctest: +SKIP
+    >>> index = VectorStoreIndex.from_documents(
+    ...     docs, storage_context=StorageContext.from_defaults(vector_store=ClaraVectorStore(model=model)),
+    ...     embed_model=ClaraEmbedding(model))  # doctest: +SKIP
+    >>> print(index.as_query_engine(llm=ClaraLLM(model=model), similarity_top_k=2).query(
+    ...     "Who is the Eiffel Tower named after?"))  # from memory  # doctest: +SKIP
 """
 from __future__ import annotations
 

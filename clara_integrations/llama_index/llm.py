@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +23,36 @@ from llama_index.core.base.llms.types import (
     MessageRole,
 )
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.llm import LLMPredictEndEvent, LLMPredictStartEvent
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.schema import BaseNode, NodeWithScore
 
 from ..modeling.tokens import reference_decode
+from ._context import REGISTRY
 from ._memory import model_lock, node_memory
 from ._streaming import astream_text, stream_text
 
 __all__ = ["ClaraLLM"]
 
 logger = logging.getLogger(__name__)
+dispatcher = get_dispatcher(__name__)
 
 MemoryLike = torch.Tensor | Sequence[Any]
+
+_ANSWERS_KEPT = 256  # answers remembered per ClaraLLM for refine calls
+_ANSWERS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _ContextPlan:
+    """A text synthesizer's prompt, answered from memory: the question, the nodes'
+    contents (as rendered for an LLM) and their memory (k, n_mem, H)."""
+
+    question: str
+    contents: tuple[str, ...]
+    memory: torch.Tensor
 
 
 class ClaraLLM(CustomLLM):
@@ -44,6 +64,20 @@ class ClaraLLM(CustomLLM):
     prompt, never the documents' text. Without memory it is the plain base chat model
     (chat template, no adapter), so it also works as an ordinary LlamaIndex LLM.
     `ClaraSynthesizer` passes retrieved nodes' memory for you.
+
+    LlamaIndex's default (text) synthesizers work too, so ``index.as_query_engine(
+    llm=ClaraLLM(model))`` answers from memory without a ``response_synthesizer``: when a
+    synthesizer's prompt holds ``query_str`` and a context made only of whole nodes that
+    `ClaraRetriever`, `ClaraVectorStore` or `ClaraReranker` returned in this process
+    (recognised by their text, see ``use_context_memory``), the generator reads those
+    nodes' memory (k = their number, in context order) with ``query_str`` as the question:
+    the answer `ClaraSynthesizer` gives for the same nodes. The template's wording is not
+    used (CLaRa's answer prompt is fixed by training). A refine call (``existing_answer``,
+    e.g. ``response_mode="refine"``) answers again over the memory of the nodes behind
+    the existing answer plus the new ones, so the last answer is the one over all nodes.
+    Anything else (nodes from another retriever, text a postprocessor changed, a node cut
+    because the text exceeded ``context_window``, tree-summarize's second level) is read
+    as text, with a logged warning.
 
     Every entry point has its sync, streaming and async forms (`complete`,
     `stream_complete`, `chat`, `stream_chat`, `acomplete`, ...). Answers with memory carry
@@ -58,12 +92,17 @@ class ClaraLLM(CustomLLM):
             ``max_position_embeddings``).
         model_name: reported in `metadata` (default ``"clara/<base model>"``).
         generate_kwargs: extra `transformers` `generate` arguments for every call.
+        use_context_memory: answer text synthesizers' prompts from the memory of the CLaRa
+            nodes in their context (default); False reads the context as text. Recently
+            returned nodes are remembered process-wide by content (10,000 nodes / 256 MiB
+            at most, least recently used dropped first).
 
     Example:
         >>> llm = ClaraLLM(model=model, max_new_tokens=32)                  # doctest: +SKIP
         >>> memory = model.compress_documents(["Paris is the capital of France."])  # doctest: +SKIP
         >>> llm.complete("What is the capital of France?", memory=memory).text  # doctest: +SKIP
         >>> llm.complete("Say hi.").text   # no memory: the plain base chat model  # doctest: +SKIP
+        >>> index.as_query_engine(llm=llm, similarity_top_k=2).query("Capital of France?")  # doctest: +SKIP
     """
 
     model_config = ConfigDict(protected_namespaces=("pydantic_model_",))
@@ -75,9 +114,13 @@ class ClaraLLM(CustomLLM):
     model_name: str | None = Field(default=None, description="Reported model name.")
     generate_kwargs: dict[str, Any] = Field(default_factory=dict,
                                             description="Extra transformers generate() arguments.")
+    use_context_memory: bool = Field(
+        default=True, description="Answer text synthesizers' prompts from the memory of the "
+                                  "CLaRa nodes in their context instead of reading the text.")
 
     _model: Any = PrivateAttr()
     _warned_text_context: bool = PrivateAttr(default=False)
+    _answers: OrderedDict = PrivateAttr(default_factory=OrderedDict)
 
     def __init__(self, model: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -246,28 +289,123 @@ class ClaraLLM(CustomLLM):
         chunks = (self._as_chat(r) for r in self._stream(self._chat_runner(messages, kwargs)))
         return astream_text(chunks)
 
-    # ------------------------------------------------------------------ text RAG hint
-    def _note_text_context(self, prompt_args: dict[str, Any]) -> None:
-        if "context_str" in prompt_args and not self._warned_text_context:
+    # ------------------------------------------------------------------ text synthesizers
+    # LlamaIndex's text synthesizers (the default of `index.as_query_engine(llm=...)`)
+    # call predict / stream / apredict / astream with the retrieved nodes rendered as
+    # ``context_str`` (``context_msg`` + ``existing_answer`` when refining). When that text
+    # is exactly nodes a CLaRa component returned, answer from their memory instead (see
+    # `_context` for why this is the hook, and the class docstring for the rules).
+    def _text_fallback(self, reason: str) -> None:
+        message = ("ClaraLLM read the retrieved documents as plain text: %s. To answer from "
+                   "CLaRa memory, retrieve with ClaraRetriever / ClaraVectorStore / ClaraReranker, "
+                   "or pass response_synthesizer=ClaraSynthesizer(llm=...) to the query engine.")
+        if not self._warned_text_context:
             self._warned_text_context = True
-            logger.warning(
-                "ClaraLLM received retrieved documents as text (a LlamaIndex text synthesizer); "
-                "the base model will read them as plain text. To answer from CLaRa memory, pass "
-                "response_synthesizer=ClaraSynthesizer(llm=...) to the query engine."
-            )
+            logger.warning(message, reason)
+        else:
+            logger.debug(message, reason)
 
+    def _context_plan(self, prompt: Any, prompt_args: dict[str, Any]) -> _ContextPlan | None:
+        """How to answer a synthesizer's prompt from memory, or None for the text path."""
+        args = {**(getattr(prompt, "kwargs", None) or {}), **prompt_args}  # query_str is partial
+        if "context_str" in args:
+            context, previous = args["context_str"], None
+        elif "context_msg" in args and "existing_answer" in args:
+            context, previous = args["context_msg"], args["existing_answer"]
+        else:
+            return None  # not a retrieval prompt: an ordinary LLM call
+        if not self.use_context_memory:
+            return None
+        if isinstance(context, (list, tuple)) and all(isinstance(c, str) for c in context):
+            context = "\n\n".join(context)  # SimpleSummarize passes its (one) chunk in a list
+        question = args.get("query_str")
+        if not isinstance(question, str) or not question.strip():
+            return self._text_fallback("the prompt carries no query_str")
+        identity = self._model.model_identity
+        matched = REGISTRY.match(identity, context)
+        if matched is None:
+            return self._text_fallback(
+                "the context is not made only of whole nodes that a CLaRa component returned "
+                "(another retriever's nodes, text changed by a postprocessor, or a node cut "
+                "because the context exceeded the context window)")
+        contents = [c for c, _ in matched]
+        memories = [m for _, m in matched]
+        if previous is not None:  # refine: answer again over the earlier nodes and these
+            with _ANSWERS_LOCK:
+                earlier = self._answers.get((question, str(previous)))
+            earlier_memories = None if earlier is None else REGISTRY.get(identity, earlier)
+            if earlier_memories is None:
+                return self._text_fallback("the answer being refined was not generated from memory")
+            contents = [*earlier, *contents]
+            memories = [*earlier_memories, *memories]
+        logger.debug("ClaraLLM: answering a text synthesizer's prompt from %d nodes' memory", len(memories))
+        return _ContextPlan(question, tuple(contents), torch.stack([m.float() for m in memories]))
+
+    def _remember(self, plan: _ContextPlan, answer: str) -> None:
+        """Note which nodes `answer` came from, for a later refine call."""
+        with _ANSWERS_LOCK:
+            self._answers[(plan.question, answer)] = plan.contents
+            self._answers.move_to_end((plan.question, answer))
+            while len(self._answers) > _ANSWERS_KEPT:
+                self._answers.popitem(last=False)
+
+    def _predict_start(self, prompt: Any, prompt_args: dict[str, Any]) -> None:
+        dispatcher.event(LLMPredictStartEvent(template=prompt, template_args=prompt_args))
+        self._log_template_data(prompt, **prompt_args)
+
+    def _predict_end(self, plan: _ContextPlan, text: str) -> str:
+        text = self._parse_output(text)
+        self._remember(plan, text)
+        dispatcher.event(LLMPredictEndEvent(output=text))
+        return text
+
+    @dispatcher.span
     def predict(self, prompt: Any, **prompt_args: Any) -> str:
-        self._note_text_context(prompt_args)
-        return super().predict(prompt, **prompt_args)
+        plan = self._context_plan(prompt, prompt_args)
+        if plan is None:
+            return super().predict(prompt, **prompt_args)
+        self._predict_start(prompt, prompt_args)
+        return self._predict_end(plan, self.complete(plan.question, memory=plan.memory).text)
 
+    @dispatcher.span
     def stream(self, prompt: Any, **prompt_args: Any) -> Any:
-        self._note_text_context(prompt_args)
-        return super().stream(prompt, **prompt_args)
+        plan = self._context_plan(prompt, prompt_args)
+        if plan is None:
+            return super().stream(prompt, **prompt_args)
+        self._predict_start(prompt, prompt_args)
+        chunks = self.stream_complete(plan.question, memory=plan.memory)  # inputs built now
 
+        def tokens() -> Iterator[str]:
+            text = ""
+            for chunk in chunks:
+                text = chunk.text
+                yield chunk.delta or ""
+            self._remember(plan, text)
+
+        return tokens()
+
+    @dispatcher.span
     async def apredict(self, prompt: Any, **prompt_args: Any) -> str:
-        self._note_text_context(prompt_args)
-        return await super().apredict(prompt, **prompt_args)
+        plan = self._context_plan(prompt, prompt_args)
+        if plan is None:
+            return await super().apredict(prompt, **prompt_args)
+        self._predict_start(prompt, prompt_args)
+        response = await self.acomplete(plan.question, memory=plan.memory)
+        return self._predict_end(plan, response.text)
 
+    @dispatcher.span
     async def astream(self, prompt: Any, **prompt_args: Any) -> Any:
-        self._note_text_context(prompt_args)
-        return await super().astream(prompt, **prompt_args)
+        plan = self._context_plan(prompt, prompt_args)
+        if plan is None:
+            return await super().astream(prompt, **prompt_args)
+        self._predict_start(prompt, prompt_args)
+        chunks = await self.astream_complete(plan.question, memory=plan.memory)
+
+        async def tokens() -> AsyncIterator[str]:
+            text = ""
+            async for chunk in chunks:
+                text = chunk.text
+                yield chunk.delta or ""
+            self._remember(plan, text)
+
+        return tokens()

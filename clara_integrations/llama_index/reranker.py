@@ -12,6 +12,7 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
+from ._context import register_nodes
 from ._memory import (
     MemoryCache,
     model_lock,
@@ -36,7 +37,8 @@ class ClaraReranker(BaseNodePostprocessor):
     often it is retrieved. The query reasoner scores the candidates by cosine and the
     differentiable top-k selector (as the reference does) keeps the best ``top_n``. The
     returned nodes carry their memory in ``embedding`` (copies; the inputs are untouched),
-    so `ClaraSynthesizer` answers from it without compressing again.
+    so `ClaraSynthesizer` answers from it without compressing again, and `ClaraLLM` does
+    behind a default text synthesizer too (``response_synthesizer`` left out).
 
     Args:
         model: a `ClaraModel` with a query reasoner.
@@ -105,6 +107,8 @@ class ClaraReranker(BaseNodePostprocessor):
             order = topk_idx[0].tolist()
             out = [NodeWithScore(node=with_memory(nodes[i].node, rows[i]), score=float(cosine[0, i]))
                    for i in order]
+            # Lets ClaraLLM answer from memory behind LlamaIndex's text synthesizers.
+            register_nodes(model.model_identity, out, [rows[i] for i in order])
             event.on_end(payload={EventPayload.NODES: out})
         logger.debug("ClaraReranker: %d -> %d nodes (%d compressed)", len(nodes), len(out), len(missing))
         dispatcher.event(ReRankEndEvent(nodes=out))

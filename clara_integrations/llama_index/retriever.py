@@ -11,6 +11,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
+from ._context import register_nodes
 from ._filters import to_store_filters
 from ._memory import hit_to_node, model_lock, query_text, require_query_reasoner
 from .vector_store import ClaraVectorStore
@@ -31,7 +32,9 @@ class ClaraRetriever(BaseRetriever):
 
     Each result is a `NodeWithScore` with the node's text and metadata, the cosine score,
     and the node's memory in ``node.embedding`` (flattened ``[n_mem, H]``), which
-    `ClaraSynthesizer` hands to `ClaraLLM`. Any other LLM reads the text.
+    `ClaraSynthesizer` hands to `ClaraLLM`. `ClaraLLM` also answers from that memory
+    behind LlamaIndex's default text synthesizers (it recognises the returned nodes, even
+    with ``attach_memory=False``). Any other LLM reads the text.
 
     Args:
         model: a `ClaraModel` with a query reasoner.
@@ -118,7 +121,7 @@ class ClaraRetriever(BaseRetriever):
             order = topk_idx[0].tolist()
             scores = cosine[0, order].tolist()
         logger.debug("ClaraRetriever: %d hits for %r", len(order), query)
-        return [
+        out = [
             NodeWithScore(
                 node=hit_to_node(hits[i].id, hits[i].text, hits[i].metadata,
                                  memories[i] if self.attach_memory else None),
@@ -126,6 +129,9 @@ class ClaraRetriever(BaseRetriever):
             )
             for i, score in zip(order, scores)
         ]
+        # Lets ClaraLLM answer from memory behind LlamaIndex's text synthesizers.
+        register_nodes(model.model_identity, out, [memories[i] for i in order])
+        return out
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         # Torch work runs in a worker thread so the event loop stays free.

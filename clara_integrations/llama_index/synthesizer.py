@@ -46,6 +46,11 @@ class ClaraSynthesizer(BaseSynthesizer):
     query results), ``memory_lookup(node_id)``, or, when ``compress_missing`` is on,
     the compressor run on the node's text right now (cached by content).
 
+    Behind ``index.as_query_engine(llm=ClaraLLM(...))`` LlamaIndex's default synthesizer
+    already gets the same answer for nodes that CLaRa components returned (see
+    `ClaraLLM`); this synthesizer is what answers from memory in every other case too
+    (nodes without memory, ``memory_lookup``, any context size).
+
     Args:
         llm: the `ClaraLLM` that answers.
         streaming: return a (Async)StreamingResponse of text deltas.

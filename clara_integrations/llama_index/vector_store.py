@@ -18,6 +18,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import node_to_metadata_dict
 
 from ..store import MemoryStore
+from ._context import register_nodes
 from ._filters import to_store_filters
 from ._memory import hit_to_node
 
@@ -32,7 +33,8 @@ class ClaraVectorStore(BasePydanticVectorStore):
     Node embeddings must be CLaRa memory, i.e. come from `ClaraEmbedding` of the model
     the store belongs to. The store keeps each node's text and its serialised node
     (relationships, metadata settings) and returns nodes with their memory in
-    ``node.embedding``, so `ClaraSynthesizer` answers from stored memory.
+    ``node.embedding``, so `ClaraSynthesizer` answers from stored memory, and so does
+    `ClaraLLM` behind ``index.as_query_engine(llm=ClaraLLM(model))``'s default synthesizer.
 
     Args:
         store: an existing `MemoryStore` (e.g. ``MemoryStore.load(path)``), or None to
@@ -51,9 +53,8 @@ class ClaraVectorStore(BasePydanticVectorStore):
         >>> index = VectorStoreIndex.from_documents(
         ...     docs, storage_context=StorageContext.from_defaults(vector_store=vector_store),
         ...     embed_model=ClaraEmbedding(model=model))                    # doctest: +SKIP
-        >>> llm = ClaraLLM(model=model)                                     # doctest: +SKIP
-        >>> engine = index.as_query_engine(llm=llm, similarity_top_k=2,
-        ...                                response_synthesizer=ClaraSynthesizer(llm=llm))  # doctest: +SKIP
+        >>> engine = index.as_query_engine(llm=ClaraLLM(model=model), similarity_top_k=2)  # doctest: +SKIP
+        >>> engine.query("Who is the Eiffel Tower named after?")  # answered from memory  # doctest: +SKIP
         >>> vector_store.persist("storage/default__vector_store")           # doctest: +SKIP
         >>> again = ClaraVectorStore.from_persist_dir("storage", model=model)  # doctest: +SKIP
     """
@@ -189,6 +190,8 @@ class ClaraVectorStore(BasePydanticVectorStore):
         hits = self._store.search(q, k=query.similarity_top_k, filters=filters or None)[0]
         memories = self._store.get_memories([h.id for h in hits]) if hits else []
         nodes = [hit_to_node(h.id, h.text, h.metadata, m) for h, m in zip(hits, memories)]
+        # Lets ClaraLLM answer from memory behind LlamaIndex's text synthesizers.
+        register_nodes(self._store.config.model_identity, nodes, list(memories))
         return VectorStoreQueryResult(nodes=nodes, similarities=[h.score for h in hits],
                                       ids=[h.id for h in hits])
 

@@ -13,7 +13,7 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
 
 from clara_integrations.llama_index import ClaraLLM, ClaraRetriever, ClaraSynthesizer
-from tests.llama_index.conftest import REFERENCE_MAX_NEW_TOKENS
+from tests.llama_index.conftest import REFERENCE_MAX_NEW_TOKENS, DecoderSpy
 
 
 def reference_engine(model, store, n_docs, **synth_kwargs):
@@ -49,37 +49,11 @@ def test_retriever_is_a_drop_in_for_any_text_llm(e2e_model, store32, reference):
     assert response.response  # MockLLM answered from the retrieved text
 
 
-class _DecoderSpy:
-    """Records the decoder's prefill length and every token id that gets embedded."""
-
-    def __init__(self, model):
-        self.prefill: list[int] = []
-        self.embedded: list[list[int]] = []
-        self.spliced: torch.Tensor | None = None
-        self._handles = [
-            model.decoder.register_forward_pre_hook(self._decoder, with_kwargs=True),
-            model.decoder.get_input_embeddings().register_forward_hook(self._embed),
-        ]
-
-    def _decoder(self, module, args, kwargs):
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is not None and not self.prefill:
-            self.prefill.append(embeds.shape[1])
-            self.spliced = embeds.detach().clone()
-
-    def _embed(self, module, args, output):
-        self.embedded.append(args[0].reshape(-1).tolist())
-
-    def close(self):
-        for h in self._handles:
-            h.remove()
-
-
 def test_generator_reads_memory_not_text(e2e_model, store32, reference, doc_memory):
     model, tok = e2e_model, e2e_model.tokenizer
     engine = reference_engine(model, store32, len(reference["docs"]))
     question = reference["questions"][0]
-    spy = _DecoderSpy(model)
+    spy = DecoderSpy(model)
     try:
         response = engine.query(question)
     finally:

@@ -3,11 +3,10 @@ another LlamaIndex vector store (SimpleVectorStore)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import pytest
 import torch
-from llama_index.core import Document, StorageContext, VectorStoreIndex
+from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.types import (
     MetadataFilter,
@@ -18,14 +17,7 @@ from llama_index.core.vector_stores.types import (
 
 from clara_integrations.llama_index import ClaraEmbedding, ClaraLLM, ClaraRetriever, ClaraSynthesizer, ClaraVectorStore
 from clara_integrations.store import MemoryStore, StoreMismatchError
-from tests.llama_index.conftest import REFERENCE_MAX_NEW_TOKENS
-
-
-def documents(reference):
-    # Metadata stays out of the embedded text so memory equals the reference's.
-    return [Document(id_=f"doc-{i}", text=t, metadata={"i": i, "half": "first" if i < 2 else "second"},
-                     excluded_embed_metadata_keys=["i", "half"])
-            for i, t in enumerate(reference["docs"])]
+from tests.llama_index.conftest import REFERENCE_MAX_NEW_TOKENS, documents
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +64,6 @@ def test_index_answers_from_stored_memory(index, e2e_model, reference, doc_memor
         node = response.source_nodes[0].node
         assert node.ref_doc_id == f"doc-{topk[0]}"
         assert torch.equal(torch.tensor(node.embedding).reshape(doc_memory[0].shape), doc_memory[topk[0]])
-
-
-def test_text_synthesizer_path_warns_and_still_answers(index, e2e_model, reference, caplog):
-    llm = ClaraLLM(model=e2e_model, max_new_tokens=2)
-    with caplog.at_level(logging.WARNING, logger="clara_integrations.llama_index.llm"):
-        response = index.as_query_engine(llm=llm, similarity_top_k=2).query(reference["questions"][0])
-    assert isinstance(response.response, str)
-    assert "ClaraSynthesizer" in caplog.text
 
 
 def test_filters_delete_upsert_and_get(index, e2e_model, reference):
