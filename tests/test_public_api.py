@@ -20,3 +20,9 @@ def test_core_imports_no_framework():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('llama_index', 'langchain_core', 'langchain')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+def test_store_imports_without_transformers():
+    code = ("import sys, clara_integrations.store; "
+            "assert 'transformers' not in sys.modules and 'peft' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)

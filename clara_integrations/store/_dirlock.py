@@ -3,6 +3,7 @@
 One process at a time may write a store directory; readers take no lock. Where
 ``fcntl`` is unavailable (Windows) locking is skipped with a debug message.
 """
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 Crash safety rests on two POSIX facts: ``os.replace`` is atomic within a directory, and
 data is durable only after ``fsync`` of the file *and* of its directory entry.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 _HASH_CHUNK = 8 << 20
 
 
-def new_hasher() -> "hashlib._Hash":
+def new_hasher() -> hashlib._Hash:
     """blake2b-128: fast in pure hashlib (~0.9 GB/s here) and plenty against corruption."""
     return hashlib.blake2b(digest_size=16)
 

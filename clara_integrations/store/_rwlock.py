@@ -4,11 +4,12 @@ Writers are preferred (a waiting writer blocks new readers) so that a stream of 
 cannot starve ``add``/``persist``. The write side is re-entrant for its owner thread, and
 the owner may also take the read side (a writer calling an internal read helper).
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class RWLock:

@@ -4,6 +4,7 @@ All scores are cosines computed in float32: ``(q_unit . x) * inv_norm(x)`` where
 ``inv_norm`` was computed once, at add time, from the stored (rounded) row. Results are
 per query ``(scores, rows)`` numpy pairs sorted by score descending, ties by row.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,10 +1,11 @@
 """Input checks at the store's public boundary. Each error names the argument and the fix."""
+
 from __future__ import annotations
 
 import json
-import math
 import uuid
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,7 +148,3 @@ def model_shape(model: Any, cfg: StoreConfig) -> str | None:
             "or the original model"
         )
     return identity
-
-
-def finite_or_none(x: float) -> float:
-    return x if math.isfinite(x) else float("nan")

@@ -5,6 +5,7 @@ self-describing. Structural fields (shapes, dtype, index kind) are fixed when th
 created; the *runtime* fields listed in :data:`RUNTIME_FIELDS` only steer search and may
 be overridden at :meth:`MemoryStore.load`.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -97,7 +98,7 @@ class StoreConfig(BaseModel):
     """"flat" (exact, default), "hnsw", "ivfpq", or a FAISS factory string."""
     model_identity: str | None = None
     """Identity of the compressor that produced the memory; None until first bound."""
-    reduce_dim: int | None = Field(default=128, gt=0)
+    reduce_dim: int | None = Field(default=128, ge=3)
     """ANN indexes are built over a PCA projection to this many dims (None: full dim)."""
     hnsw_m: int = Field(default=32, gt=1)
     """HNSW graph degree."""
@@ -106,12 +107,14 @@ class StoreConfig(BaseModel):
     hnsw_ef_search: int = Field(default=128, gt=0)
     """HNSW search beam width (raised to the candidate pool size when smaller)."""
     ivf_nlist: int | None = Field(default=None, gt=0)
-    """IVF lists; None picks min(4*sqrt(N), train_size/39)."""
-    ivf_nprobe: int = Field(default=32, gt=0)
+    """IVF lists; None picks min(sqrt(N), train rows / 39)."""
+    ivf_nprobe: int = Field(default=128, gt=0)
     """IVF lists visited per query."""
-    pq_m: int = Field(default=32, gt=0)
+    pq_m: int = Field(default=64, gt=0)
     """PQ sub-quantizers (must divide the indexed dimension)."""
-    rescore_factor: int = Field(default=10, gt=0)
+    pq_nbits: int = Field(default=8, ge=1, le=16)
+    """Bits per PQ sub-quantizer code (2**nbits centroids each)."""
+    rescore_factor: int = Field(default=20, gt=0)
     """ANN candidate pool is rescore_factor * k (at least min_candidates), re-scored exactly."""
     min_candidates: int = Field(default=100, gt=0)
     """Smallest ANN candidate pool."""
@@ -145,7 +148,7 @@ class StoreConfig(BaseModel):
         return value.lower() if value.lower() in NAMED_INDEXES else value
 
     @model_validator(mode="after")
-    def _check_pq(self) -> "StoreConfig":
+    def _check_pq(self) -> StoreConfig:
         if self.index == "ivfpq" and self.index_dim % self.pq_m:
             raise ValueError(
                 f"pq_m={self.pq_m} must divide the indexed dimension {self.index_dim} "

@@ -4,6 +4,7 @@ Every error derives from :class:`StoreError`, so callers can catch the whole fam
 the mismatch error is also a ``ValueError`` and the not-found error also a ``KeyError``
 so that generic handlers keep working.
 """
+
 from __future__ import annotations
 
 __all__ = [

@@ -13,11 +13,13 @@ Values compare by JSON value: ``1 == 1.0`` and ``True != 1``; ``"1" != 1``. A li
 metadata field matches when any of its elements matches (``{"tags": "x"}`` finds nodes
 whose ``tags`` list contains ``"x"``). Nested dicts are stored but cannot be filtered on.
 """
+
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 __all__ = ["compile_filters", "index_pairs", "canonical_value"]
 

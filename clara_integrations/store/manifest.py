@@ -6,6 +6,7 @@ sizes and blake2b checksums. ``persist`` writes every other file first, under a 
 name, makes it durable, and only then atomically replaces the manifest; files that no
 manifest names are garbage.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -78,7 +79,7 @@ class Manifest(BaseModel):
         return json.dumps({**body, "checksum": digest}, indent=1).encode()
 
     @classmethod
-    def read(cls, directory: Path) -> "Manifest":
+    def read(cls, directory: Path) -> Manifest:
         """Read and check ``directory/manifest.json``.
 
         Raises:

@@ -10,14 +10,17 @@ such a crash deletes the leftovers (:meth:`NodeDB.rollback_after`).
 Old versions are kept until :meth:`MemoryStore.compact`, so a process still serving an
 older generation keeps seeing consistent text and metadata.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +67,7 @@ class LiveNode:
 
 
 class NodeDB:
-    """One SQLite file; thread-local read connections, one writer connection.
+    """One SQLite file; a pool of read connections and one writer connection.
 
     Callers (the store) serialise writers and keep readers off while a write runs.
     """
@@ -73,7 +76,7 @@ class NodeDB:
         self.path = Path(path)
         if not create:
             self._check_header()
-        self._local = threading.local()
+        self._idle: list[sqlite3.Connection] = []  # pooled read connections
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
@@ -88,7 +91,9 @@ class NodeDB:
             with open(self.path, "rb") as fh:
                 head = fh.read(16)
         except OSError as exc:
-            raise StoreCorruptError(f"node database {self.path} is missing: {exc}", self.path)
+            raise StoreCorruptError(
+                f"node database {self.path} is missing: {exc}", self.path
+            ) from None
         if head != _SQLITE_MAGIC:
             raise StoreCorruptError(f"{self.path} is not an SQLite database", self.path)
 
@@ -101,12 +106,23 @@ class NodeDB:
             self._conns.append(conn)
         return conn
 
-    def reader(self) -> sqlite3.Connection:
-        """This thread's read connection (WAL: readers never block each other)."""
-        conn = getattr(self._local, "conn", None)
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a read connection from the pool (WAL: readers never block each other).
+
+        A pool rather than one connection per thread: servers that start a thread per
+        request would otherwise leave a connection behind for every dead thread.
+        """
+        with self._conns_lock:
+            conn = self._idle.pop() if self._idle else None
         if conn is None:
-            conn = self._local.conn = self._open()
-        return conn
+            conn = self._open()
+        try:
+            yield conn
+        finally:
+            with self._conns_lock:
+                if conn in self._conns:  # not closed meanwhile
+                    self._idle.append(conn)
 
     def writer(self) -> sqlite3.Connection:
         if self._writer is None:
@@ -115,21 +131,23 @@ class NodeDB:
 
     def close(self) -> None:
         with self._conns_lock:
-            conns, self._conns = self._conns, []
+            conns, self._conns, self._idle = self._conns, [], []
         for conn in conns:
             try:
                 conn.close()
             except sqlite3.Error:  # pragma: no cover - closing is best effort
                 pass
         self._writer = None
-        self._local = threading.local()
 
     # -- meta -------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
         try:
-            row = self.reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            with self.reading() as conn:
+                row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         except sqlite3.DatabaseError as exc:
-            raise StoreCorruptError(f"cannot read node database {self.path}: {exc}", self.path)
+            raise StoreCorruptError(
+                f"cannot read node database {self.path}: {exc}", self.path
+            ) from exc
         return row[0] if row else None
 
     def set_meta(self, items: Mapping[str, str], *, durable: bool = False) -> None:
@@ -172,9 +190,7 @@ class NodeDB:
         node_rows, meta_rows = [], []
         for i, (node_id, row, text, meta) in enumerate(records):
             vid = base + i
-            node_rows.append(
-                (vid, node_id, row, text, json.dumps(meta, ensure_ascii=False), gen)
-            )
+            node_rows.append((vid, node_id, row, text, json.dumps(meta, ensure_ascii=False), gen))
             meta_rows.extend((vid, k, v) for k, v in index_pairs(meta))
         with _transaction(w):
             self._retire(w, list(retire), gen)
@@ -221,7 +237,9 @@ class NodeDB:
         if dropped or revived:
             logger.info(
                 "rolled back %d uncommitted node versions and %d deletions in %s",
-                dropped, revived, self.path,
+                dropped,
+                revived,
+                self.path,
             )
         return dropped + revived
 
@@ -234,7 +252,9 @@ class NodeDB:
                 "(SELECT vid FROM nodes WHERE gen_deleted IS NOT NULL AND gen_deleted <= ?)",
                 (gen,),
             )
-            w.execute("DELETE FROM nodes WHERE gen_deleted IS NOT NULL AND gen_deleted <= ?", (gen,))
+            w.execute(
+                "DELETE FROM nodes WHERE gen_deleted IS NOT NULL AND gen_deleted <= ?", (gen,)
+            )
 
     def remap_rows(self, pairs: Sequence[tuple[int, int]]) -> None:
         """Set ``row = new`` for (new, vid) pairs (compaction, on a private copy)."""
@@ -253,62 +273,53 @@ class NodeDB:
             dst.close()
 
     # -- reads ------------------------------------------------------------------------
-    def live_by_ids(
-        self, ids: Sequence[str], view: int, *, conn: sqlite3.Connection | None = None
-    ) -> dict[str, LiveNode]:
-        conn = conn or self.reader()
-        out: dict[str, LiveNode] = {}
-        for part in _chunks(list(ids)):
-            marks = ",".join("?" * len(part))
-            cur = conn.execute(
-                "SELECT n.vid, n.id, n.row, n.text, n.metadata, n.gen_added FROM nodes n "
-                f"WHERE n.id IN ({marks}) AND {_LIVE}",
-                (*part, view, view),
-            )
-            for rec in cur:
-                out[rec[1]] = LiveNode(*rec)
-        return out
+    def live_by_ids(self, ids: Sequence[str], view: int) -> dict[str, LiveNode]:
+        """Live versions (in generation ``view``) of ``ids``, keyed by id."""
+        return {n.id: n for n in self._live_where("id", list(ids), view)}
 
     def live_by_rows(self, rows: Sequence[int], view: int) -> dict[int, LiveNode]:
-        conn = self.reader()
-        out: dict[int, LiveNode] = {}
-        for part in _chunks([int(r) for r in rows]):
-            marks = ",".join("?" * len(part))
-            cur = conn.execute(
-                "SELECT n.vid, n.id, n.row, n.text, n.metadata, n.gen_added FROM nodes n "
-                f"WHERE n.row IN ({marks}) AND {_LIVE}",
-                (*part, view, view),
-            )
-            for rec in cur:
-                out[rec[2]] = LiveNode(*rec)
+        """Live versions (in generation ``view``) stored at ``rows``, keyed by row."""
+        return {n.row: n for n in self._live_where("row", [int(r) for r in rows], view)}
+
+    def _live_where(self, column: str, values: list, view: int) -> list[LiveNode]:
+        out = []
+        with self.reading() as conn:
+            for part in _chunks(values):
+                marks = ",".join("?" * len(part))
+                cur = conn.execute(
+                    "SELECT n.vid, n.id, n.row, n.text, n.metadata, n.gen_added FROM nodes n "
+                    f"WHERE n.{column} IN ({marks}) AND {_LIVE}",
+                    (*part, view, view),
+                )
+                out.extend(LiveNode(*rec) for rec in cur)
         return out
 
     def rows_for_filter(self, filters: Mapping[str, Any], view: int) -> np.ndarray:
         """Sorted int64 rows of the live nodes that satisfy ``filters``."""
         cond, params = compile_filters(filters)
-        cur = self.reader().execute(
-            f"SELECT n.row FROM nodes n WHERE {_LIVE} AND {cond}", (view, view, *params)
-        )
-        rows = np.fromiter((r[0] for r in cur), dtype=np.int64)
+        with self.reading() as conn:
+            cur = conn.execute(
+                f"SELECT n.row FROM nodes n WHERE {_LIVE} AND {cond}", (view, view, *params)
+            )
+            rows = np.fromiter((r[0] for r in cur), dtype=np.int64)
         rows.sort()
         return rows
 
     def count_live(self, view: int) -> int:
-        return self.reader().execute(f"SELECT count(*) FROM nodes n WHERE {_LIVE}", (view, view)).fetchone()[0]
-
-    def live_rows(self, view: int) -> np.ndarray:
-        cur = self.reader().execute(f"SELECT n.row FROM nodes n WHERE {_LIVE}", (view, view))
-        return np.fromiter((r[0] for r in cur), dtype=np.int64)
+        with self.reading() as conn:
+            cur = conn.execute(f"SELECT count(*) FROM nodes n WHERE {_LIVE}", (view, view))
+            return cur.fetchone()[0]
 
     def iter_live(self, view: int, batch: int = 10000) -> Iterator[list[LiveNode]]:
         """All live versions ordered by row, in batches."""
-        cur = self.reader().execute(
-            "SELECT n.vid, n.id, n.row, n.text, n.metadata, n.gen_added FROM nodes n "
-            f"WHERE {_LIVE} ORDER BY n.row",
-            (view, view),
-        )
-        while recs := cur.fetchmany(batch):
-            yield [LiveNode(*r) for r in recs]
+        with self.reading() as conn:
+            cur = conn.execute(
+                "SELECT n.vid, n.id, n.row, n.text, n.metadata, n.gen_added FROM nodes n "
+                f"WHERE {_LIVE} ORDER BY n.row",
+                (view, view),
+            )
+            while recs := cur.fetchmany(batch):
+                yield [LiveNode(*r) for r in recs]
 
 
 class _transaction:

@@ -1,4 +1,5 @@
 """Plain records returned by the store."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

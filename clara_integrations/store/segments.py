@@ -10,14 +10,15 @@ File layout of a segment with ``n`` rows of width ``D``::
     n  x float32      inverse L2 norm of each row (1 / max(|x|, 1e-12))
     n*D x element     the raw rows: float16, bfloat16 bits as uint16, or float32
 """
+
 from __future__ import annotations
 
 import bisect
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -41,10 +42,37 @@ class Piece:
     inv_norm: np.ndarray  # [rows] float32
     entry: SegmentEntry | None = None
     directory: Path | None = None
+    fd: int | None = None  # for positional reads of memory-mapped segments
 
     @property
     def rows(self) -> int:
         return int(self.data.shape[0])
+
+    def read_rows(self, local: np.ndarray, out: np.ndarray) -> None:
+        """Copy rows ``local`` (sorted) of this piece into ``out`` ([len, D]).
+
+        Memory-mapped segments are read with ``preadv``: a page fault on a mapping
+        pulls in whole readahead windows / large folios (we measured ~0.5 MB of RSS
+        and up to 8 MB of disk reads per random 9 KB row), whereas a positional read
+        fetches just the row. Scans keep using the mapping (sequential access).
+        """
+        if self.fd is None:
+            out[:] = self.data[local]
+            return
+        row_bytes = self.data.shape[1] * self.data.itemsize
+        base = self.rows * 4  # the inverse norms come first
+        view = out.reshape(out.shape[0], -1).view(np.uint8)
+        for i, r in enumerate(local.tolist()):
+            got = os.preadv(self.fd, [view[i]], base + r * row_bytes)
+            if got != row_bytes:
+                raise StoreCorruptError(
+                    f"short read from segment {self.entry.file}", self.entry.file
+                )
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def inverse_norms(x: torch.Tensor) -> np.ndarray:
@@ -57,8 +85,10 @@ def to_float32(block: np.ndarray, dtype: str, out: torch.Tensor | None = None) -
     """Storage-dtype rows -> float32 torch tensor (into ``out`` when given)."""
     if dtype == "float32":
         return torch.from_numpy(block)
-    src = torch.from_numpy(block) if dtype == "float16" else (
-        torch.from_numpy(block.view(np.int16)).view(torch.bfloat16)
+    src = (
+        torch.from_numpy(block)
+        if dtype == "float16"
+        else (torch.from_numpy(block.view(np.int16)).view(torch.bfloat16))
     )
     if out is None:
         return src.float()
@@ -76,8 +106,10 @@ def to_torch(block: np.ndarray, dtype: str) -> torch.Tensor:
 def from_torch(x: torch.Tensor, dtype: str) -> np.ndarray:
     """A CPU tensor already in the store dtype -> numpy in the storage dtype."""
     if dtype == "bfloat16":
-        return x.contiguous().view(torch.int16).numpy().view(np.uint16)
-    return x.contiguous().numpy()
+        x = x.contiguous().view(torch.int16)
+    # copy: the caller may still own (and later modify) the tensor's storage
+    out = np.array(x.contiguous().numpy(), copy=True)
+    return out.view(np.uint16) if dtype == "bfloat16" else out
 
 
 class MemoryRows:
@@ -117,11 +149,19 @@ class MemoryRows:
             os.fsync(fh.fileno())
         rows = sum(p.rows for p in ram)
         entry = SegmentEntry(
-            file=name, bytes=path.stat().st_size, blake2b=h.hexdigest(),
-            start=ram[0].start, rows=rows,
+            file=name,
+            bytes=path.stat().st_size,
+            blake2b=h.hexdigest(),
+            start=ram[0].start,
+            rows=rows,
         )
-        piece = self.open_segment(directory, entry, mmap=mmap, verify=False)
-        del self.pieces[-len(ram):], self._starts[-len(ram):]
+        if mmap:
+            piece = self.open_segment(directory, entry, mmap=True, verify=False)
+        else:  # keep the rows we already hold in RAM
+            data = np.concatenate([p.data for p in ram]) if len(ram) > 1 else ram[0].data
+            inv = np.concatenate([p.inv_norm for p in ram]) if len(ram) > 1 else ram[0].inv_norm
+            piece = Piece(ram[0].start, data, inv, entry, Path(directory))
+        del self.pieces[-len(ram) :], self._starts[-len(ram) :]
         self.pieces.append(piece)
         self._starts.append(piece.start)
         logger.debug("wrote segment %s (%d rows)", path, rows)
@@ -151,6 +191,11 @@ class MemoryRows:
             # without warnings; we never write, so pages stay shared with the page cache.
             inv = np.memmap(path, np.float32, "c", 0, (entry.rows,))
             data = np.memmap(path, self.np_dtype, "c", entry.rows * 4, (entry.rows, self.dim))
+            if hasattr(os, "preadv"):
+                fd = os.open(path, os.O_RDONLY)
+                if hasattr(os, "posix_fadvise"):  # no readahead for single-row reads
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                return Piece(entry.start, data, inv, entry, Path(directory), fd)
         else:
             raw = np.fromfile(path, dtype=np.uint8)
             inv = raw[: entry.rows * 4].view(np.float32)
@@ -181,10 +226,17 @@ class MemoryRows:
             piece = self.pieces[p_idx]
             sel = np.nonzero(which == p_idx)[0]
             local = rows[sel] - piece.start
-            order = np.argsort(local, kind="stable")  # sequential page access
-            out[sel[order]] = piece.data[local[order]]
+            order = np.argsort(local, kind="stable")  # sequential file access
+            part = np.empty((sel.size, self.dim), self.np_dtype)
+            piece.read_rows(local[order], part)
+            out[sel[order]] = part
             inv[sel[order]] = piece.inv_norm[local[order]]
         return out, inv
+
+    def close(self) -> None:
+        """Close file descriptors (mappings close when their arrays are collected)."""
+        for piece in self.pieces:
+            piece.close()
 
     def iter_blocks(
         self, start: int, stop: int, block_rows: int

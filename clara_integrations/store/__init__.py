@@ -1,0 +1,37 @@
+"""Compressed-memory node store (framework-free).
+
+Holds nodes (id, text, metadata) with their CLaRa memory tokens ``[n_mem, H]`` on disk
+(float16 by default), searchable by cosine similarity with an exact ("flat") or
+approximate ("hnsw", "ivfpq", FAISS factory) index, persisted atomically.
+
+Example:
+    >>> import torch
+    >>> from clara_integrations.store import MemoryStore
+    >>> store = MemoryStore(n_mem=2, hidden_size=4)
+    >>> ids = store.add(torch.randn(2, 2, 4), texts=["a", "b"])
+    >>> [h.id for h in store.search(store.get_memories(ids).flatten(1), k=1)[1]] == ids[1:]
+    True
+"""
+
+from .config import StoreConfig
+from .errors import (
+    NodeNotFoundError,
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+    StoreMismatchError,
+)
+from .memory_store import MemoryStore
+from .records import Hit, Node
+
+__all__ = [
+    "Hit",
+    "MemoryStore",
+    "Node",
+    "NodeNotFoundError",
+    "StoreConfig",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreLockedError",
+    "StoreMismatchError",
+]

@@ -1,0 +1,193 @@
+"""Add / search / filters / delete / update / validation on an in-memory store."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import clara_integrations.store as store_pkg
+from clara_integrations.store import (
+    Hit,
+    MemoryStore,
+    NodeNotFoundError,
+    StoreConfig,
+    StoreMismatchError,
+)
+
+from ._helpers import N_MEM, D, H, assert_same_hits, brute_force, clustered, queries
+
+
+def test_public_api_is_pinned():
+    assert store_pkg.__all__ == sorted(store_pkg.__all__)
+    assert set(store_pkg.__all__) == {
+        "Hit",
+        "MemoryStore",
+        "Node",
+        "NodeNotFoundError",
+        "StoreConfig",
+        "StoreCorruptError",
+        "StoreError",
+        "StoreLockedError",
+        "StoreMismatchError",
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_flat_search_matches_brute_force(dtype):
+    mem = clustered(500, seed=3) * 3
+    ids = [f"d{i}" for i in range(500)]
+    with MemoryStore(n_mem=N_MEM, hidden_size=H, dtype=dtype, scan_block_bytes=1) as store:
+        # scan_block_bytes=1 forces many small blocks (tests the blocked top-k merge)
+        assert store.add(mem, texts=ids, ids=ids) == ids
+        assert len(store) == 500
+        stored = store.get_memories(ids)
+        assert stored.dtype == dtype and stored.shape == (500, N_MEM, H)
+        assert torch.equal(stored, mem.to(dtype))  # rounded once, stored exactly
+        q = queries(7)
+        hits = store.search(q, k=10)
+        assert_same_hits(hits, brute_force(stored, ids, q, 10))
+        assert all(isinstance(h, Hit) and h.text == h.id for h in hits[0])
+        # 1-D query and [B, n_mem, H] queries are accepted too
+        assert [h.id for h in store.search(q[0], k=3)[0]] == [h.id for h in hits[0][:3]]
+        q3 = q.reshape(7, N_MEM, H)
+        assert [h.id for h in store.search(q3, k=3)[6]] == [h.id for h in hits[6][:3]]
+
+
+def test_search_edge_cases():
+    with MemoryStore(n_mem=N_MEM, hidden_size=H) as store:
+        assert store.search(queries(2), k=5) == [[], []]
+        store.add(clustered(3), ids=["a", "b", "c"])
+        hits = store.search(queries(1), k=10)
+        assert len(hits[0]) == 3  # k larger than the store
+        assert store.search(store.get_memories(["b"]).flatten(1), k=1)[0][0].id == "b"
+
+
+def test_filters_equality_membership_negation(small_store):
+    store, mem, ids, meta = small_store
+    stored = store.get_memories(ids)
+    q = queries(4)
+    cases = {
+        "eq": ({"source": "s1.pdf"}, lambda m: m["source"] == "s1.pdf"),
+        "eq-op": ({"source": {"$eq": "s1.pdf"}}, lambda m: m["source"] == "s1.pdf"),
+        "in-list": ({"page": [1, 2]}, lambda m: m["page"] in (1, 2)),
+        "in-op": ({"page": {"$in": [3]}}, lambda m: m["page"] == 3),
+        "and": (
+            {"source": "s0.pdf", "page": {"$in": [0, 5]}},
+            lambda m: m["source"] == "s0.pdf" and m["page"] in (0, 5),
+        ),
+        "ne": ({"source": {"$ne": "s0.pdf"}}, lambda m: m["source"] != "s0.pdf"),
+        "nin": ({"page": {"$nin": [0, 1, 2, 3]}}, lambda m: m["page"] > 3),
+        "list-contains": ({"tags": "even"}, lambda m: "even" in m["tags"]),
+        "float-int": ({"page": 2.0}, lambda m: m["page"] == 2),
+    }
+    for exact_rows in (10_000, 1):  # exact-on-allowed path, then masked-scan path
+        store.configure(exact_filter_rows=exact_rows)
+        for name, (flt, pred) in cases.items():
+            allowed = [pred(m) for m in meta]
+            hits = store.search(q, k=15, filters=flt)
+            assert all(len(h) == 15 for h in hits), name  # no short lists
+            assert_same_hits(hits, brute_force(stored, ids, q, 15, allowed))
+            assert all(pred(h.metadata) for row in hits for h in row), name
+    assert store.search(q, k=5, filters={"source": "nope"}) == [[]] * 4
+    assert store.search(q, k=5, filters={"page": {"$in": []}}) == [[]] * 4
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"source": {"$gt": 1}},
+        {"source": {"a": 1}},
+        {"source": {"$in": "x"}},
+        {"": 1},
+        {"source": [{"nested": 1}]},
+        ["source"],
+    ],
+)
+def test_bad_filters_raise(small_store, bad):
+    store = small_store[0]
+    with pytest.raises(ValueError):
+        store.search(queries(1), k=3, filters=bad)
+
+
+def test_delete(small_store):
+    store, mem, ids, meta = small_store
+    assert store.delete(["n0", "n5", "n5"]) == 2
+    assert len(store) == 298 and "n0" not in store and "n1" in store
+    hits = store.search(store.get_memories(["n1"]).flatten(1), k=300)
+    assert {h.id for h in hits[0]} == set(ids) - {"n0", "n5"}
+    with pytest.raises(NodeNotFoundError, match="n0"):
+        store.delete(["n1", "n0"])
+    assert "n1" in store  # nothing deleted by the failed call
+    assert store.delete(["n0", "n2"], missing_ok=True) == 1
+    with pytest.raises(NodeNotFoundError):
+        store.get_memories(["n0"])
+    # auto ids are fresh uuids and never collide with earlier ones
+    new = store.add(clustered(2, seed=9))
+    assert len(set(new) | set(ids)) == len(ids) + 2
+    store.add(clustered(1, seed=5), ids=["n0"])  # a caller may re-use its own deleted id
+    assert "n0" in store
+
+
+def test_update(small_store):
+    store, mem, ids, meta = small_store
+    new_mem = clustered(2, seed=42)
+    store.update(["n3", "n4"], memories=new_mem, texts=["three", "four"])
+    assert torch.equal(store.get_memories(["n3", "n4"]), new_mem.half())
+    nodes = store.get_nodes(["n3", "n4"])
+    assert [n.text for n in nodes] == ["three", "four"]
+    assert nodes[0].metadata == meta[3]  # untouched
+    store.update(["n3"], metadata=[{"source": "new.pdf"}])
+    assert store.get_nodes(["n3"])[0].metadata == {"source": "new.pdf"}
+    hits = store.search(new_mem[:1].flatten(1), k=1, filters={"source": "new.pdf"})
+    assert hits[0][0].id == "n3" and hits[0][0].text == "three"
+    assert hits[0][0].score == pytest.approx(1.0, abs=1e-3)
+    assert len(store) == 300
+    # the old memory of n4 is gone from search
+    old = store.search(mem[4:5].flatten(1), k=300)[0]
+    assert [h.id for h in old].count("n4") == 1
+    with pytest.raises(NodeNotFoundError):
+        store.update(["n3", "missing"], texts=["x", "y"])
+    assert store.get_nodes(["n3"])[0].text == "three"  # all-or-nothing
+    with pytest.raises(ValueError):
+        store.update(["n3"])
+
+
+def test_wrong_input_leaves_store_unchanged(small_store):
+    store, mem, ids, _ = small_store
+    before = (len(store), store.search(queries(2), k=5))
+    bad_calls = [
+        lambda: store.add(torch.randn(2, N_MEM, H + 1)),
+        lambda: store.add(torch.randn(2, N_MEM * H)),
+        lambda: store.add(torch.full((1, N_MEM, H), float("nan"))),
+        lambda: store.add(torch.full((1, N_MEM, H), 1e6)),  # overflows float16
+        lambda: store.add(torch.randn(2, N_MEM, H), texts=["only one"]),
+        lambda: store.add(torch.randn(2, N_MEM, H), ids=["x", "x"]),
+        lambda: store.add(torch.randn(1, N_MEM, H), ids=["n1"]),  # already present
+        lambda: store.add(torch.randn(1, N_MEM, H), metadata=[{"f": object()}]),
+        lambda: store.add(torch.randint(0, 3, (1, N_MEM, H))),
+        lambda: store.search(torch.randn(1, D + 1)),
+        lambda: store.search(torch.randn(1, D), k=0),
+        lambda: store.update(["n1"], memories=torch.randn(1, N_MEM + 1, H)),
+        lambda: store.update(["n1", "n2"], memories=torch.randn(1, N_MEM, H)),
+    ]
+    for call in bad_calls:
+        with pytest.raises((ValueError, TypeError)):
+            call()
+    assert (len(store), store.search(queries(2), k=5)) == before
+    assert torch.equal(store.get_memories(ids), mem.half())
+    with pytest.raises(ValueError, match=r"n_mem\*hidden_size=64"):
+        store.search(torch.randn(1, 65))
+
+
+def test_fingerprint_and_config():
+    store = MemoryStore(n_mem=8, hidden_size=576, dtype="bf16", model_identity="smol-clara")
+    assert store.fingerprint == "smol-clara:n_mem=8:H=576:bfloat16"
+    assert store.config.dim == 4608
+    with pytest.raises(ValueError, match="dtype"):
+        MemoryStore(n_mem=8, hidden_size=576, dtype=torch.int8)
+    with pytest.raises(ValueError, match="factory"):
+        MemoryStore(n_mem=8, hidden_size=576, index="NotAnIndex,Foo")
+    with pytest.raises(ValueError, match="pq_m"):
+        StoreConfig(n_mem=2, hidden_size=4, index="ivfpq", reduce_dim=None, pq_m=3)
+    assert issubclass(StoreMismatchError, ValueError)
+    store.close()
