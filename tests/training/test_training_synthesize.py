@@ -1,0 +1,86 @@
+"""Chunking, the offline teacher, BM25 negatives and the written JSONL."""
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+
+from transformers import AutoTokenizer
+
+from training.bm25 import BM25
+from training.data import load_examples
+from training.synthesize import SynthesisConfig, chunk_text, synthesize
+from training.teachers import HFTeacher, OfflineTeacher, _parse_pairs, make_teacher
+
+
+def test_bm25_ranks_overlap_first():
+    index = BM25(["cats purr", "dogs bark at cats", "stock markets fell"])
+    assert index.top("why do cats purr", 2) == [0, 1]
+    assert index.top("cats", 3, exclude=frozenset({0})) == [1]
+
+
+def test_offline_teacher_cloze():
+    pairs = OfflineTeacher().qa_pairs("Travel is booked in Concur. The per diem was raised in 2019 for staff.", 5)
+    assert ('Complete the statement: "The per diem was raised in ____ for staff."', "2019") in pairs
+    assert _parse_pairs("Q: Who?\nA: Ann\nnoise\nQ: When?\nA: 1999", 5) == [("Who?", "Ann"), ("When?", "1999")]
+
+
+def test_chunks_fit_the_budget(tiny_base):
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    text = "\n\n".join(" ".join(f"word{i}" for i in range(p, p + 40)) + "." for p in range(0, 400, 40))
+    chunks = chunk_text(text, tok, 64)
+    assert len(chunks) > 3
+    assert all(len(tok(c, add_special_tokens=False)["input_ids"]) <= 64 for c in chunks)
+    assert "word0" in chunks[0] and "word399" in chunks[-1]
+
+
+def test_synthesize_writes_every_stage(tiny_base, tiny_data, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    cfg = SynthesisConfig(doc_max_length=64, num_candidates=6, instruct_k=3, eval_fraction=0.2)
+    rows = synthesize(tiny_data["docs"], tmp_path, tok, OfflineTeacher(), cfg, show_progress=False)
+    for name in ("compress", "instruct", "retrieval", "e2e", "eval", "chunks"):
+        assert (tmp_path / f"{name}.jsonl").is_file()
+        assert rows[name], name
+    assert {r["data_type"] for r in rows["compress"]} == {"qa", "paraphrase"}
+    chunks = {c["text"] for c in rows["chunks"]}
+    for row in rows["e2e"]:
+        assert len(row["docs"]) == 6 and set(row["docs"]) <= chunks
+        negatives = [d for i, d in enumerate(row["docs"]) if i not in row["pos_index"]]
+        assert all(row["answer"].lower() not in d.lower() for d in negatives)
+    assert all(len(r["docs"]) == 3 for r in rows["instruct"])
+    loaded = load_examples([tmp_path / "e2e.jsonl", tmp_path / "compress.jsonl"])
+    assert not loaded.issues
+    assert json.loads((tmp_path / "manifest.json").read_text())["chunks"] == len(rows["chunks"])
+
+
+def test_openai_compatible_teacher_against_local_stub():
+    seen = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server API
+            seen.update(json.loads(self.rfile.read(int(self.headers["Content-Length"]))),
+                        auth=self.headers.get("Authorization"))
+            body = json.dumps({"choices": [{"message": {"content": "Q: Who signs?\nA: The director"}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        teacher = make_teacher("openai", "stub-model", f"http://127.0.0.1:{server.server_port}/v1",
+                               api_key_env="CLARA_TEST_NO_SUCH_KEY")
+        assert teacher.qa_pairs("The director signs all forms.", 3) == [("Who signs?", "The director")]
+    finally:
+        server.shutdown()
+    assert seen["model"] == "stub-model" and seen["temperature"] == 0 and seen["auth"] is None
+
+
+def test_hf_teacher_falls_back_when_reply_unparseable(tiny_base):
+    teacher = HFTeacher(str(tiny_base), device="cpu", max_new_tokens=4)  # random weights: gibberish
+    pairs = teacher.qa_pairs("Leave requests go to the supervisor in 2020 through the portal.", 2)
+    assert pairs and teacher.fallbacks == 1

@@ -1,0 +1,265 @@
+"""The training loop of one stage, on Hugging Face Accelerate.
+
+Accelerate does the device placement, mixed precision, data sharding, gradient
+accumulation and gradient synchronisation (CPU, one GPU, DDP, FSDP or DeepSpeed from an
+`accelerate config`); this module only decides what happens in which order:
+
+* data order: one permutation per epoch from the seed; the stage's schedule is the first
+  ``steps * train_batch_size`` positions, so a resumed run skips exactly the batches it
+  has seen, and N processes see the same global batches as one;
+* dropout: the RNG is re-seeded before every micro-batch from the micro-batch's first
+  position in that schedule, so the random stream does not depend on the process count
+  or on where a run was resumed;
+* optimiser AdamW (betas 0.9/0.95, no weight decay), clipping at 1.0, warm-up of
+  ``ceil(0.03 * steps)`` then cosine to 10% (`cosine_with_min_lr`), linear or constant;
+* a non-finite loss stops the run before it touches the weights.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from clara_integrations import ClaraModel
+
+from .checkpoint import CheckpointManager
+from .collate import Collator, ScheduledDataset
+from .data import Example
+from .losses import objective_for_stage
+from .stages import prepare_model_for_stage
+
+__all__ = ["NonFiniteLossError", "StagePlan", "plan_stage", "schedule_order", "train_stage"]
+
+logger = logging.getLogger(__name__)
+
+WARMUP_RATIO = 0.03
+MIN_LR_RATE = 0.1  # cosine_with_min_lr ends at 10% of the peak (reference)
+ADAM_BETAS = (0.9, 0.95)
+MAX_GRAD_NORM = 1.0
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the stage, step and batch."""
+
+
+@dataclass
+class StagePlan:
+    """Everything that decides one stage's run; saved in checkpoints to check resumes."""
+
+    stage: str
+    index: int  # position of the stage in this run
+    n_examples: int
+    k: int
+    learning_rate: float
+    lr_scheduler: str
+    micro_batch_size: int
+    train_batch_size: int
+    grad_accum: int
+    epochs: float
+    steps: int
+    warmup_steps: int
+    max_len: int
+    mse_weight: float
+    seed: int
+    tokens_per_epoch: int = 0
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The plan as JSON-able dict (checkpoints compare it on resume)."""
+        return asdict(self)
+
+
+def plan_stage(stage: str, index: int, n_examples: int, *, world_size: int, k: int,
+               learning_rate: float, lr_scheduler: str, micro_batch_size: int,
+               train_batch_size: int, epochs: float, max_steps: int | None, max_len: int,
+               mse_weight: float, seed: int) -> StagePlan:
+    """Steps and accumulation of a stage (reference: ``ceil(epochs * (n // batch))``).
+
+    A global batch larger than the data set is shrunk to fit (with a warning).
+
+    Raises:
+        ValueError: the global batch is not a multiple of micro batch x processes.
+    """
+    per_step = micro_batch_size * world_size
+    if train_batch_size % per_step:
+        raise ValueError(f"--train-batch-size {train_batch_size} must be a multiple of "
+                         f"--micro-train-batch-size {micro_batch_size} x {world_size} processes")
+    if 0 < n_examples < train_batch_size:
+        shrunk = max(per_step, n_examples // per_step * per_step)
+        logger.warning("stage %s: %d examples < global batch %d; using a global batch of %d",
+                       stage, n_examples, train_batch_size, shrunk)
+        train_batch_size = shrunk
+    steps = math.ceil(epochs * (n_examples // train_batch_size))
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    return StagePlan(stage, index, n_examples, k, learning_rate, lr_scheduler, micro_batch_size,
+                     train_batch_size, train_batch_size // per_step, epochs, steps,
+                     math.ceil(steps * WARMUP_RATIO), max_len, mse_weight, seed)
+
+
+def schedule_order(n_examples: int, plan: StagePlan) -> list[int]:
+    """Example indices in training order: one seeded permutation per epoch, each cut to a
+    whole number of global batches (the reference drops the rest), ``steps`` batches."""
+    need = plan.steps * plan.train_batch_size
+    order: list[int] = []
+    epoch = 0
+    usable = n_examples // plan.train_batch_size * plan.train_batch_size
+    while len(order) < need and usable:
+        gen = torch.Generator().manual_seed(plan.seed * 1000 + plan.index * 100 + epoch)
+        order.extend(torch.randperm(n_examples, generator=gen)[:usable].tolist())
+        epoch += 1
+    return order[:need]
+
+
+def _param_groups(params: Sequence[torch.nn.Parameter]) -> list[dict[str, Any]]:
+    return [{"params": list(params), "weight_decay": 0.0}]
+
+
+def _scheduler(name: str, optimizer: torch.optim.Optimizer, plan: StagePlan):
+    kwargs = {"min_lr_rate": MIN_LR_RATE} if name == "cosine_with_min_lr" else None
+    return get_scheduler(name, optimizer, num_warmup_steps=plan.warmup_steps,
+                         num_training_steps=max(plan.steps, 1), scheduler_specific_kwargs=kwargs)
+
+
+def _seed_micro_batch(plan: StagePlan, first_position: int) -> None:
+    torch.manual_seed((plan.seed * 1_000_003 + plan.index * 10_000_019 + first_position) % 2**63)
+
+
+@dataclass
+class StageContext:
+    """What the loop needs besides the plan; `history` gets one dict per optimiser step."""
+
+    accelerator: Accelerator
+    checkpoints: CheckpointManager
+    save_steps: int = 0  # 0: only at the end of the stage
+    log_every: int = 1
+    quiet: bool = False
+    fresh_decoder: bool = True
+    train_mem_tokens: bool = True
+    encode_batch_size: int = 64
+    history: list[dict[str, Any]] = field(default_factory=list)
+    state_for_checkpoint: Callable[[StagePlan, int], dict[str, Any]] | None = None
+
+
+def _check_finite(acc: Accelerator, loss: torch.Tensor, plan: StagePlan, step: int,
+                  micro: int, batch: dict[str, Any], examples: Sequence[Example],
+                  order: Sequence[int]) -> None:
+    bad = torch.tensor(0.0 if torch.isfinite(loss).item() else 1.0, device=loss.device)
+    if acc.num_processes > 1:
+        bad = acc.reduce(bad, "sum")  # every rank stops together
+    if bad.item() > 0:
+        where = [examples[order[p]].origin for p in batch["positions"]]
+        raise NonFiniteLossError(
+            f"stage {plan.stage!r}: non-finite loss ({loss.item()}) at optimiser step {step + 1}, "
+            f"micro-batch {micro} (schedule positions {batch['positions']}, examples {where}); "
+            "stopped before updating the weights, the last good checkpoint is kept")
+
+
+def train_stage(model: ClaraModel, plan: StagePlan, examples: Sequence[Example],
+                collator: Collator, ctx: StageContext, start_step: int = 0,
+                resume_from: Any = None) -> None:
+    """Train `model` for one stage; appends one record per optimiser step to `ctx.history`.
+
+    Args:
+        start_step: optimiser steps already done (from `resume_from`, a checkpoint folder).
+
+    Raises:
+        NonFiniteLossError: a micro-batch's loss is NaN or infinite.
+    """
+    acc = ctx.accelerator
+    params, hook = prepare_model_for_stage(model, plan.stage, plan.k,
+                                           fresh_decoder=ctx.fresh_decoder and start_step == 0,
+                                           train_mem_tokens=ctx.train_mem_tokens)
+    order = schedule_order(len(examples), plan)
+    loader = torch.utils.data.DataLoader(ScheduledDataset(examples, order),
+                                         batch_size=plan.micro_batch_size, shuffle=False,
+                                         collate_fn=collator)
+    objective = objective_for_stage(model, plan.stage, plan.mse_weight, ctx.encode_batch_size)
+    optimizer = torch.optim.AdamW(_param_groups(params), lr=plan.learning_rate,
+                                  betas=ADAM_BETAS, eps=1e-8, weight_decay=0.0)
+    scheduler = _scheduler(plan.lr_scheduler, optimizer, plan)
+    acc.gradient_accumulation_steps = plan.grad_accum
+    objective, optimizer, loader = acc.prepare(objective, optimizer, loader)
+    if resume_from is not None and start_step > 0:
+        ctx.checkpoints.restore(resume_from, optimizer, scheduler)
+        loader = acc.skip_first_batches(loader, start_step * plan.grad_accum)
+    try:
+        _run(model, plan, examples, order, objective, optimizer, scheduler, loader, params, ctx,
+             start_step)
+    finally:
+        if hook is not None:
+            hook.remove()
+        acc.free_memory()
+        model.eval()
+
+
+def _run(model, plan, examples, order, objective, optimizer, scheduler, loader, params,
+         ctx: StageContext, step: int) -> None:
+    acc = ctx.accelerator
+    model.train()
+    window = {"loss": 0.0, "ntp": 0.0, "mse": 0.0, "tokens": 0, "micro": 0}
+    started = time.perf_counter()
+    bar = tqdm(total=plan.steps, initial=step, desc=f"{plan.stage}", unit="step",
+               disable=ctx.quiet or not acc.is_local_main_process)
+    for micro, batch in enumerate(loader, start=step * plan.grad_accum):
+        _seed_micro_batch(plan, batch["positions"][0])
+        with acc.accumulate(objective):
+            out = objective(batch)
+            _check_finite(acc, out["loss"], plan, step, micro, batch, examples, order)
+            acc.backward(out["loss"])
+            if acc.sync_gradients:
+                acc.clip_grad_norm_(params, MAX_GRAD_NORM)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        for key in ("loss", "ntp", "mse"):
+            window[key] += float(out[key].detach())
+        window["tokens"] += int(batch["n_tokens"])
+        window["micro"] += 1
+        if not acc.sync_gradients:
+            continue
+        lr = scheduler.get_last_lr()[0]  # the rate this step used
+        scheduler.step()
+        step += 1
+        record = _step_record(acc, plan, step, window, lr, started)
+        ctx.history.append(record)
+        window = {"loss": 0.0, "ntp": 0.0, "mse": 0.0, "tokens": 0, "micro": 0}
+        started = time.perf_counter()
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if not ctx.quiet and acc.is_main_process and (step % ctx.log_every == 0 or step == plan.steps):
+            logger.info("%s step %d/%d loss %.4f ntp %.4f mse %.4f lr %.3g tokens/s %.0f",
+                        plan.stage, step, plan.steps, record["loss"], record["ntp"],
+                        record["mse"], record["lr"], record["tokens_per_s"])
+        if ctx.save_steps and step % ctx.save_steps == 0 and step < plan.steps:
+            save_checkpoint(ctx, model, plan, step, optimizer, scheduler)
+    bar.close()
+
+
+def save_checkpoint(ctx: StageContext, model: ClaraModel, plan: StagePlan, step: int,
+                    optimizer: Any, scheduler: Any) -> None:
+    """Atomic checkpoint after optimiser step `step` of `plan`'s stage."""
+    state = ctx.state_for_checkpoint(plan, step) if ctx.state_for_checkpoint else {}
+    name = f"{plan.index:02d}-{plan.stage}-step{step:06d}"
+    ctx.checkpoints.save(name, model, optimizer, scheduler, state)
+
+
+def _step_record(acc: Accelerator, plan: StagePlan, step: int, window: dict[str, float],
+                 lr: float, started: float) -> dict[str, Any]:
+    values = torch.tensor([window["loss"], window["ntp"], window["mse"]], dtype=torch.float64,
+                          device=acc.device) / window["micro"]
+    tokens = torch.tensor([float(window["tokens"])], dtype=torch.float64, device=acc.device)
+    if acc.num_processes > 1:
+        values = acc.reduce(values, "mean")
+        tokens = acc.reduce(tokens, "sum")
+    seconds = max(time.perf_counter() - started, 1e-9)
+    loss, ntp, mse = values.tolist()
+    return {"stage": plan.stage, "step": step, "loss": loss, "ntp": ntp, "mse": mse,
+            "lr": lr, "tokens": int(tokens.item()),
+            "seconds": seconds, "tokens_per_s": tokens.item() / seconds}

@@ -1,0 +1,230 @@
+"""From a folder of raw documents to training data for every stage.
+
+1. Read ``.txt``, ``.md``/``.markdown`` files and ``.jsonl`` files (one object per line with
+   ``"text"``, optional ``"title"``/``"id"``) under the folder.
+2. Chunk each document into pieces of at most `doc_max_length` tokens of the model's
+   tokenizer, on paragraph and sentence boundaries where possible.
+3. Ask the teacher for QA pairs and a paraphrase per chunk, and write, in the reference
+   formats (so users can inspect, edit and reuse them with ``--data``):
+   ``compress.jsonl`` (stage-1 QA rows and paraphrase rows), ``instruct.jsonl`` (question,
+   k documents: the source chunk and BM25 hard negatives), ``e2e.jsonl`` and
+   ``retrieval.jsonl`` (question, N candidates, ``pos_index``), ``eval.jsonl`` (held-out
+   questions, same layout as e2e) and ``chunks.jsonl``.
+
+Hard negatives are the chunks BM25 ranks highest for the question, skipping the source
+chunk and any chunk that contains the answer (it would be a false negative).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from .bm25 import BM25
+from .data import write_jsonl
+from .metrics import normalize_answer
+from .teachers import Teacher
+
+__all__ = ["Chunk", "SynthesisConfig", "chunk_text", "read_documents", "synthesize"]
+
+logger = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a source document, at most `doc_max_length` tokens."""
+
+    id: str
+    source: str
+    text: str
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """How much data to write per chunk; saved as ``data/manifest.json``."""
+
+    doc_max_length: int = 256
+    qa_per_chunk: int = 5  # stage-1 QA pairs in one row
+    questions_per_chunk: int = 2  # stage 2/3 questions
+    instruct_k: int = 5  # documents per instruct example
+    num_candidates: int = 10  # candidates per e2e/retrieval example
+    eval_fraction: float = 0.1
+    max_eval: int = 200
+    seed: int = 42
+    teacher: str = "offline"
+
+
+def read_documents(folder: str | Path) -> Iterator[tuple[str, str]]:
+    """Yield (source name, text) for every readable document under `folder` (or a file).
+
+    Raises:
+        FileNotFoundError: `folder` does not exist or holds no document.
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise FileNotFoundError(f"--docs {root} does not exist")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    found = 0
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix in TEXT_SUFFIXES:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if text.strip():
+                found += 1
+                yield str(path), text
+        elif suffix == ".jsonl":
+            for number, line in enumerate(path.open(encoding="utf-8"), start=1):
+                try:
+                    obj = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError:
+                    logger.warning("%s:%d: not valid JSON; skipped", path, number)
+                    continue
+                if isinstance(obj, dict) and isinstance(obj.get("text"), str) and obj["text"].strip():
+                    found += 1
+                    title = obj.get("title") or ""
+                    text = f"# {title}\n\n{obj['text']}" if title else obj["text"]
+                    yield str(obj.get("id") or f"{path}:{number}"), text
+    if not found:
+        raise FileNotFoundError(f"no .txt, .md or .jsonl documents found under {root}")
+
+
+_PARAGRAPH = re.compile(r"\n\s*\n")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _pieces(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> Iterator[tuple[str, int]]:
+    """Paragraphs, else sentences, else token windows, each with its token count."""
+    for paragraph in _PARAGRAPH.split(text):
+        paragraph = paragraph.strip()
+        if not paragraph:
+            continue
+        n = len(tokenizer(paragraph, add_special_tokens=False)["input_ids"])
+        if n <= max_tokens:
+            yield paragraph, n
+            continue
+        for sentence in _SENTENCE.split(paragraph):
+            enc = tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = enc["offset_mapping"]
+            for start in range(0, len(offsets), max_tokens):
+                window = offsets[start:start + max_tokens]
+                yield sentence[window[0][0]:window[-1][1]], len(window)
+
+
+def chunk_text(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[str]:
+    """Greedy packing of paragraphs/sentences into chunks of at most `max_tokens` tokens.
+
+    Example:
+        >>> chunk_text("One.\\n\\nTwo.", tokenizer, 256)  # doctest: +SKIP
+        ['One.\\n\\nTwo.']
+    """
+    chunks, current, used = [], [], 0
+    for piece, n in _pieces(text, tokenizer, max_tokens):
+        if current and used + n + 1 > max_tokens:
+            chunks.append("\n\n".join(current))
+            current, used = [], 0
+        current.append(piece)
+        used += n + (1 if used else 0)
+    if current:
+        chunks.append("\n\n".join(current))
+    return [c for c in chunks if c.strip()]
+
+
+def _negatives(index: BM25, chunks: list[Chunk], source: int, question: str, answer: str,
+               n: int, rng: random.Random) -> list[int]:
+    """`n` hard negatives for `question`: BM25 order, no source, no chunk with the answer."""
+    norm_answer = normalize_answer(answer)
+
+    def ok(i: int) -> bool:
+        return i != source and not (norm_answer and norm_answer in normalize_answer(chunks[i].text))
+
+    picked = [i for i in index.top(question, 4 * n + 8, exclude=frozenset({source})) if ok(i)][:n]
+    if len(picked) < n:  # small corpus: fill with random chunks
+        rest = [i for i in range(len(chunks)) if i not in picked and ok(i)]
+        rng.shuffle(rest)
+        picked += rest[:n - len(picked)]
+    if len(picked) < n:
+        rest = [i for i in range(len(chunks)) if i != source and i not in picked]
+        picked += rest[:n - len(picked)]
+    return picked
+
+
+def _candidates(chunks: list[Chunk], source: int, negatives: list[int],
+                rng: random.Random) -> tuple[list[str], int]:
+    order = [source] + negatives
+    rng.shuffle(order)
+    return [chunks[i].text for i in order], order.index(source)
+
+
+def _make_chunks(folder: str | Path, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[Chunk]:
+    chunks = []
+    for source, text in read_documents(folder):
+        for j, piece in enumerate(chunk_text(text, tokenizer, max_tokens)):
+            chunks.append(Chunk(f"{source}#{j}", source, piece))
+    return chunks
+
+
+def synthesize(folder: str | Path, out_dir: str | Path, tokenizer: PreTrainedTokenizerBase,
+               teacher: Teacher, config: SynthesisConfig, show_progress: bool = True,
+               write: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Chunk the documents under `folder` and write every stage's JSONL into `out_dir`.
+
+    Returns:
+        {"compress", "instruct", "retrieval", "e2e", "eval", "chunks"} -> rows written.
+
+    Raises:
+        FileNotFoundError: no document found.
+        ValueError: fewer than 2 chunks (nothing to use as a negative).
+    """
+    chunks = _make_chunks(folder, tokenizer, config.doc_max_length)
+    if len(chunks) < 2:
+        raise ValueError(f"--docs {folder} gives {len(chunks)} chunk(s); need at least 2")
+    index = BM25([c.text for c in chunks])
+    rng = random.Random(config.seed)
+    n_neg = min(config.num_candidates, len(chunks)) - 1
+    k_neg = min(config.instruct_k, len(chunks)) - 1
+    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("compress", "instruct", "retrieval", "e2e", "eval")}
+    # Every `stride`-th chunk with questions gives one held-out question (deterministic).
+    stride = max(1, round(1 / config.eval_fraction)) if config.eval_fraction > 0 else 0
+    with_pairs = 0
+    for i, chunk in enumerate(tqdm(chunks, desc="synthesising", disable=not show_progress, unit="chunk")):
+        pairs = teacher.qa_pairs(chunk.text, max(config.qa_per_chunk, config.questions_per_chunk + 1))
+        with_pairs += bool(pairs)
+        held_out = stride and pairs and (with_pairs - 1) % stride == stride // 2
+        if held_out and len(rows["eval"]) < config.max_eval:
+            q, a = pairs.pop(0)
+            docs, pos = _candidates(chunks, i, _negatives(index, chunks, i, q, a, n_neg, rng), rng)
+            rows["eval"].append({"question": q, "answers": [a], "docs": docs, "pos_index": [pos],
+                                 "chunk": chunk.id})
+        if pairs:
+            qa = pairs[:config.qa_per_chunk]
+            rows["compress"].append({"data_type": "qa", "question": [q for q, _ in qa],
+                                     "answers": [a for _, a in qa], "docs": [chunk.text]})
+        rows["compress"].append({"data_type": "paraphrase", "answers": [teacher.paraphrase(chunk.text)],
+                                 "docs": [chunk.text]})
+        for q, a in pairs[:config.questions_per_chunk]:
+            docs, pos = _candidates(chunks, i, _negatives(index, chunks, i, q, a, k_neg, rng), rng)
+            rows["instruct"].append({"question": q, "answer": a, "docs": docs, "pos_index": [pos]})
+            docs, pos = _candidates(chunks, i, _negatives(index, chunks, i, q, a, n_neg, rng), rng)
+            row = {"question": q, "answer": a, "docs": docs, "pos_index": [pos]}
+            rows["e2e"].append(row)
+            rows["retrieval"].append(row)
+    rows["chunks"] = [asdict(c) for c in chunks]
+    if write:
+        out = Path(out_dir)
+        for name, data in rows.items():
+            write_jsonl(out / f"{name}.jsonl", data)
+        (out / "manifest.json").write_text(json.dumps(
+            {**asdict(config), "documents": str(folder), "chunks": len(chunks),
+             "rows": {k: len(v) for k, v in rows.items()}}, indent=1), encoding="utf-8")
+        logger.info("wrote synthetic data to %s: %s", out, {k: len(v) for k, v in rows.items()})
+    return rows
