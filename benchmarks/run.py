@@ -1,0 +1,111 @@
+"""Rerun the benchmarks side by side and rewrite BENCHMARKS.md.
+
+    python -m benchmarks.run            # full sizes (long on a CPU)
+    python -m benchmarks.run --quick    # small sizes, minutes
+
+Each benchmark is its own module (`benchmarks.<name>`), run here in a subprocess so that
+one's memory or threads do not disturb the next; each writes
+`benchmarks/results/<name>.json`, from which the tables below are made.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BENCHMARKS = ("compress_throughput", "answer_latency", "retrieval_quality", "store_scale")
+
+
+def run(name: str, quick: bool) -> str:
+    command = [sys.executable, "-m", f"benchmarks.{name}"] + (["--quick"] if quick else [])
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True)
+    return f"`{' '.join(['python'] + command[1:])}` ({time.perf_counter() - start:.0f} s)"
+
+
+def _load(name: str) -> dict:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def render(commands: dict[str, str]) -> str:
+    lines = ["# Benchmarks", "",
+             f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+             f"Python {platform.python_version()}, torch {torch.__version__}. "
+             "Produced by `python -m benchmarks.run`; commands and wall times:", ""]
+    lines += [f"- {name}: {cmd}" for name, cmd in commands.items()] or [
+        "- (rendered from the latest `benchmarks/results/*.json`; see each file for its run)"]
+    c = _load("compress_throughput")
+    if c:
+        lines += ["", "## Compression throughput (ours vs the reference's padded layout)", "",
+                  "| documents | mean tokens | ours docs/s | padded docs/s | ratio | max abs diff |",
+                  "|---|---|---|---|---|---|",
+                  f"| {c['documents']} | {c['mean_tokens']:.0f} | {c['ours_docs_per_s']:.1f} | "
+                  f"{c['reference_layout_docs_per_s']:.1f} | **{c['speedup']:.2f}x** | {c['max_abs_diff']:.1e} |"]
+    a = _load("answer_latency")
+    if a:
+        lines += ["", "## Answer latency: CLaRa (memory) vs text RAG, same base, k = 5", "",
+                  f"Ratios first: prefill **{a['prefill_ratio']:.1f}x** fewer tokens, time to first token "
+                  f"**{a['ttft_speedup']:.1f}x**, 32 new tokens **{a['total_speedup']:.1f}x** "
+                  f"({a['questions']} questions x {a['repeats']} repeats, medians).", "",
+                  "| | prefill tokens | TTFT s | 32 tokens s |", "|---|---|---|---|"]
+        for label, key in (("CLaRa", "clara"), ("text RAG", "text_rag")):
+            r = a[key]
+            lines.append(f"| {label} | {r['prefill']:.0f} | {r['ttft']:.3f} | {r['total']:.3f} |")
+        lines += ["", "Decoding 32 tokens is dominated by per-token cost, which memory does not "
+                  "shrink, so the total gains less than time to first token."]
+    r = _load("retrieval_quality")
+    if r:
+        lines += ["", "## Retrieval quality (recall@k among each question's candidates)", "",
+                  "| set | ranker | R@1 | R@2 | R@5 | questions |", "|---|---|---|---|---|---|"]
+        for dataset, by_ranker in r.items():
+            for label, s in by_ranker.items():
+                lines.append(f"| {dataset} | {label} | {s['recall@1']:.3f} | {s['recall@2']:.3f} | "
+                             f"{s['recall@5']:.3f} | {s['questions']} |")
+        lines += ["", "No trained CLaRa checkpoint ships yet: a CLaRa row is only as good as the "
+                  "checkpoint named with `--checkpoint`; random or untrained adapters rank near chance."]
+    s = _load("store_scale")
+    if s:
+        lines += ["", f"## Store scale ({s.get('n')} documents of 8 x 576, float16)", "",
+                  f"Disk per document: {s['build']['disk_bytes_per_doc']:.0f} bytes.", "",
+                  "| index | load s | RSS after load GiB | p50 ms | p99 ms | recall@10 |",
+                  "|---|---|---|---|---|---|"]
+        for kind in ("flat", "hnsw", "ivfpq"):
+            v = s.get(kind)
+            if v:
+                rss = v["rss_after_load"]["VmRSS"] / 2**30
+                rec = v.get("recall_at_10")
+                lines.append(f"| {kind} | {v['load_seconds']:.2f} | {rss:.2f} | {v['p50_ms']:.1f} | "
+                             f"{v['p99_ms']:.1f} | {'exact' if rec is None else f'{rec:.3f}'} |")
+    lines += ["", "## Not measured yet", "",
+              "- Answer quality (EM/F1 of CLaRa from memory vs the base model from text) and "
+              "retrieval of a trained checkpoint: no trained default checkpoint exists yet.",
+              "- Training throughput per stage: measured once by hand (see `training/README.md`), "
+              "not yet part of this script."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run these only (others: last results)")
+    parser.add_argument("--render-only", action="store_true", help="rewrite BENCHMARKS.md from results")
+    args = parser.parse_args(argv)
+    commands = {}
+    if not args.render_only:
+        for name in args.only or BENCHMARKS:
+            commands[name] = run(name, args.quick)
+    (ROOT / "BENCHMARKS.md").write_text(render(commands))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
