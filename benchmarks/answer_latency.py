@@ -25,9 +25,8 @@ import torch
 from clara_integrations import ClaraConfig, ClaraModel
 from clara_integrations.modeling import prompts
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks._paths import RESULTS, ROOT
 DATA = ROOT.parent / "shared" / "data" / "hotpotqa_dev.jsonl"
-RESULTS = ROOT / "benchmarks" / "results"
 NEW_TOKENS = 32
 K = 5
 

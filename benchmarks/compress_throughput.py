@@ -23,9 +23,8 @@ import torch
 
 from clara_integrations import ClaraConfig, ClaraModel
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks._paths import RESULTS, ROOT
 DATA = ROOT.parent / "shared" / "data" / "hotpotqa_dev.jsonl"
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def load_documents(tokenizer, count: int, mean_tokens: int, seed: int = 0) -> list[str]:

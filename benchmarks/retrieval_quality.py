@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks._paths import RESULTS, ROOT
 DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "benchmarks" / "results"
 SETS = ("hotpotqa", "musique", "2wikimultihopqa", "squad", "nq")
 KS = (1, 2, 5)
 

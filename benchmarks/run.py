@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks._paths import RESULTS, ROOT
 BENCHMARKS = ("compress_throughput", "answer_latency", "retrieval_quality", "store_scale")
 
 
@@ -103,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render_only:
         for name in args.only or BENCHMARKS:
             commands[name] = run(name, args.quick)
-    (ROOT / "BENCHMARKS.md").write_text(render(commands))
+    target = ROOT / "BENCHMARKS.md" if RESULTS.is_relative_to(ROOT) else RESULTS / "BENCHMARKS.md"
+    target.write_text(render(commands))
     return 0
 
 

@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks._paths import RESULTS
+
 N_MEM, HIDDEN = 8, 576
 DIM = N_MEM * HIDDEN
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Synth:
@@ -447,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
         if key in report:
             report[key].pop("top10", None)
             report[key].pop("latency_ms", None)
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / ("store_scale_quick.json" if args.quick else "store_scale.json")
     out.write_text(json.dumps(report, indent=1))
     _print_table(report)
