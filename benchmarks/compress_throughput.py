@@ -4,8 +4,8 @@ reference's layout (every document padded to doc_max_length + 3), same model and
     python -m benchmarks.compress_throughput              # SmolLM2-135M, 256 docs, 3 repeats
     python -m benchmarks.compress_throughput --quick      # fewer documents and repeats
 
-Documents are real passages from ../shared/data (HotpotQA candidates), cut to a mean of
-about 90 tokens; doc_max_length 256, compression rate 32 (8 memory vectors). Prints
+Documents are real text from ../shared/data (HotpotQA candidate passages, joined and cut
+into pieces of mean ~90 tokens); doc_max_length 256, compression rate 32 (8 memory vectors). Prints
 documents/second (median of repeats) and checks both layouts give the same vectors.
 """
 from __future__ import annotations
@@ -28,21 +28,23 @@ DATA = ROOT.parent / "shared" / "data" / "hotpotqa_dev.jsonl"
 
 
 def load_documents(tokenizer, count: int, mean_tokens: int, seed: int = 0) -> list[str]:
-    """Real passages, each cut to a random length around `mean_tokens` tokens."""
-    passages = []
+    """Real text cut into documents of random length around `mean_tokens` tokens (normal,
+    sd = mean / 2, at least 8): each question's passages are joined, then sliced."""
+    rng = random.Random(seed)
+    docs = []
     with DATA.open() as handle:
         for line in handle:
-            passages += [d["text"] for d in json.loads(line)["docs"]]
-    rng = random.Random(seed)
-    rng.shuffle(passages)
-    docs = []
-    for text in passages:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        target = max(8, int(rng.gauss(mean_tokens, mean_tokens / 2)))
-        if len(ids) >= 8:
-            docs.append(tokenizer.decode(ids[:target]))
-        if len(docs) == count:
-            break
+            text = " ".join(d["text"] for d in json.loads(line)["docs"])
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            start = 0
+            while len(docs) < count:
+                target = max(8, int(rng.gauss(mean_tokens, mean_tokens / 2)))
+                if start + target > len(ids):
+                    break
+                docs.append(tokenizer.decode(ids[start:start + target]))
+                start += target
+            if len(docs) == count:
+                break
     return docs
 
 
