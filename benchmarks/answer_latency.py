@@ -55,8 +55,7 @@ def _timed_generate(model: ClaraModel, embeds, mask, new_tokens: int) -> float:
 
 def text_rag_inputs(model: ClaraModel, question: str, docs: list[str]):
     """The base model's prompt with the documents' text where CLaRa has memory slots."""
-    user = "Background:\n" + "\n\n".join(docs) + "\n\nQuestion:" + question
-    text = prompts._render(model.tokenizer, prompts.SYSTEM_ANSWER, user, None)[0]
+    text = prompts.text_rag_prompt(model.tokenizer, question, docs)
     enc = model.tokenizer([text], add_special_tokens=False, return_tensors="pt")
     return model.decoder.get_input_embeddings()(enc["input_ids"]).detach(), enc["attention_mask"]
 

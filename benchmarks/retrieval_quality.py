@@ -4,6 +4,10 @@
     python -m benchmarks.retrieval_quality --questions 0            # every question
     python -m benchmarks.retrieval_quality --checkpoint e2e=./my-clara-e2e
 
+Questions come from the held-out part of each set (`--split heldout`, the part the shipped
+checkpoint was not trained on; clara_qa's passages are from the stage-1 pretraining
+sample, so only its questions are new there).
+
 Rankers, each over the same candidate passages of a question:
   * CLaRa: query reasoner vector vs compressed documents (cosine), for every checkpoint
     named with --checkpoint LABEL=PATH (default: the shipped default, if any);
@@ -24,15 +28,20 @@ import numpy as np
 import torch
 
 from benchmarks._paths import RESULTS, ROOT
+from training.recipes.default_data import TRAIN_FRACTION, split_qa
 DATA = ROOT.parent / "shared" / "data"
-SETS = ("hotpotqa", "musique", "2wikimultihopqa", "squad", "nq")
+SETS = ("hotpotqa", "musique", "2wikimultihopqa", "squad", "nq", "clara_qa")
 KS = (1, 2, 5)
 
 Ranker = Callable[[str, list[str]], list[int]]
 
 
-def load_set(name: str, limit: int) -> list[dict]:
+def load_set(name: str, limit: int, split: str = "heldout") -> list[dict]:
+    """A QA set's questions: `heldout` = the part the shipped default checkpoint was not
+    trained on (training/recipes/default_data.py), `all` = the whole file."""
     rows = [json.loads(line) for line in (DATA / f"{name}_dev.jsonl").open()]
+    if split == "heldout":
+        rows = split_qa(rows, TRAIN_FRACTION)[1]
     return rows[:limit] if limit else rows
 
 
@@ -86,10 +95,11 @@ def clara_ranker(path: str) -> Ranker:
     return rank
 
 
-def evaluate(rankers: dict[str, Ranker], limit: int) -> dict[str, dict[str, dict[str, float]]]:
+def evaluate(rankers: dict[str, Ranker], limit: int, split: str = "heldout",
+             ) -> dict[str, dict[str, dict[str, float]]]:
     table: dict[str, dict[str, dict[str, float]]] = {}
     for name in SETS:
-        rows = load_set(name, limit)
+        rows = load_set(name, limit, split)
         for label, rank in rankers.items():
             sums = dict.fromkeys(KS, 0.0)
             for row in rows:
@@ -106,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=40, help="per set; 0 = all")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH")
     parser.add_argument("--quick", action="store_true", help="10 questions per set")
+    parser.add_argument("--split", default="heldout", choices=("heldout", "all"),
+                        help="questions the shipped checkpoint never trained on (default), or all")
     args = parser.parse_args(argv)
     if args.quick:
         args.questions = 10
@@ -120,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.warning("skipping %s: %s", label, exc)
     rankers["bm25"] = bm25_ranker()
     rankers["minilm"] = minilm_ranker()
-    table = evaluate(rankers, args.questions)
+    table = evaluate(rankers, args.questions, args.split)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrieval_quality.json").write_text(json.dumps(table, indent=2) + "\n")
     sys.stdout.write(f"{'set':16}{'ranker':16}" + "".join(f"{f'R@{k}':>8}" for k in KS) + "\n")

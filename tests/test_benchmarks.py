@@ -28,6 +28,19 @@ def test_benchmark_commands_write_results(tmp_path):
           "--checkpoint", f"fixture={FIXTURE / 'ckpt-e2e'}"], tmp_path)
     quality = json.loads((tmp_path / "retrieval_quality.json").read_text())
     assert set(quality["squad"]) == {"fixture", "bm25", "minilm"}
+    _run(["benchmarks.answer_quality", "--questions", "1", "--checkpoint", str(FIXTURE / "ckpt-e2e")],
+         tmp_path)
+    answers = json.loads((tmp_path / "answer_quality.json").read_text())
+    for setting in ("gold", "retrieved"):
+        scores = answers["sets"]["nq"][setting]
+        assert 0.0 <= scores["clara"]["f1"] <= 1.0 and 0.0 <= scores["text_rag"]["f1"] <= 1.0
     _run(["benchmarks.store_scale", "--n", "2000", "--dir", str(tmp_path / "store")], tmp_path)
+    _run(["benchmarks.training_throughput", "--bases", "tiny", "--steps", "2"], tmp_path)
+    throughput = json.loads((tmp_path / "training_throughput.json").read_text())["bases"]["tiny"]
+    assert set(throughput) == {"compress", "instruct", "retrieval", "e2e"}
+    assert all(v["s_per_step"] > 0 and v["tokens_per_s"] > 0 for v in throughput.values())
     _run(["benchmarks.run", "--render-only"], tmp_path)
-    assert "## Store scale" in (tmp_path / "BENCHMARKS.md").read_text()
+    rendered = (tmp_path / "BENCHMARKS.md").read_text()
+    for section in ("## Compression throughput", "## Answer latency", "## Retrieval quality",
+                    "## Answer quality", "## Store scale", "## Training throughput"):
+        assert section in rendered

@@ -37,8 +37,18 @@ def test_python_examples_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_main_command_prints_memory_shape_and_ratio():
+def test_main_command_answers_the_bundled_questions_from_memory():
+    """`make demo`'s command: shipped checkpoint, LlamaIndex query engine, bundled corpus."""
     out = subprocess.run([sys.executable, "-m", "clara_integrations", "demo"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=600, check=True).stdout
-    assert "memory shape: (3, 8, 576)" in out
-    assert re.search(r"document 0: \d+ tokens -> 8 memory vectors \(compression ratio [\d.]+x\)", out)
+    assert "memory shape: (75, 8, 576)" in out
+    blocks = re.split(r"\nQ\d+: ", out)[1:]
+    assert len(blocks) == 8
+    for block in blocks:
+        assert re.search(r"^  answer: +'.+'", block, re.M), block
+        scores = [float(x) for x in re.findall(r"^  source \d: score (-?[\d.]+)", block, re.M)]
+        assert len(scores) == 5 and scores == sorted(scores, reverse=True), block
+        clara, text = map(int, re.search(r"generator context: (\d+) tokens \(text RAG: (\d+)", block).groups())
+        assert clara < text / 3, block  # 8 vectors per passage instead of its ~100+ tokens
+        assert re.search(r"time \d+\.\d\d s", block)
+    assert re.search(r"done: 8 questions, mean generator context \d+ tokens vs \d+ for text RAG", out)

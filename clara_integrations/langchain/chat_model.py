@@ -19,6 +19,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ..modeling import ClaraModel
+from ..modeling.assets import default_model
 from ..modeling.tokens import reference_decode
 from ..store import MemoryStore
 from ._common import check_store, document_memories
@@ -58,7 +59,7 @@ class ChatClara(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(),
                               populate_by_name=True)
 
-    model: ClaraModel
+    model: ClaraModel = Field(default_factory=default_model)
     """The loaded CLaRa model; its generator adapter answers from memory."""
     store: MemoryStore | None = None
     """Store whose documents' memory is read by id (None: compress document text)."""

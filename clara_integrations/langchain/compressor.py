@@ -9,6 +9,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
 from ..modeling import ClaraModel
+from ..modeling.assets import default_model
 from ..modeling.topk import cosine_scores
 from ..store import MemoryStore
 from ._common import check_store, document_memories, query_text
@@ -37,7 +38,7 @@ class ClaraDocumentCompressor(BaseDocumentCompressor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
 
-    model: ClaraModel
+    model: ClaraModel = Field(default_factory=default_model)
     """The CLaRa model (compressor and query reasoner adapters)."""
     store: MemoryStore | None = None
     """Optional store: documents whose id it holds are not compressed again."""

@@ -9,6 +9,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
 from ..modeling import ClaraModel
+from ..modeling.assets import default_model
 from ..store import Hit, MemoryStore
 from ._common import check_store, query_text
 
@@ -41,7 +42,7 @@ class ClaraRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
 
-    model: ClaraModel
+    model: ClaraModel = Field(default_factory=default_model)
     """The CLaRa model; needs its query reasoner adapter."""
     store: MemoryStore
     """Store of compressed documents made by this model's compressor."""

@@ -11,6 +11,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
+from ..modeling.assets import default_model
 from ..modeling import ClaraModel
 from ..store import Hit, MemoryStore
 from ._common import check_store, query_text
@@ -29,7 +30,8 @@ class ClaraEmbeddings(Embeddings):
         True
     """
 
-    def __init__(self, model: ClaraModel, batch_size: int = 16) -> None:
+    def __init__(self, model: ClaraModel | None = None, batch_size: int = 16) -> None:
+        model = default_model() if model is None else model
         if not isinstance(model, ClaraModel):
             raise TypeError(f"model must be a ClaraModel, got {type(model).__name__}")
         self.model = model
@@ -56,13 +58,14 @@ class ClaraVectorStore(VectorStore):
     the store's metadata filter dict.
 
     Args:
-        model: the CLaRa model (or give `embedding=ClaraEmbeddings(model)`).
+        model: the CLaRa model (or give `embedding=ClaraEmbeddings(model)`; neither: the
+            shipped default checkpoint).
         store: an existing store (default: a new `MemoryStore.for_model(model, **store_options)`).
         embedding: `ClaraEmbeddings` of the same model (what `from_texts` passes).
         store_options: for the new store, e.g. `dtype=torch.float32`, `index="hnsw"`.
 
     Raises:
-        TypeError: no model, or `embedding` is not `ClaraEmbeddings` (CLaRa memory comes
+        TypeError: `embedding` is not `ClaraEmbeddings` (CLaRa memory comes
             only from a CLaRa compressor).
         StoreMismatchError: `store` was built by another compressor / shape.
 
@@ -80,9 +83,7 @@ class ClaraVectorStore(VectorStore):
                 f"{type(embedding).__name__}; use another VectorStore for {type(embedding).__name__}"
             )
         if model is None:
-            if embedding is None:
-                raise TypeError("ClaraVectorStore needs model= (a ClaraModel) or embedding=ClaraEmbeddings(model)")
-            model = embedding.model
+            model = default_model() if embedding is None else embedding.model
         elif embedding is not None and embedding.model is not model:
             raise ValueError("model and embedding.model are different ClaraModels")
         self._embedding = embedding if embedding is not None else ClaraEmbeddings(model)

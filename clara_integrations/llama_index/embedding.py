@@ -7,6 +7,7 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
 
+from ..modeling.assets import default_model
 from ._memory import model_lock, query_text
 
 __all__ = ["ClaraEmbedding"]
@@ -40,7 +41,8 @@ class ClaraEmbedding(BaseEmbedding):
 
     _model: Any = PrivateAttr()
 
-    def __init__(self, model: Any, embed_batch_size: int = 16, **kwargs: Any) -> None:
+    def __init__(self, model: Any = None, embed_batch_size: int = 16, **kwargs: Any) -> None:
+        model = default_model() if model is None else model
         kwargs.setdefault("model_name", model.model_identity)
         super().__init__(embed_batch_size=embed_batch_size, **kwargs)
         self._model = model

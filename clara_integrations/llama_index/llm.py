@@ -29,6 +29,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.schema import BaseNode, NodeWithScore
 
+from ..modeling.assets import default_model
 from ..modeling.tokens import reference_decode
 from ._context import REGISTRY
 from ._memory import model_lock, node_memory
@@ -122,8 +123,9 @@ class ClaraLLM(CustomLLM):
     _warned_text_context: bool = PrivateAttr(default=False)
     _answers: OrderedDict = PrivateAttr(default_factory=OrderedDict)
 
-    def __init__(self, model: Any, **kwargs: Any) -> None:
+    def __init__(self, model: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        model = default_model() if model is None else model
         self._model = model
         if self.model_name is None:
             self.model_name = f"clara/{Path(str(model.config.decoder_model_name)).name}"

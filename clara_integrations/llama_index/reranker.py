@@ -12,6 +12,7 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
+from ..modeling.assets import default_model
 from ._context import register_nodes
 from ._memory import (
     MemoryCache,
@@ -64,8 +65,9 @@ class ClaraReranker(BaseNodePostprocessor):
     _model: Any = PrivateAttr()
     _cache: MemoryCache = PrivateAttr()
 
-    def __init__(self, model: Any, **kwargs: Any) -> None:
+    def __init__(self, model: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        model = default_model() if model is None else model
         require_query_reasoner(model, "ClaraReranker")
         self._model = model
         self._cache = MemoryCache(model, max_items=self.cache_size)

@@ -11,6 +11,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
+from ..modeling.assets import default_model
 from ._context import register_nodes
 from ._filters import to_store_filters
 from ._memory import hit_to_node, model_lock, query_text, require_query_reasoner
@@ -64,7 +65,7 @@ class ClaraRetriever(BaseRetriever):
         ['Paris is the capital of France.']
     """
 
-    def __init__(self, model: Any, store: Any, similarity_top_k: int = 5,
+    def __init__(self, model: Any = None, store: Any = None, similarity_top_k: int = 5,
                  candidate_pool: int | None = None,
                  filters: MetadataFilters | Mapping[str, Any] | None = None,
                  attach_memory: bool = True, callback_manager: CallbackManager | None = None,
@@ -80,6 +81,9 @@ class ClaraRetriever(BaseRetriever):
                 f"candidate_pool must be an integer >= similarity_top_k ({similarity_top_k}), "
                 f"got {candidate_pool!r}"
             )
+        if store is None:
+            raise TypeError("ClaraRetriever needs store= (a MemoryStore or ClaraVectorStore)")
+        model = default_model() if model is None else model
         if isinstance(store, ClaraVectorStore):
             store = store.client  # the same MemoryStore, searched directly
         store.check_model(model)  # StoreMismatchError names both fingerprints

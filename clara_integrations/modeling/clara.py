@@ -80,7 +80,7 @@ class ClaraModel(torch.nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def _build(cls, config: ClaraConfig, base_path: str, *, device: Any, dtype: Any,
-               round_base_to_bf16: bool) -> ClaraModel:
+               round_base_to_bf16: bool, fresh_rows: bool = True) -> ClaraModel:
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
         # The reference always runs its base LM in bfloat16, so released adapters were
@@ -91,7 +91,9 @@ class ClaraModel(torch.nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(base_path, use_fast=True)
         base_vocab = len(tokenizer)
         special = prepare_tokenizer(tokenizer, config.n_mem, config.different_mem_tokens)
-        decoder.resize_token_embeddings(len(tokenizer))
+        # Fresh models initialise the new rows as the reference does (transformers' mean
+        # resizing); a loaded checkpoint overwrites them, so skip that (slow) statistic.
+        decoder.resize_token_embeddings(len(tokenizer), mean_resizing=fresh_rows)
         gen = decoder.generation_config
         gen.top_p, gen.temperature, gen.top_k = None, None, None
         gen.pad_token_id = tokenizer.pad_token_id
@@ -178,7 +180,7 @@ class ClaraModel(torch.nn.Module):
             base_name, search_dirs=(folder, folder.parent), allow_network=allow_network
         )
         model = cls._build(config, base_path, device=device, dtype=dtype,
-                           round_base_to_bf16=_rounds_base(files))
+                           round_base_to_bf16=_rounds_base(files), fresh_rows=False)
         apply_checkpoint(model, files, adapter_policy)
         model.to(model.device)
         return model

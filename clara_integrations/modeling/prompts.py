@@ -96,6 +96,14 @@ def answer_prompt(
     return _render(tokenizer, SYSTEM_ANSWER, user, answer)
 
 
+def text_rag_prompt(tokenizer: PreTrainedTokenizerBase, question: str, docs: Sequence[str]) -> str:
+    """The answer prompt a text-RAG baseline sends the base model: the same system prompt
+    and layout as `answer_prompt`, with the documents' text where CLaRa puts memory slots
+    (what the benchmarks and the demo compare CLaRa's context length against)."""
+    user = "Background:\n" + "\n\n".join(docs) + "\n\nQuestion:" + question
+    return _render(tokenizer, SYSTEM_ANSWER, user, None)[0]
+
+
 def qa_pretraining_prompt(
     tokenizer: PreTrainedTokenizerBase, block: str, k: int,
     questions: Sequence[str], answers: Sequence[str],

@@ -1,0 +1,74 @@
+"""The recipe that rebuilds the shipped default checkpoint: data splits and the export."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from clara_integrations import ClaraModel
+from tests.conftest import SHARED, TINY_BASE
+from training.recipes import default_data
+from training.recipes.export_default import export
+
+
+def _gold_texts(rows):
+    return {row["docs"][g]["text"] for row in rows for g in row["gold"]}
+
+
+@pytest.mark.parametrize("source", ["hotpotqa", "squad", "nq", "musique"])
+def test_split_keeps_every_gold_passage_on_one_side(source):
+    rows = default_data.read_jsonl(SHARED / "data" / f"{source}_dev.jsonl")
+    train, held = default_data.split_qa(rows, default_data.TRAIN_FRACTION)
+    assert len(train) + len(held) == len(rows)
+    assert {r["id"] for r in train}.isdisjoint(r["id"] for r in held)
+    assert _gold_texts(train).isdisjoint(_gold_texts(held))
+    assert 0.6 < len(train) / len(rows) < 0.9  # near the fraction despite grouping
+    again, _ = default_data.split_qa(list(reversed(rows)), default_data.TRAIN_FRACTION)
+    assert [r["id"] for r in again] == [r["id"] for r in train]  # file order does not matter
+
+
+def test_build_writes_stage_files_and_demo_excerpt_is_held_out(tmp_path):
+    counts = default_data.build(SHARED / "data", tmp_path)
+    stage1 = default_data.read_jsonl(tmp_path / "compress.jsonl")
+    assert counts["compress"] == len(stage1)
+    paraphrases = [r for r in stage1 if r["data_type"] == "paraphrase"]
+    assert paraphrases and all(r["answer"] == r["docs"][0] for r in paraphrases)
+    trained = {r["id"] for r in default_data.read_jsonl(tmp_path / "qa_train.jsonl")}
+    excerpt = default_data.demo_excerpt(SHARED / "data")
+    assert len(excerpt) == sum(n for _, n in default_data.DEMO_EXCERPT)
+    assert trained.isdisjoint(r["id"] for r in excerpt)
+
+
+def test_bundled_demo_corpus_is_the_recipes_excerpt():
+    from tests.conftest import REPO_ROOT
+
+    bundled = default_data.read_jsonl(REPO_ROOT / "examples" / "data" / "demo_qa.jsonl")
+    assert bundled == default_data.demo_excerpt(SHARED / "data")
+
+
+def test_export_writes_float16_model_files_that_load(tmp_path, e2e_model):
+    run = tmp_path / "run"
+    e2e_model.save_pretrained(run)
+    (run / "checkpoints").mkdir()  # training leftovers are not copied
+    size = export(run, tmp_path / "default")
+    files = sorted(p.name for p in (tmp_path / "default").iterdir())
+    assert "checkpoints" not in files and "config.json" in files
+    assert size == sum(p.stat().st_size for p in (tmp_path / "default").iterdir())
+    for path in (tmp_path / "default").glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+        assert dtypes <= {torch.float16, torch.int64}, (path.name, dtypes)
+    assert json.loads((tmp_path / "default" / "config.json").read_text()) == \
+        json.loads((run / "config.json").read_text())
+    loaded = ClaraModel.from_pretrained(tmp_path / "default", base_model=TINY_BASE, dtype=torch.float32)
+    docs = ["Paris is the capital of France.", "Weldenia is a genus of plants."]
+    diff = (loaded.compress_documents(docs) - e2e_model.compress_documents(docs)).abs().max()
+    assert diff < 5e-2  # float16 rounding of adapters only
+    assert diff > 0  # and it really was rounded
+
+
+def test_export_refuses_a_folder_without_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no native CLaRa checkpoint"):
+        export(tmp_path, tmp_path / "out")

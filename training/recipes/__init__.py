@@ -1,0 +1,1 @@
+"""Recipes that rebuild the checkpoints this project ships."""

@@ -1,0 +1,126 @@
+"""Training and held-out splits for the shipped default checkpoint.
+
+The shared QA dev sets are split per source by ``sha256(id)`` (the same ordering the
+shared data README uses): the first ``train_fraction`` trains stages 2-3, the rest is
+never trained on and is what the README's quality table is measured on.  Stage 1 reads
+the reference pretraining sample, plus one reconstruction (``paraphrase``) row per
+document, as the reference's stage 1 mixes QA and paraphrase rows.
+
+    python -m training.recipes.default_data --shared ../shared/data --output build/default-data
+    python -m training.recipes.default_data --output build/default-data --demo-excerpt examples/data/demo_qa.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+from pathlib import Path
+
+#: QA sets with candidates and gold labels (shared data README).
+QA_SOURCES = ("hotpotqa", "musique", "2wikimultihopqa", "squad", "nq", "clara_qa")
+#: Share of each QA set used for training; the rest is held out for evaluation.
+TRAIN_FRACTION = 0.75
+
+
+def _sha(record_id: str) -> str:
+    return hashlib.sha256(record_id.encode("utf-8")).hexdigest()
+
+
+def split_qa(rows: list[dict], train_fraction: float) -> tuple[list[dict], list[dict]]:
+    """Deterministic split on ``sha256(id)``.  Questions linked through a shared gold passage
+    form one group and stay on one side, so no held-out gold passage was trained on; groups
+    are taken in order of their smallest hash until the training side is full."""
+    parent = list(range(len(rows)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_with: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        for g in row.get("gold", []):
+            j = first_with.setdefault(row["docs"][g]["text"], i)
+            parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(rows)):
+        groups.setdefault(root(i), []).append(i)
+    ordered = sorted(groups.values(), key=lambda members: min(_sha(str(rows[m]["id"])) for m in members))
+    n_train = round(len(rows) * train_fraction)
+    train: list[dict] = []
+    held: list[dict] = []
+    for members in ordered:
+        side = train if len(train) < n_train else held
+        side.extend(rows[m] for m in sorted(members, key=lambda m: _sha(str(rows[m]["id"]))))
+    return train, held
+
+
+def stage1_rows(pretrain_rows: list[dict]) -> list[dict]:
+    rows = []
+    for row in pretrain_rows:
+        rows.append(row)
+        if row.get("data_type", "qa") == "qa":  # add the document's reconstruction row
+            rows.append({"data_type": "paraphrase", "docs": row["docs"], "answer": row["docs"][0]})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def build(shared: Path, output: Path, train_fraction: float = TRAIN_FRACTION, seed: int = 0) -> dict[str, int]:
+    output.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    stage1 = stage1_rows(read_jsonl(shared / "clara_pretrain_example.jsonl"))
+    random.Random(seed).shuffle(stage1)
+    write_jsonl(output / "compress.jsonl", stage1)
+    counts["compress"] = len(stage1)
+    train_all: list[dict] = []
+    for source in QA_SOURCES:
+        train, held = split_qa(read_jsonl(shared / f"{source}_dev.jsonl"), train_fraction)
+        write_jsonl(output / f"heldout_{source}.jsonl", held)
+        counts[f"train_{source}"], counts[f"heldout_{source}"] = len(train), len(held)
+        train_all.extend(train)
+    random.Random(seed).shuffle(train_all)  # sources interleaved, so any prefix mixes them
+    write_jsonl(output / "qa_train.jsonl", train_all)
+    return counts
+
+
+#: The demo's excerpt: the first held-out questions (in hash order) of these sources.
+DEMO_EXCERPT = (("squad", 3), ("nq", 3), ("hotpotqa", 2))
+
+
+def demo_excerpt(shared: Path, train_fraction: float = TRAIN_FRACTION) -> list[dict]:
+    """Held-out questions (never trained on) with all their candidate passages, for the
+    README demo's bundled corpus (`examples/data/`)."""
+    rows = []
+    for source, count in DEMO_EXCERPT:
+        _, held = split_qa(read_jsonl(shared / f"{source}_dev.jsonl"), train_fraction)
+        rows.extend(held[:count])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--demo-excerpt", type=Path, default=None,
+                   help="also write the demo's bundled QA excerpt to this file")
+    p.add_argument("--train-fraction", type=float, default=TRAIN_FRACTION)
+    args = p.parse_args(argv)
+    for name, n in build(args.shared, args.output, args.train_fraction).items():
+        print(f"{name}: {n}")
+    if args.demo_excerpt is not None:
+        write_jsonl(args.demo_excerpt, demo_excerpt(args.shared, args.train_fraction))
+
+
+if __name__ == "__main__":
+    main()
