@@ -2,10 +2,11 @@
 
     python -m benchmarks.run            # full sizes (long on a CPU)
     python -m benchmarks.run --quick    # small sizes, minutes
+    python -m benchmarks.run --only answer_quality   # rerun one, re-render all
 
 Each benchmark is its own module (`benchmarks.<name>`), run here in a subprocess so that
 one's memory or threads do not disturb the next; each writes
-`benchmarks/results/<name>.json`, from which the tables below are made.
+`benchmarks/results/<name>.json`, from which the tables and PNG charts (same folder) are made.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import charts
 from benchmarks._paths import RESULTS, ROOT
 BENCHMARKS = ("compress_throughput", "answer_latency", "retrieval_quality", "answer_quality",
               "store_scale", "training_throughput")
@@ -34,6 +36,14 @@ def run(name: str, quick: bool) -> str:
 def _load(name: str) -> dict:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _chart(path: Path | None) -> list[str]:
+    """Markdown image line for a chart written next to the results (none: nothing)."""
+    if path is None:
+        return []
+    target = ROOT / "BENCHMARKS.md" if RESULTS.is_relative_to(ROOT) else RESULTS / "BENCHMARKS.md"
+    return ["", f"![{path.stem}]({path.relative_to(target.parent).as_posix()})"]
 
 
 def render(commands: dict[str, str]) -> str:
@@ -59,6 +69,7 @@ def render(commands: dict[str, str]) -> str:
                   "padding alone costs); the reference forward also computes vocabulary logits for "
                   "every position, which it never uses. Mean ~90-token documents bound the padding "
                   "gain near (259 + 8) / (90 + 11) = 2.6x."]
+        lines += _chart(charts.compress_chart(c, RESULTS))
     a = _load("answer_latency")
     if a:
         lines += ["", "## Answer latency: CLaRa (memory) vs text RAG, same base, k = 5", "",
@@ -71,6 +82,7 @@ def render(commands: dict[str, str]) -> str:
             lines.append(f"| {label} | {r['prefill']:.0f} | {r['ttft']:.3f} | {r['total']:.3f} |")
         lines += ["", "Decoding 32 tokens is dominated by per-token cost, which memory does not "
                   "shrink, so the total gains less than time to first token."]
+        lines += _chart(charts.latency_chart(a, RESULTS))
     r = _load("retrieval_quality")
     if r:
         lines += ["", "## Retrieval quality (recall@k among each question's candidates, held-out questions)", "",
@@ -83,6 +95,7 @@ def render(commands: dict[str, str]) -> str:
                   "(`training/recipes/default_data.py`). MiniLM was trained on about a billion sentence "
                   "pairs; the shipped CLaRa's query reasoner saw 160 questions on a CPU (see "
                   "`clara_integrations/assets/README.md`), so where it loses, that is the reason."]
+        lines += _chart(charts.retrieval_chart(r, RESULTS))
     q = _load("answer_quality")
     if q:
         lines += ["", f"## Answer quality: CLaRa from memory vs the base model from text (k = {q['k']})", "",
@@ -97,6 +110,7 @@ def render(commands: dict[str, str]) -> str:
                   "CLaRa's top k. Text RAG is SmolLM2-135M-Instruct with no adapter reading the text; "
                   "CLaRa is the same base reading 8 memory vectors per document through its generator "
                   "adapter."]
+        lines += _chart(charts.answer_quality_chart(q, RESULTS))
     s = _load("store_scale")
     if s:
         lines += ["", f"## Store scale ({s.get('n')} documents of 8 x 576, float16)", "",
@@ -117,6 +131,7 @@ def render(commands: dict[str, str]) -> str:
         for base, stages in t["bases"].items():
             for stage, v in stages.items():
                 lines.append(f"| {base} | {stage} | {v['s_per_step']:.2f} | {v['tokens_per_s']:.0f} |")
+        lines += _chart(charts.training_chart(t, RESULTS))
     return "\n".join(lines) + "\n"
 
 
@@ -131,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.only or BENCHMARKS:
             commands[name] = run(name, args.quick)
     target = ROOT / "BENCHMARKS.md" if RESULTS.is_relative_to(ROOT) else RESULTS / "BENCHMARKS.md"
+    RESULTS.mkdir(parents=True, exist_ok=True)
     target.write_text(render(commands))
     return 0
 

@@ -44,3 +44,7 @@ def test_benchmark_commands_write_results(tmp_path):
     for section in ("## Compression throughput", "## Answer latency", "## Retrieval quality",
                     "## Answer quality", "## Store scale", "## Training throughput"):
         assert section in rendered
+    for chart in ("compress_throughput", "answer_latency", "retrieval_quality", "answer_quality",
+                  "training_throughput"):
+        assert (tmp_path / f"{chart}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"]({chart}.png)" in rendered

@@ -81,8 +81,6 @@ def test_as_retriever_feeds_chatclara_stored_memory(vs, e2e_model, reference, mo
 def test_wrong_embeddings_and_mismatched_store(e2e_model):
     with pytest.raises(TypeError, match="ClaraEmbeddings"):
         ClaraVectorStore.from_texts(["a"], DeterministicFakeEmbedding(size=6))
-    with pytest.raises(TypeError, match="needs model"):
-        ClaraVectorStore()
     with pytest.raises(StoreMismatchError, match="n_mem=2"):
         ClaraVectorStore(model=e2e_model, store=MemoryStore(n_mem=2, hidden_size=64))
     with pytest.raises(TypeError, match="new store"):

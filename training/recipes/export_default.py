@@ -36,6 +36,8 @@ def export(run_dir: Path, dest: Path) -> int:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         tensors = {k: t.to(torch.float16) if t.is_floating_point() else t for k, t in tensors.items()}
         save_file(tensors, str(staging / path.name), metadata=metadata)
+    for path in staging.iterdir():
+        path.chmod(0o644)  # package data: readable by every user of an installed copy
     size = sum(p.stat().st_size for p in staging.iterdir())
     if size > MAX_BYTES:
         raise ValueError(f"exported checkpoint is {size / 2**20:.1f} MiB, over the 40 MiB budget")
