@@ -11,14 +11,14 @@ the same passages, and the time taken.
 from __future__ import annotations
 
 import json
-import re
-import string
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+from .answers import normalize_answer
 
 __all__ = ["DEFAULT_CORPUS", "DemoQuestion", "load_corpus", "run_demo"]
 
@@ -58,15 +58,10 @@ def load_corpus(path: str | Path) -> tuple[list[tuple[str, str]], list[DemoQuest
     return list(passages), questions
 
 
-def _normalise(text: str) -> str:
-    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
 def matches(answer: str, references: Sequence[str]) -> bool:
     """The answer contains a reference answer (SQuAD normalisation) - shown, not judged."""
-    got = _normalise(answer)
-    return any(_normalise(ref) and _normalise(ref) in got for ref in references)
+    got = normalize_answer(answer)
+    return any(normalize_answer(ref) and normalize_answer(ref) in got for ref in references)
 
 
 class _Printer:

@@ -11,6 +11,11 @@ SHARED = Path(os.environ.get("CLARA_SHARED_DIR", REPO_ROOT.parent / "shared")).r
 FIXTURE = SHARED / "fixtures" / "clara-official-tiny"
 TINY_BASE = FIXTURE / "tiny-llama-base"
 
+# Models load on the CPU unless a test asks for a device: the parity references are CPU
+# float32 values, and a GPU machine must give the same results as CI. Tests marked `gpu`
+# pass device="cuda" themselves; training still uses whatever Accelerate picks.
+os.environ.setdefault("CLARA_DEVICE", "cpu")
+
 
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:

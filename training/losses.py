@@ -25,13 +25,16 @@ def _generator_loss(model: ClaraModel, batch: dict[str, Any], memories: torch.Te
                     k: int) -> torch.Tensor:
     """Next-token loss of the generator reading `memories` (B*k, n_mem, H) spliced into
     its prompts; the Hugging Face loss: mean over the micro-batch's target tokens."""
-    ids = batch["dec_input_ids"]  # (B, T)
+    # The training loop's dataloader already puts these on the model's device; moving
+    # them here too lets an objective be called on a plain CPU batch (tests, notebooks).
+    device = memories.device
+    ids = batch["dec_input_ids"].to(device)  # (B, T)
     embeds = model.decoder.get_input_embeddings()(ids)  # (B, T, H)
     embeds = splice_memory(embeds, ids, memories, model.special.mem_token_ids[0], k,
                            model.config.sep)
     with model.adapters.using(DECODER_ADAPTER):
-        out = model.decoder(inputs_embeds=embeds, attention_mask=batch["dec_attention_mask"],
-                            labels=batch["labels"], use_cache=False)
+        out = model.decoder(inputs_embeds=embeds, attention_mask=batch["dec_attention_mask"].to(device),
+                            labels=batch["labels"].to(device), use_cache=False)
     return out.loss
 
 

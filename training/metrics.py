@@ -7,28 +7,12 @@ is the usual multi-answer convention and a documented extension).
 """
 from __future__ import annotations
 
-import re
-import string
 from collections import Counter
 from collections.abc import Sequence
 
+from clara_integrations.answers import normalize_answer
+
 __all__ = ["answer_scores", "coverage", "exact_match", "f1_score", "normalize_answer", "retrieval_scores"]
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """Reference normalisation.
-
-    Example:
-        >>> normalize_answer("The  Eiffel Tower!")
-        'eiffel tower'
-    """
-    text = {"True": "yes", "False": "no"}.get(text, text)
-    text = text.lower().translate(_PUNCT)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
 
 
 def exact_match(prediction: str, gold: str) -> float:

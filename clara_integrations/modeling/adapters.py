@@ -68,6 +68,9 @@ class AdapterSet:
         self.model = model
         self.rank = rank
         self.names: list[str] = []  # insertion order = save order, as the reference
+        # LoRA layers, found once per `add`: walking every module on each switch cost
+        # ~4 ms per activation, which showed in time to first token.
+        self._lora_layers: list[BaseTunerLayer] = []
         # The active adapter is model-wide state: one forward at a time may choose it.
         self._lock = threading.RLock()
 
@@ -93,6 +96,7 @@ class AdapterSet:
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             inject_adapter_in_model(lora_config(self.rank), self.model, adapter_name=name)
         self.names.append(name)
+        self._lora_layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
         if state_dict is not None:
             self.load(name, state_dict)
         self.activate(None)
@@ -133,17 +137,12 @@ class AdapterSet:
                 + _WHY_NEEDED.get(name, "")
             )
 
-    def _layers(self) -> Iterator[BaseTunerLayer]:
-        for module in self.model.modules():
-            if isinstance(module, BaseTunerLayer):
-                yield module
-
     def activate(self, name: str | None) -> None:
         """Make exactly `name` active (None: the plain base model). Grad flags untouched."""
         if name is not None:
             self._require(name)
         active = [] if name is None else [name]
-        for layer in self._layers():
+        for layer in self._lora_layers:
             # Private attribute on purpose: see the module docstring.
             layer._active_adapter = active
 

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from ..config import ClaraConfig
 from . import prompts
 from .adapters import DECODER_ADAPTER, ENCODER_ADAPTER, QUERY_ADAPTER, AdapterSet
+from .attention import use_safe_sdpa
 from .checkpoint import (
     CheckpointCorruptError,
     CheckpointFiles,
@@ -88,6 +89,7 @@ class ClaraModel(torch.nn.Module):
         load_dtype = torch.bfloat16 if round_base_to_bf16 else dtype
         decoder = AutoModelForCausalLM.from_pretrained(base_path, dtype=load_dtype)
         decoder = decoder.to(dtype=dtype)
+        use_safe_sdpa(decoder)  # left padding must not give NaN on CUDA (see attention.py)
         tokenizer = AutoTokenizer.from_pretrained(base_path, use_fast=True)
         base_vocab = len(tokenizer)
         special = prepare_tokenizer(tokenizer, config.n_mem, config.different_mem_tokens)

@@ -7,6 +7,7 @@ The reference loader decides per `training_stage` which adapters of the file it 
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,7 +26,9 @@ ADAPTER_POLICIES = ("reference", "all")
 
 
 def default_device() -> torch.device:
-    """CUDA, else MPS, else CPU."""
+    """`$CLARA_DEVICE` if set (e.g. "cpu" on a GPU machine), else CUDA, else MPS, else CPU."""
+    if os.environ.get("CLARA_DEVICE"):
+        return torch.device(os.environ["CLARA_DEVICE"])
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -70,7 +73,7 @@ def _record_changed_base_rows(model: ClaraModel, name: str, target: torch.Tensor
     """Remember base-vocabulary rows a released checkpoint changed, so that our native
     format (which stores only new-token rows) can store these few rows as a patch."""
     n = model.base_vocab_size
-    changed = (target[:n] != source[:n].to(target.dtype)).any(dim=1).nonzero().flatten()
+    changed = (target[:n] != source[:n].to(target.device, target.dtype)).any(dim=1).nonzero().flatten()
     if changed.numel():
         model.base_row_patches[name] = changed.cpu()
 
