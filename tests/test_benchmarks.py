@@ -24,10 +24,10 @@ def test_benchmark_commands_write_results(tmp_path):
     _run(["benchmarks.answer_latency", "--questions", "1", "--repeats", "1"], tmp_path)
     latency = json.loads((tmp_path / "answer_latency.json").read_text())
     assert latency["clara"]["prefill"] < latency["text_rag"]["prefill"]
-    _run(["benchmarks.retrieval_quality", "--questions", "2",
-          "--checkpoint", f"fixture={FIXTURE / 'ckpt-e2e'}"], tmp_path)
+    _run(["benchmarks.retrieval_quality", "--questions", "2", "--checkpoint", f"fixture={FIXTURE / 'ckpt-e2e'}",
+          "--e2e-steps", "1", "--e2e-base", str(FIXTURE / "tiny-llama-base")], tmp_path)
     quality = json.loads((tmp_path / "retrieval_quality.json").read_text())
-    assert set(quality["squad"]) == {"fixture", "bm25", "minilm"}
+    assert set(quality["squad"]) == {"fixture", "fixture+e2e1", "bm25", "minilm"}
     _run(["benchmarks.answer_quality", "--questions", "1", "--checkpoint", str(FIXTURE / "ckpt-e2e")],
          tmp_path)
     answers = json.loads((tmp_path / "answer_quality.json").read_text())
