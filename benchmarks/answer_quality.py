@@ -1,7 +1,7 @@
 """Answer quality: EM/F1 of CLaRa answering from memory vs the same base model answering
 from the same documents' text, on the held-out part of each shared QA set.
 
-    python -m benchmarks.answer_quality                      # 20 questions per set
+    python -m benchmarks.answer_quality                      # 15 questions per set
     python -m benchmarks.answer_quality --quick              # 4 questions per set
     python -m benchmarks.answer_quality --checkpoint ./my-clara
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="CLaRa checkpoint (default: the shipped one)")
     parser.add_argument("--base-model", default=None, help="override the checkpoint's base model")
-    parser.add_argument("--questions", type=int, default=20, help="per set")
+    parser.add_argument("--questions", type=int, default=15, help="per set")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="4 questions per set")
     args = parser.parse_args(argv)
