@@ -198,13 +198,17 @@ class ClaraVectorStore(BasePydanticVectorStore):
     # ------------------------------------------------------------------ persistence
     def persist(self, persist_path: str, fs: Any = None) -> None:
         """Persist the MemoryStore into the directory `persist_path` (a trailing
-        ``.json``, which `StorageContext.persist` appends, is dropped)."""
+        ``.json``, which `StorageContext.persist` appends, is dropped).
+
+        Like LlamaIndex's own stores, this replaces a store persisted there before:
+        `StorageContext.persist` rewrites the docstore and index store beside it in the
+        same call, and an old vector store would not match them."""
         if fs is not None and getattr(fs, "protocol", "file") not in ("file", ("file", "local")):
             raise ValueError("ClaraVectorStore persists to the local file system only")
         path = Path(persist_path)
         if path.suffix == ".json":
             path = path.with_suffix("")
-        self._store.persist(path, show_progress=False)
+        self._store.persist(path, overwrite=True, show_progress=False)
 
     @classmethod
     def from_persist_path(cls, persist_path: str | Path, model: Any = None, mmap: bool = True,

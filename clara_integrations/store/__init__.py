@@ -16,10 +16,12 @@ Example:
 from .config import StoreConfig
 from .errors import (
     NodeNotFoundError,
+    StoreClosedError,
     StoreCorruptError,
     StoreError,
     StoreLockedError,
     StoreMismatchError,
+    StoreStaleError,
 )
 from .memory_store import MemoryStore
 from .records import Hit, Node
@@ -29,9 +31,11 @@ __all__ = [
     "MemoryStore",
     "Node",
     "NodeNotFoundError",
+    "StoreClosedError",
     "StoreConfig",
     "StoreCorruptError",
     "StoreError",
     "StoreLockedError",
     "StoreMismatchError",
+    "StoreStaleError",
 ]

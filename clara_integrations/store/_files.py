@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -26,6 +27,37 @@ def new_hasher() -> hashlib._Hash:
 def unique_name(prefix: str, suffix: str) -> str:
     """A file name that no earlier or later version of the store will use."""
     return f"{prefix}-{uuid.uuid4().hex[:16]}{suffix}"
+
+
+# Exactly the names that ``unique_name`` / ``temp_name`` give store files (plus SQLite's
+# side files). Garbage collection deletes only names matching this, so a user's
+# ``nodes-export.csv`` or ``seg-notes.txt`` beside the store is never touched.
+_UID = r"[0-9a-f]{16}"
+_STORE_FILE = (
+    rf"(seg-{_UID}\.mem|alive-\d+-{_UID}\.bits|nodes-{_UID}\.sqlite(-wal|-shm|-journal)?"
+    rf"|index-{_UID}\.faiss|reducer-{_UID}\.safetensors)"
+)
+_DATA_RE = re.compile(_STORE_FILE)
+_CREATED_RE = re.compile(rf"({_STORE_FILE}|manifest\.json)(\.tmp-[0-9a-f]{{12}})?")
+
+
+def temp_name(path: Path) -> Path:
+    """A temporary sibling of ``path`` that garbage collection recognises as ours."""
+    return path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+
+
+def is_data_file_name(name: str) -> bool:
+    """True for a plain file name the store itself gives to a data file.
+
+    Manifest entries must pass this: a crafted manifest cannot point outside the store
+    directory (``../x``, ``/etc/passwd``) or at a file the store did not write.
+    """
+    return isinstance(name, str) and _DATA_RE.fullmatch(name) is not None
+
+
+def is_created_file_name(name: str) -> bool:
+    """True for any file name the store creates (data files, manifest and their temps)."""
+    return _CREATED_RE.fullmatch(name) is not None
 
 
 def fsync_dir(path: Path) -> None:
@@ -58,7 +90,7 @@ def replace_atomic(path: Path, data: bytes) -> None:
 
     A crash at any moment leaves either the old file or the new one, never a mix.
     """
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    tmp = temp_name(path)
     try:
         write_file_durable(tmp, data)
         os.replace(tmp, path)
@@ -97,7 +129,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:
-        tmp = dst.with_name(f"{dst.name}.tmp-{uuid.uuid4().hex[:12]}")
+        tmp = temp_name(dst)
         shutil.copyfile(src, tmp)
         fsync_file(tmp)
         os.replace(tmp, dst)

@@ -35,7 +35,7 @@ class IndexingMixin:
             raise ValueError(
                 f"only runtime settings can change: {sorted(RUNTIME_FIELDS)}; got {sorted(bad)}"
             )
-        with self._lock.write():
+        with self._writing():
             self._cfg = StoreConfig.model_validate({**self._cfg.model_dump(), **runtime})
             self._block_rows = block_rows_for(self._cfg.dim, self._cfg.scan_block_bytes)
             if self._ann is not None:
@@ -52,7 +52,7 @@ class IndexingMixin:
         Raises:
             ValueError: an invalid index kind, or too few rows to train it.
         """
-        with self._lock.write():
+        with self._writing():
             cfg = self._cfg
             if index is not None:
                 cfg = StoreConfig.model_validate({**cfg.model_dump(), "index": index})

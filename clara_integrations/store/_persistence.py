@@ -20,6 +20,7 @@ from . import _validate as check
 from ._dirlock import LOCK_NAME, DirLock
 from ._files import (
     fsync_dir,
+    is_created_file_name,
     link_or_copy,
     new_hasher,
     replace_atomic,
@@ -28,7 +29,7 @@ from ._files import (
 )
 from .ann import AnnIndex
 from .config import RUNTIME_FIELDS, StoreConfig
-from .errors import StoreCorruptError, StoreMismatchError
+from .errors import StoreCorruptError, StoreMismatchError, StoreStaleError
 from .manifest import MANIFEST_NAME, FileEntry, IndexEntry, Manifest
 from .nodes import NodeDB
 from .segments import MemoryRows
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SMALL_FILE = 64 << 20  # files up to this size are checksummed on every load
-_GC_PREFIXES = ("seg-", "alive-", "index-", "reducer-", "nodes-")
+_LOAD_ATTEMPTS = 5  # a load that races another writer's garbage collection starts over
 
 #: Testing aid: when set, called with the name of each persist stage ("segments",
 #: "files", "db", "manifest", "gc"), e.g. to kill the process at a precise point.
@@ -54,7 +55,13 @@ def _stage(name: str) -> None:
 class PersistenceMixin:
     """persist / load / compact (see :class:`MemoryStore`)."""
 
-    def persist(self, path: str | Path | None = None, *, show_progress: bool = True) -> Path:
+    def persist(
+        self,
+        path: str | Path | None = None,
+        *,
+        overwrite: bool = False,
+        show_progress: bool = True,
+    ) -> Path:
         """Atomically write the current state to ``path`` (default: where it lives).
 
         Protocol (a crash at any point leaves the previous version loadable):
@@ -62,46 +69,96 @@ class PersistenceMixin:
         1. new memory rows go to a *new* segment file; earlier segments are untouched
            (persisting to another directory hard-links them, or copies across devices);
         2. the alive bitmap and, if it changed, the index are written under new names;
-        3. all of that is fsync'd; then the node database commits (fsync'd) a
+        3. the new version is checked (row, bitmap and node counts agree) and all of it
+           is fsync'd; then the node database commits (fsync'd) a
            ``committed_generation`` stamp - its rows were written earlier, stamped
            with the new generation, so older readers ignore them;
         4. ``manifest.json`` is replaced atomically (temp + fsync + rename + fsync dir):
            this is the commit point;
-        5. files no manifest names are deleted.
+        5. once the new manifest reads back and names files that all exist, the store
+           files it does not name are deleted - only names the store itself gives its
+           files; nothing else in the directory is touched.
+
+        One writer at a time: the directory's writer lock is held from the first change
+        after a load or persist until the next persist (or close). A handle that another
+        writer overtook (it committed a newer generation since this handle loaded or last
+        persisted) cannot write; see :class:`StoreStaleError`.
 
         After persisting elsewhere the store lives in the new directory.
+
+        Args:
+            path: target directory (created if missing). Default: the store's own.
+            overwrite: allow replacing another store that ``path`` already holds.
+            show_progress: show progress bars (index training).
 
         Returns:
             The directory.
 
         Raises:
-            ValueError: no path and the store was never persisted.
-            StoreLockedError: another process writes to that directory.
+            ValueError: no path and the store was never persisted, or an empty path.
+            FileExistsError: ``path`` holds another store and ``overwrite`` is False.
+            StoreLockedError: another process or handle writes to that directory.
+            StoreStaleError: another writer committed to this store's directory since.
         """
-        with self._lock.write():
-            target = Path(path).resolve() if path is not None else self._home
-            if target is None:
-                raise ValueError("persist() needs a path the first time")
+        with self._writing():
+            target = self._persist_target(path)
             same = target == self._home
             if same and not self._dirty:
                 return target
             if same:
-                self._begin_write()
-            target.mkdir(parents=True, exist_ok=True)
+                self._begin_write()  # the writer lock and the staleness check
+            else:
+                target.mkdir(parents=True, exist_ok=True)
             new_lock = None if same else DirLock(target)
             try:
+                if not same:
+                    _refuse_other_store(target, overwrite)
                 manifest, new_db = self._write_version(target, same, show_progress)
             except BaseException:
                 if new_lock is not None:
                     new_lock.release()
                 raise
             self._committed = self._view = manifest.generation
-            self._rolled_back, self._dirty = True, False
+            self._dirty = False
             if not same:
                 self._rebind(target, new_db, new_lock, manifest.db_file)
-            _collect_garbage(target, manifest)
-            _stage("gc")
+            try:  # garbage collection under the lock: no other writer has new files yet
+                _check_committed(target, manifest)
+                _collect_garbage(target, manifest)
+                _stage("gc")
+            finally:
+                self._release_writer_lock()
             return target
+
+    def _persist_target(self, path: str | Path | None) -> Path:
+        if path is None:
+            if self._home is None:
+                raise ValueError("persist() needs a path the first time")
+            return self._home
+        if isinstance(path, str) and not path.strip():
+            raise ValueError("persist() got an empty path; name the store directory")
+        return Path(path).resolve()
+
+    def _release_writer_lock(self) -> None:
+        """After a commit this handle has nothing unsaved: let other handles write."""
+        if self._res.lock is not None:
+            self._res.lock.release()
+            self._res.lock = None
+
+    def _check_current(self) -> None:
+        """Raise :class:`StoreStaleError` unless the directory's committed version is
+        the one this handle is based on (call with the directory's writer lock held)."""
+        m = Manifest.read(self._home)
+        if m.store_uid != self._uid or m.generation != self._committed:
+            other = "another store" if m.store_uid != self._uid else "another writer"
+            raise StoreStaleError(
+                f"the store at {self._home} is at generation {m.generation}, committed by "
+                f"{other}, but this handle is based on generation {self._committed}: "
+                "writing would overwrite that commit. Reload it with "
+                "MemoryStore.load(path) and repeat the change",
+                self._committed,
+                m.generation,
+            )
 
     def _write_version(
         self, target: Path, same: bool, show_progress: bool
@@ -121,18 +178,25 @@ class PersistenceMixin:
         index_entry = self._save_index(target)
         _stage("files")
         fsync_dir(target)
-        new_db = None
         meta = {"committed_generation": str(gen), "store_uid": self._uid}
+        new_db = None
         if same:
-            db_file = self._db_file
-            self._db.set_meta(meta, durable=True)
+            db_file, db = self._db_file, self._db
         else:
             db_file = unique_name("nodes", ".sqlite")
             self._db.backup_to(target / db_file)
-            new_db = NodeDB(target / db_file)
-            if not self._rolled_back:  # the copy may carry a crashed writer's leftovers
-                new_db.rollback_after(self._committed)
-            new_db.set_meta(meta, durable=True)
+            db = new_db = NodeDB(target / db_file)
+        try:
+            if not same and self._home is not None and self._res.lock is None:
+                # Not writing at home, so the copy holds no changes of ours, but may hold
+                # another writer's uncommitted (or newer) ones: back to our generation.
+                db.rollback_after(self._committed)
+            self._check_consistent(db, gen)
+            db.set_meta(meta, durable=True)
+        except BaseException:
+            if new_db is not None:
+                new_db.close()
+            raise
         fsync_dir(target)
         _stage("db")
         manifest = Manifest(
@@ -151,6 +215,19 @@ class PersistenceMixin:
         _stage("manifest")
         self._index_entry = index_entry
         return manifest, new_db
+
+    def _check_consistent(self, db: NodeDB, gen: int) -> None:
+        """Refuse to commit a version that would not load: rows, the alive bitmap, the
+        live count and the node database must agree."""
+        n_alive = int(self._alive[: self._rows.n_rows].sum())
+        n_nodes = db.count_live(gen)
+        if not n_alive == self._n_live == n_nodes:
+            raise StoreCorruptError(
+                f"refusing to commit generation {gen}: {n_alive} live rows, "
+                f"{self._n_live} live nodes counted, {n_nodes} in {db.path}; the previous "
+                "version is kept",
+                db.path,
+            )
 
     def _save_index(self, target: Path) -> IndexEntry | None:
         if self._ann is None:
@@ -210,7 +287,29 @@ class PersistenceMixin:
             StoreMismatchError: ``model``/``fingerprint`` do not match.
         """
         home = Path(path).resolve()
-        m = Manifest.read(home)
+        for attempt in range(_LOAD_ATTEMPTS):
+            m = Manifest.read(home)
+            try:
+                return cls._load_version(home, m, mmap, model, fingerprint, verify, runtime)
+            except StoreCorruptError:
+                # A writer that committed meanwhile may have collected our version's
+                # files: that is a race, not damage, when the manifest has moved on.
+                if attempt + 1 == _LOAD_ATTEMPTS or _same_version(Manifest.read(home), m):
+                    raise
+                logger.debug("store at %s changed while loading; loading again", home)
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load_version(
+        cls,
+        home: Path,
+        m: Manifest,
+        mmap: bool,
+        model: Any,
+        fingerprint: str | None,
+        verify: bool,
+        runtime: dict[str, Any],
+    ) -> MemoryStore:
         if fingerprint is not None and fingerprint != m.fingerprint:
             raise StoreMismatchError(
                 f"store at {home} has fingerprint {m.fingerprint!r}, expected {fingerprint!r}"
@@ -270,6 +369,8 @@ class PersistenceMixin:
                 f"of this store (uid {uid}, committed {committed})",
                 self._db.path,
             )
+        if verify:
+            self._db.verify()
         if verify and self._db.count_live(m.generation) != m.n_live:
             raise StoreCorruptError(
                 f"node database {self._db.path} disagrees with the alive bitmap", self._db.path
@@ -282,7 +383,7 @@ class PersistenceMixin:
     def compact(self, *, show_progress: bool = True) -> None:
         """Rewrite memory and nodes without deleted/superseded rows, then rebuild the
         index. Node ids are kept. A persisted store is persisted again (atomically)."""
-        with self._lock.write():
+        with self._writing():
             self._begin_write()
             db_file = unique_name("nodes", ".sqlite")
             self._db.backup_to(self._work_dir / db_file)
@@ -322,8 +423,53 @@ def _digest(data: bytes) -> str:
     return h.hexdigest()
 
 
+def _same_version(a: Manifest, b: Manifest) -> bool:
+    return (a.store_uid, a.generation) == (b.store_uid, b.generation)
+
+
+def _refuse_other_store(target: Path, overwrite: bool) -> None:
+    """Persisting into a directory that already holds a store replaces that store:
+    only when asked."""
+    if overwrite or not (target / MANIFEST_NAME).exists():
+        return
+    try:
+        m = Manifest.read(target)
+        what = f"a store (generation {m.generation}, {m.n_live} nodes, {m.fingerprint})"
+    except StoreCorruptError:
+        what = "a store manifest"
+    raise FileExistsError(
+        f"{target} already holds {what}; persist to an empty directory, or pass "
+        "overwrite=True to replace it"
+    )
+
+
+def _check_committed(directory: Path, m: Manifest) -> None:
+    """The manifest on disk is ``m`` and names files that exist with their sizes (the
+    old version's files are collected only after this)."""
+    on_disk = Manifest.read(directory)
+    if not _same_version(on_disk, m):
+        raise StoreCorruptError(
+            f"manifest in {directory} is generation {on_disk.generation} right after "
+            f"committing {m.generation}; not collecting garbage",
+            directory / MANIFEST_NAME,
+        )
+    files = [*m.segments, m.alive]
+    if m.index is not None:
+        files += [f for f in (m.index.index, m.index.reducer) if f is not None]
+    for f in files:
+        path = directory / f.file
+        if not path.is_file() or path.stat().st_size != f.bytes:
+            raise StoreCorruptError(f"committed file {path} is missing or truncated", path)
+    if not (directory / m.db_file).is_file():
+        raise StoreCorruptError(f"committed node database {m.db_file} is missing", directory)
+
+
 def _collect_garbage(directory: Path, m: Manifest) -> None:
-    """Delete store files that the (durable) manifest ``m`` does not name."""
+    """Delete store files that the (durable, checked) manifest ``m`` does not name.
+
+    Only names the store gives its own files are candidates (see
+    :func:`._files.is_created_file_name`): a user's ``nodes-export.csv`` stays.
+    """
     keep = {
         MANIFEST_NAME,
         LOCK_NAME,
@@ -339,7 +485,7 @@ def _collect_garbage(directory: Path, m: Manifest) -> None:
             keep.add(m.index.reducer.file)
     for entry in directory.iterdir():
         name = entry.name
-        if name in keep or not (name.startswith(_GC_PREFIXES) or ".tmp-" in name):
+        if name in keep or not is_created_file_name(name) or not entry.is_file():
             continue
         try:
             entry.unlink()

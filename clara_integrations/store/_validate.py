@@ -84,7 +84,11 @@ def texts(values: Any, n: int, *, required: bool = False) -> list[str]:
 
 
 def metadata(values: Any, n: int) -> list[dict[str, Any]]:
-    """A list of JSON-serialisable dicts (None -> empty dicts)."""
+    """A list of JSON-serialisable dicts (None -> empty dicts), as JSON reads them back.
+
+    The round trip through JSON makes what is indexed for filters the same as what is
+    read back: a tuple becomes a list (so ``{"tags": "x"}`` finds ``("x", "y")``).
+    """
     if values is None:
         return [{} for _ in range(n)]
     if isinstance(values, Mapping) or not isinstance(values, Sequence):
@@ -97,10 +101,9 @@ def metadata(values: Any, n: int) -> list[dict[str, Any]]:
         if not isinstance(m, Mapping) or not all(isinstance(k, str) for k in m):
             raise TypeError(f"metadata[{i}] must be a dict with str keys")
         try:
-            json.dumps(m, allow_nan=False)
+            out.append(json.loads(json.dumps(m, allow_nan=False)))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"metadata[{i}] is not JSON-serialisable: {exc}") from None
-        out.append(dict(m))
     return out
 
 

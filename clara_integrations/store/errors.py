@@ -9,10 +9,12 @@ from __future__ import annotations
 
 __all__ = [
     "NodeNotFoundError",
+    "StoreClosedError",
     "StoreCorruptError",
     "StoreError",
     "StoreLockedError",
     "StoreMismatchError",
+    "StoreStaleError",
 ]
 
 
@@ -42,6 +44,29 @@ class StoreCorruptError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process holds the writer lock of this store directory."""
+
+
+class StoreStaleError(StoreError):
+    """Another writer committed a newer version of the store directory since this
+    handle loaded or last persisted it.
+
+    Writing on would overwrite (and garbage-collect) that writer's commit, so the write
+    is refused; the handle keeps serving searches on the version it loaded. Reload with
+    ``MemoryStore.load(path)`` and repeat the change.
+
+    Attributes:
+        handle_generation: the generation this handle is based on.
+        disk_generation: the generation committed on disk now.
+    """
+
+    def __init__(self, message: str, handle_generation: int, disk_generation: int) -> None:
+        super().__init__(message)
+        self.handle_generation = handle_generation
+        self.disk_generation = disk_generation
+
+
+class StoreClosedError(StoreError, ValueError):
+    """The store was closed; like I/O on a closed file (hence also a ``ValueError``)."""
 
 
 class NodeNotFoundError(StoreError, KeyError):

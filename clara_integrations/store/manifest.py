@@ -13,8 +13,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from ._files import is_data_file_name
 from .config import StoreConfig
 from .errors import StoreCorruptError
 
@@ -33,6 +34,11 @@ class FileEntry(BaseModel):
     file: str
     bytes: int
     blake2b: str
+
+    @field_validator("file")
+    @classmethod
+    def _plain_store_name(cls, name: str) -> str:
+        return _confined(name)
 
 
 class SegmentEntry(FileEntry):
@@ -72,6 +78,11 @@ class Manifest(BaseModel):
     alive: FileEntry
     index: IndexEntry | None = None
 
+    @field_validator("db_file")
+    @classmethod
+    def _plain_db_name(cls, name: str) -> str:
+        return _confined(name)
+
     def to_bytes(self) -> bytes:
         """JSON with a trailing checksum of the body, so a damaged manifest is detected."""
         body = self.model_dump(mode="json")
@@ -105,6 +116,15 @@ class Manifest(BaseModel):
             return cls.model_validate(raw)
         except ValidationError as exc:
             raise StoreCorruptError(f"manifest {path} is invalid: {exc}", path) from exc
+
+
+def _confined(name: str) -> str:
+    """Every file of a store is a plain name of ours inside the store directory: a
+    manifest naming ``../x`` or an absolute path would make load read, and persist write
+    or delete, outside it."""
+    if not is_data_file_name(name):
+        raise ValueError(f"{name!r} is not a store file name inside the store directory")
+    return name
 
 
 def _canonical(body: dict) -> bytes:

@@ -21,7 +21,8 @@ import shutil
 import tempfile
 import uuid
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from ._rwlock import RWLock
 from ._search import Result, block_rows_for, merge, scan, score_candidates
 from .ann import AnnIndex, build_empty_index
 from .config import StoreConfig, canonical_dtype
-from .errors import NodeNotFoundError, StoreCorruptError
+from .errors import NodeNotFoundError, StoreClosedError, StoreCorruptError
 from .filters import compile_filters
 from .manifest import IndexEntry
 from .nodes import NodeDB
@@ -58,8 +59,10 @@ class _Resources:
         self.rows: MemoryRows | None = None
         self.lock: DirLock | None = None
         self.scratch: Path | None = None
+        self.closed = False
 
     def close(self) -> None:
+        self.closed = True
         if self.db is not None:
             self.db.close()
         if self.rows is not None:
@@ -169,7 +172,6 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         self._finalizer = weakref.finalize(self, self._res.close)
         self._home, self._work_dir, self._db_file = home, work_dir, db_file
         self._committed = self._view = committed
-        self._rolled_back = home is None  # a fresh database has nothing to roll back
         self._dirty = home is None
         self._mmap = mmap
         self._rows = self._res.rows = MemoryRows(cfg.dim, cfg.dtype, cfg.numpy_dtype)
@@ -213,7 +215,7 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
     def __contains__(self, node_id: object) -> bool:
         if not isinstance(node_id, str):
             return False
-        with self._lock.read():
+        with self._reading():
             return bool(self._db.live_by_ids([node_id], self._view))
 
     def __repr__(self) -> str:
@@ -230,18 +232,47 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         self.close()
 
     def close(self) -> None:
-        """Release files and locks. Unpersisted changes of a never-persisted store are lost."""
+        """Release files and locks. Unpersisted changes of a never-persisted store are lost.
+
+        Any later use of the store raises :class:`StoreClosedError`; closing twice is fine.
+        """
         with self._lock.write():
             self._finalizer()
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        with self._lock.read():
+            self._check_open()
+            yield
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        with self._lock.write():
+            self._check_open()
+            yield
+
+    def _check_open(self) -> None:
+        if self._res.closed:
+            where = f" at {self._home}" if self._home is not None else ""
+            raise StoreClosedError(
+                f"the store{where} is closed; open it again with MemoryStore.load(path)"
+            )
+
     # ------------------------------------------------------------------ writing
     def _begin_write(self) -> None:
-        """First write after a load/persist: take the dir lock, undo crash leftovers."""
+        """Every write calls this first. The first write after a load or persist takes
+        the directory's writer lock, refuses to go on if another writer has committed
+        since (:class:`StoreStaleError`), and undoes what a writer that died uncommitted
+        left in the node database."""
         if self._home is not None and self._res.lock is None:
-            self._res.lock = DirLock(self._home)
-        if not self._rolled_back:
-            self._db.rollback_after(self._committed)
-            self._rolled_back = True
+            lock = DirLock(self._home)
+            try:
+                self._check_current()
+                self._db.rollback_after(self._committed)
+            except BaseException:
+                lock.release()
+                raise
+            self._res.lock = lock
         self._view = self._committed + 1
         self._dirty = True
         self._filter_cache.clear()
@@ -254,11 +285,18 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
             self._alive = grown
 
     def _append_rows(self, mem: torch.Tensor) -> int:
+        """Append rows, still dead (not alive): they go live only once the node database
+        names them. If writing a segment fails (disk full, file too large) the rows are
+        taken back and the store is as before; if the database write fails afterwards,
+        they stay dead rows that no node names, which compaction reclaims."""
         start = self._rows.append(from_torch(mem, self._cfg.dtype), inverse_norms(mem))
         self._grow_alive(self._rows.n_rows)
-        self._alive[start : self._rows.n_rows] = True
         if self._rows.ram_bytes() >= self._cfg.segment_bytes:
-            self._rows.flush(self._work_dir, mmap=self._mmap)
+            try:
+                self._rows.flush(self._work_dir, mmap=self._mmap)
+            except BaseException:
+                self._rows.drop_tail(start)
+                raise
         return start
 
     def add(
@@ -296,7 +334,7 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         ids_, supplied = check.new_ids(ids, n)
         if n == 0:
             return []
-        with self._lock.write():
+        with self._writing():
             if supplied:
                 taken = self._db.live_by_ids(ids_, self._view)
                 if taken:
@@ -305,12 +343,12 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
                         "use update() to change them"
                     )
             self._begin_write()
-            start = self._rows.n_rows
+            start = self._append_rows(mem)
             self._db.insert(
                 [(i, start + j, t, m) for j, (i, t, m) in enumerate(zip(ids_, texts_, metas))],
                 self._view,
             )
-            self._append_rows(mem)
+            self._alive[start : start + n] = True
             self._n_live += n
         return ids_
 
@@ -364,7 +402,7 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         if supplied and (taken := self._db_live_ids(ids_)):
             raise ValueError(f"ids already in the store: {sorted(taken)[:5]}")
         if self._cfg.model_identity is None and identity is not None:
-            with self._lock.write():
+            with self._writing():
                 self._begin_write()
                 self._cfg = self._cfg.model_copy(update={"model_identity": identity})
                 logger.info("store adopts model identity %r", identity)
@@ -382,7 +420,7 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         return ids_
 
     def _db_live_ids(self, ids: Sequence[str]) -> set[str]:
-        with self._lock.read():
+        with self._reading():
             return set(self._db.live_by_ids(ids, self._view))
 
     def _require(self, ids: list[str]) -> dict:
@@ -403,7 +441,7 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
                 is deleted then.
         """
         ids_ = list(dict.fromkeys(check.node_ids(ids)))
-        with self._lock.write():
+        with self._writing():
             found = self._db.live_by_ids(ids_, self._view)
             if len(found) != len(ids_) and not missing_ok:
                 self._require(ids_)  # raises with the missing ids
@@ -442,10 +480,10 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
             raise ValueError(f"memories has {mem.shape[0]} rows but there are {n} ids")
         texts_ = check.texts(texts, n) if texts is not None else None
         metas = check.metadata(metadata, n) if metadata is not None else None
-        with self._lock.write():
+        with self._writing():
             found = self._require(ids_)
             self._begin_write()
-            start = self._rows.n_rows
+            start = self._append_rows(mem) if mem is not None else -1
             records = []
             for j, node_id in enumerate(ids_):
                 old = found[node_id]
@@ -460,7 +498,7 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
             self._db.insert(records, self._view, retire=list(found.values()))
             if mem is not None:
                 self._alive[[v.row for v in found.values()]] = False
-                self._append_rows(mem)
+                self._alive[start : start + n] = True
 
     # ------------------------------------------------------------------ reading
     def get_memories(self, ids: Sequence[str]) -> torch.Tensor:
@@ -470,10 +508,12 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
             NodeNotFoundError: an id is not present.
         """
         ids_ = check.node_ids(ids)
-        with self._lock.read():
+        with self._reading():
             found = self._require(ids_)
             data, _ = self._rows.gather(np.array([found[i].row for i in ids_], dtype=np.int64))
-        return to_torch(data, self._cfg.dtype).reshape(len(ids_), self._cfg.n_mem, -1)
+        return to_torch(data, self._cfg.dtype).reshape(
+            len(ids_), self._cfg.n_mem, self._cfg.hidden_size
+        )
 
     def get_nodes(self, ids: Sequence[str]) -> list[Node]:
         """Id, text and metadata of ``ids``, in order.
@@ -482,7 +522,7 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
             NodeNotFoundError: an id is not present.
         """
         ids_ = check.node_ids(ids)
-        with self._lock.read():
+        with self._reading():
             found = self._require(ids_)
         return [Node(i, found[i].text, _json(found[i].metadata)) for i in ids_]
 
@@ -512,7 +552,8 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         k = check.k_value(k)
         if filters is not None:
             compile_filters(filters)  # validate before taking the lock
-        with self._lock.read():
+        with self._reading():
+            k = min(k, max(self._rows.n_rows, 1))  # k=10**9 must not size buffers
             allowed = self._filter_rows(filters) if filters else None
             results = self._search_rows(q, k, allowed)
             return self._hits(results)
@@ -541,7 +582,7 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         ann = self._ann
         if ann is None:
             return scan(self._rows, q, k, 0, n_rows, mask, br)
-        pool = max(k * cfg.rescore_factor, cfg.min_candidates)
+        pool = min(max(k * cfg.rescore_factor, cfg.min_candidates), max(ann.n_indexed, 1))
         bitmap = self._ann_bitmap(mask, filtered=allowed is not None)
         labels = ann.search(q, pool, cfg, bitmap)
         cands = [lab[lab >= 0] for lab in labels]
@@ -589,7 +630,7 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
 
     def stats(self) -> dict[str, Any]:
         """Counts and sizes: live nodes, rows, segments, unindexed rows, bytes on disk."""
-        with self._lock.read():
+        with self._reading():
             disk = 0
             if self._home is not None:
                 disk = sum(p.stat().st_size for p in self._home.iterdir() if p.is_file())
@@ -604,4 +645,7 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
 
 
 def _json(text: str) -> dict[str, Any]:
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # checksummed rows cannot get here; pre-checksum ones can
+        raise StoreCorruptError(f"node metadata is not valid JSON: {exc}") from None

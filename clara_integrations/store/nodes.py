@@ -9,12 +9,23 @@ such a crash deletes the leftovers (:meth:`NodeDB.rollback_after`).
 
 Old versions are kept until :meth:`MemoryStore.compact`, so a process still serving an
 older generation keeps seeing consistent text and metadata.
+
+Every version carries a checksum (``crc``) of all its columns, checked whenever a node
+is read, so a damaged byte surfaces as :class:`StoreCorruptError` naming the node, never
+as changed text or a raw ``JSONDecodeError``. Databases written before checksums existed
+get them on their first write (readers skip rows whose ``crc`` is NULL).
+
+Connections never create files: a reader whose database file was replaced by another
+process (compaction) keeps using the connections it already has, which still see the
+file it loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreCorruptError
+from .errors import StoreClosedError, StoreCorruptError
 from .filters import compile_filters, index_pairs
 
 logger = logging.getLogger(__name__)
@@ -38,7 +49,8 @@ CREATE TABLE IF NOT EXISTS nodes(
     text TEXT NOT NULL,
     metadata TEXT NOT NULL,
     gen_added INTEGER NOT NULL,
-    gen_deleted INTEGER
+    gen_deleted INTEGER,
+    crc TEXT
 );
 CREATE INDEX IF NOT EXISTS nodes_id ON nodes(id);
 CREATE INDEX IF NOT EXISTS nodes_row ON nodes(row);
@@ -46,9 +58,24 @@ CREATE TABLE IF NOT EXISTS node_meta(vid INTEGER NOT NULL, key TEXT NOT NULL, va
 CREATE INDEX IF NOT EXISTS node_meta_kv ON node_meta(key, value, vid);
 CREATE INDEX IF NOT EXISTS node_meta_vid ON node_meta(vid);
 """
+_SELECT = "n.vid, n.id, n.row, n.text, n.metadata, n.gen_added, n.gen_deleted, n.crc"
+_SELECT_OLD = _SELECT.replace("n.crc", "NULL")  # databases from before row checksums
 _LIVE = "n.gen_added <= ? AND (n.gen_deleted IS NULL OR n.gen_deleted > ?)"
 _CHUNK = 900  # stay far below SQLite's bound-parameter limit
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+_COLUMNS = "vid, id, row, text, metadata, gen_added, gen_deleted"
+_CRC_SQL = f"clara_crc({_COLUMNS})"  # the same function, registered on every connection
+
+
+def row_checksum(
+    vid: int, id: str, row: int, text: str, metadata: str, gen_added: int, gen_deleted: Any
+) -> str:
+    """blake2b-64 of every column of a node version (``gen_deleted`` None -> "")."""
+    parts = (vid, id, row, text, metadata, gen_added, "" if gen_deleted is None else gen_deleted)
+    body = "\x1f".join(str(p) for p in parts).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(body, digest_size=8).hexdigest()
 
 
 def _chunks(seq: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -65,6 +92,18 @@ class LiveNode:
         self.vid, self.id, self.row, self.text = vid, id, row, text
         self.metadata, self.gen_added = metadata, gen
 
+    @classmethod
+    def checked(cls, record: tuple, path: Path) -> LiveNode:
+        """From a record of the ``_SELECT`` columns, verifying its checksum."""
+        vid, id, row, text, metadata, gen, gen_deleted, crc = record
+        if crc is not None and crc != row_checksum(vid, id, row, text, metadata, gen, gen_deleted):
+            raise StoreCorruptError(
+                f"node {id!r} (version {vid}, row {row}) in {path} fails its checksum: the "
+                "node database is damaged; restore the store directory from a backup",
+                path,
+            )
+        return cls(vid, id, row, text, metadata, gen)
+
 
 class NodeDB:
     """One SQLite file; a pool of read connections and one writer connection.
@@ -78,12 +117,23 @@ class NodeDB:
             self._check_header()
         self._idle: list[sqlite3.Connection] = []  # pooled read connections
         self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
+        self._conns_lock = threading.Condition(threading.Lock())
         self._writer: sqlite3.Connection | None = None
-        if create:
-            w = self.writer()
-            w.executescript(_SCHEMA)
+        self._closed = False
         self._next_vid: int | None = None
+        if create:
+            self._writer = self._open(create=True)
+            self._writer.executescript(_SCHEMA)
+        # One connection now, so that readers always have one to the file they loaded
+        # even if it is later deleted and replaced (see ``reading``).
+        first = self._open()
+        self._file_id = _file_id(self.path)
+        self._idle.append(first)
+        try:
+            self._has_crc = _has_column(first, "nodes", "crc")
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StoreCorruptError(f"cannot read node database {self.path}: {exc}", self.path)
 
     # -- connections ------------------------------------------------------------------
     def _check_header(self) -> None:
@@ -97,8 +147,22 @@ class NodeDB:
         if head != _SQLITE_MAGIC:
             raise StoreCorruptError(f"{self.path} is not an SQLite database", self.path)
 
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+    def _open(self, *, create: bool = False) -> sqlite3.Connection:
+        # mode=rw: a connection never creates a database file. Without it, a connection
+        # opened after another process deleted the file made a new, empty one.
+        mode = "rwc" if create else "rw"
+        try:
+            conn = sqlite3.connect(
+                f"{self.path.absolute().as_uri()}?mode={mode}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.OperationalError as exc:
+            raise StoreCorruptError(
+                f"cannot open node database {self.path}: {exc}", self.path
+            ) from None
+        conn.create_function("clara_crc", 7, row_checksum, deterministic=True)
         conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -111,10 +175,20 @@ class NodeDB:
         """Borrow a read connection from the pool (WAL: readers never block each other).
 
         A pool rather than one connection per thread: servers that start a thread per
-        request would otherwise leave a connection behind for every dead thread.
+        request would otherwise leave a connection behind for every dead thread. The pool
+        grows only while the file on disk is still the one this object opened; once
+        another process has deleted or replaced it, callers wait for a pooled connection.
+
+        Raises:
+            StoreClosedError: the database (its store) was closed.
         """
         with self._conns_lock:
+            self._check_open()
             conn = self._idle.pop() if self._idle else None
+            while conn is None and self._conns and _file_id(self.path) != self._file_id:
+                self._conns_lock.wait()
+                self._check_open()
+                conn = self._idle.pop() if self._idle else None
         if conn is None:
             conn = self._open()
         try:
@@ -123,14 +197,38 @@ class NodeDB:
             with self._conns_lock:
                 if conn in self._conns:  # not closed meanwhile
                     self._idle.append(conn)
+                    self._conns_lock.notify()
+
+    @property
+    def _select(self) -> str:
+        return _SELECT if self._has_crc else _SELECT_OLD
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError("the store is closed; load it again to use it")
 
     def writer(self) -> sqlite3.Connection:
+        self._check_open()
         if self._writer is None:
             self._writer = self._open()
+        if not self._has_crc:
+            self._add_checksums(self._writer)
         return self._writer
+
+    def _add_checksums(self, w: sqlite3.Connection) -> None:
+        """Upgrade a database written before row checksums (on its first write only:
+        loading never changes store data)."""
+        with _transaction(w):
+            if not _has_column(w, "nodes", "crc"):
+                w.execute("ALTER TABLE nodes ADD COLUMN crc TEXT")
+            w.execute(f"UPDATE nodes SET crc = {_CRC_SQL}")
+        self._has_crc = True
+        logger.info("added row checksums to node database %s", self.path)
 
     def close(self) -> None:
         with self._conns_lock:
+            self._closed = True
+            self._conns_lock.notify_all()
             conns, self._conns, self._idle = self._conns, [], []
         for conn in conns:
             try:
@@ -190,13 +288,15 @@ class NodeDB:
         node_rows, meta_rows = [], []
         for i, (node_id, row, text, meta) in enumerate(records):
             vid = base + i
-            node_rows.append((vid, node_id, row, text, json.dumps(meta, ensure_ascii=False), gen))
+            meta_json = json.dumps(meta, ensure_ascii=False)
+            crc = row_checksum(vid, node_id, row, text, meta_json, gen, None)
+            node_rows.append((vid, node_id, row, text, meta_json, gen, crc))
             meta_rows.extend((vid, k, v) for k, v in index_pairs(meta))
         with _transaction(w):
             self._retire(w, list(retire), gen)
             w.executemany(
-                "INSERT INTO nodes(vid, id, row, text, metadata, gen_added) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO nodes(vid, id, row, text, metadata, gen_added, crc) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 node_rows,
             )
             w.executemany("INSERT INTO node_meta(vid, key, value) VALUES (?, ?, ?)", meta_rows)
@@ -215,7 +315,7 @@ class NodeDB:
         old = [(gen, v.vid) for v in versions if v.gen_added < gen]
         w.executemany("DELETE FROM node_meta WHERE vid = ?", fresh)
         w.executemany("DELETE FROM nodes WHERE vid = ?", fresh)
-        w.executemany("UPDATE nodes SET gen_deleted = ? WHERE vid = ?", old)
+        w.executemany(_set_where("gen_deleted", "?1", "vid = ?2"), old)
 
     def rollback_after(self, gen: int) -> int:
         """Undo every change stamped after ``gen`` (left by a crashed writer)."""
@@ -226,9 +326,8 @@ class NodeDB:
                 (gen,),
             )
             dropped = w.execute("DELETE FROM nodes WHERE gen_added > ?", (gen,)).rowcount
-            revived = w.execute(
-                "UPDATE nodes SET gen_deleted = NULL WHERE gen_deleted > ?", (gen,)
-            ).rowcount
+            revive = _set_where("gen_deleted", "NULL", "gen_deleted > ?1")
+            revived = w.execute(revive, (gen,)).rowcount
             w.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('committed_generation', ?)",
                 (str(gen),),
@@ -260,7 +359,7 @@ class NodeDB:
         """Set ``row = new`` for (new, vid) pairs (compaction, on a private copy)."""
         w = self.writer()
         with _transaction(w):
-            w.executemany("UPDATE nodes SET row = ? WHERE vid = ?", pairs)
+            w.executemany(_set_where("row", "?1", "vid = ?2"), pairs)
 
     def backup_to(self, dest: Path) -> None:
         """Consistent copy of the whole database to a new file (then fsync'd)."""
@@ -287,11 +386,10 @@ class NodeDB:
             for part in _chunks(values):
                 marks = ",".join("?" * len(part))
                 cur = conn.execute(
-                    "SELECT n.vid, n.id, n.row, n.text, n.metadata, n.gen_added FROM nodes n "
-                    f"WHERE n.{column} IN ({marks}) AND {_LIVE}",
+                    f"SELECT {self._select} FROM nodes n WHERE n.{column} IN ({marks}) AND {_LIVE}",
                     (*part, view, view),
                 )
-                out.extend(LiveNode(*rec) for rec in cur)
+                out.extend(LiveNode.checked(rec, self.path) for rec in cur)
         return out
 
     def rows_for_filter(self, filters: Mapping[str, Any], view: int) -> np.ndarray:
@@ -314,12 +412,60 @@ class NodeDB:
         """All live versions ordered by row, in batches."""
         with self.reading() as conn:
             cur = conn.execute(
-                "SELECT n.vid, n.id, n.row, n.text, n.metadata, n.gen_added FROM nodes n "
-                f"WHERE {_LIVE} ORDER BY n.row",
-                (view, view),
+                f"SELECT {self._select} FROM nodes n WHERE {_LIVE} ORDER BY n.row", (view, view)
             )
             while recs := cur.fetchmany(batch):
-                yield [LiveNode(*r) for r in recs]
+                yield [LiveNode.checked(r, self.path) for r in recs]
+
+    def verify(self) -> None:
+        """Check the whole database: SQLite's own integrity check, every version's
+        checksum, and that the filter table matches every version's metadata.
+
+        Raises:
+            StoreCorruptError: naming the database and the first problem found.
+        """
+        with self.reading() as conn:
+            problems = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+            if problems != ["ok"]:
+                self._corrupt(f"fails SQLite's integrity check: {problems[:3]}")
+            pairs = conn.execute("SELECT vid, key, value FROM node_meta ORDER BY vid, key, value")
+            pending = next(pairs, None)
+            cur = conn.execute(f"SELECT {self._select} FROM nodes n ORDER BY n.vid")
+            for rec in cur:
+                node = LiveNode.checked(rec, self.path)
+                try:
+                    want = sorted(index_pairs(json.loads(node.metadata)))
+                except ValueError:
+                    self._corrupt(f"holds unreadable metadata for node {node.id!r}")
+                got = []
+                while pending is not None and pending[0] <= node.vid:
+                    if pending[0] == node.vid:
+                        got.append((pending[1], pending[2]))
+                    pending = next(pairs, None)
+                if got != want:
+                    self._corrupt(f"has a filter index that disagrees with node {node.id!r}")
+
+    def _corrupt(self, what: str) -> None:
+        raise StoreCorruptError(f"node database {self.path} {what}", self.path)
+
+
+def _set_where(column: str, value: str, condition: str) -> str:
+    """``UPDATE nodes SET column = value WHERE condition`` that also refreshes the
+    checksum; ``value`` is SQL (e.g. ``?1``) evaluated once per row like the rest."""
+    args = ", ".join(value if c == column else c for c in _COLUMNS.split(", "))
+    return f"UPDATE nodes SET {column} = {value}, crc = clara_crc({args}) WHERE {condition}"
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
 
 
 class _transaction:
@@ -333,4 +479,12 @@ class _transaction:
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is not None:
+            self.conn.execute("ROLLBACK")
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error:  # e.g. disk full at commit: leave no transaction open
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise

@@ -130,6 +130,15 @@ class MemoryRows:
         self.n_rows += data.shape[0]
         return start
 
+    def drop_tail(self, start: int) -> None:
+        """Take back the RAM rows from global row ``start`` on (an append that failed)."""
+        while self.pieces and self.pieces[-1].start >= start:
+            if self.pieces[-1].entry is not None:
+                raise AssertionError("only RAM rows can be taken back")
+            self.pieces.pop()
+            self._starts.pop()
+        self.n_rows = start
+
     def ram_bytes(self) -> int:
         return sum(p.data.nbytes for p in self.pieces if p.entry is None)
 
@@ -142,11 +151,15 @@ class MemoryRows:
         name = unique_name("seg", ".mem")
         path = directory / name
         h = new_hasher()
-        with open(path, "xb") as fh:
-            for arr in [p.inv_norm for p in ram] + [p.data for p in ram]:
-                _write_array(fh, arr, h)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(path, "xb") as fh:
+                for arr in [p.inv_norm for p in ram] + [p.data for p in ram]:
+                    _write_array(fh, arr, h)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:  # disk full, file too large...: the RAM tail is unchanged
+            path.unlink(missing_ok=True)
+            raise
         rows = sum(p.rows for p in ram)
         entry = SegmentEntry(
             file=name,

@@ -24,11 +24,13 @@ def test_public_api_is_pinned():
         "MemoryStore",
         "Node",
         "NodeNotFoundError",
+        "StoreClosedError",
         "StoreConfig",
         "StoreCorruptError",
         "StoreError",
         "StoreLockedError",
         "StoreMismatchError",
+        "StoreStaleError",
     }
 
 
