@@ -12,9 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointCorruptError", "ClaraConfig", "ClaraModel", "MissingAdapterError", "__version__"]
+__all__ = [
+    "CheckpointCorruptError", "ClaraConfig", "ClaraError", "ClaraModel", "MissingAdapterError",
+    "__version__",
+]
 
 _LAZY = {
+    "ClaraError": "clara_integrations.errors",
     "ClaraConfig": "clara_integrations.config",
     "ClaraModel": "clara_integrations.modeling",
     "CheckpointCorruptError": "clara_integrations.modeling",
@@ -23,6 +27,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .config import ClaraConfig
+    from .errors import ClaraError
     from .modeling import CheckpointCorruptError, ClaraModel, MissingAdapterError
 
 

@@ -17,6 +17,8 @@ from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 
+from ..errors import ClaraError
+
 __all__ = [
     "ADAPTER_NAMES",
     "MissingAdapterError",
@@ -42,7 +44,7 @@ _WHY_NEEDED = {
 EMBEDDING_KEYS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
-class MissingAdapterError(ValueError):
+class MissingAdapterError(ClaraError, ValueError):
     """The checkpoint lacks the adapter an operation needs (e.g. retrieval without
     `query_reasoner_adapter`)."""
 

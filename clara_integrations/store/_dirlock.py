@@ -1,43 +1,37 @@
-"""An advisory per-directory writer lock (``flock``), released by the OS if we die.
+"""The per-directory writer lock, released by the OS if the writer dies.
 
-One process at a time may write a store directory; readers take no lock. Where
-``fcntl`` is unavailable (Windows) locking is skipped with a debug message.
+One process (and one store object) at a time may write a store directory; readers take
+no lock. The lock itself is ``filelock``'s (see :mod:`clara_integrations._filelock`).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
+from .._filelock import Timeout, process_lock
 from .errors import StoreLockedError
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
-
-logger = logging.getLogger(__name__)
 LOCK_NAME = ".writer.lock"
 
 
 class DirLock:
-    """Hold the writer lock of ``directory`` until :meth:`release`."""
+    """Hold the writer lock of ``directory`` until :meth:`release`.
+
+    Raises:
+        StoreLockedError: another process or store object holds it.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self._fh = open(self.directory / LOCK_NAME, "a+b")
-        if fcntl is None:  # pragma: no cover
-            logger.debug("no fcntl: store directory %s is not write-locked", directory)
-            return
+        self._lock = process_lock(self.directory / LOCK_NAME, blocking=False)
         try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._fh.close()
+            self._lock.acquire()
+        except Timeout:
             raise StoreLockedError(
                 f"another process or store object is writing to {directory}; "
-                "close it first (one writer per store directory)"
+                "close it (or persist its changes) first: one writer per store directory"
             ) from None
 
     def release(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()  # closing the descriptor drops the flock
+        if self._lock.is_locked:
+            self._lock.release(force=True)

@@ -7,6 +7,8 @@ so that generic handlers keep working.
 
 from __future__ import annotations
 
+from ..errors import ClaraError
+
 __all__ = [
     "NodeNotFoundError",
     "StoreClosedError",
@@ -18,8 +20,8 @@ __all__ = [
 ]
 
 
-class StoreError(Exception):
-    """Base class of every error the store raises on purpose."""
+class StoreError(ClaraError):
+    """Base class of every error the store raises on purpose (a :class:`ClaraError`)."""
 
 
 class StoreMismatchError(StoreError, ValueError):
