@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
-import uuid
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,52 +27,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import _indexing as indexing
+from . import _persistence as persistence
 from . import _validate as check
-from ._dirlock import DirLock
-from ._files import unique_name
-from ._indexing import IndexingMixin
-from ._persistence import PersistenceMixin
 from ._rwlock import RWLock
 from ._search import Result, block_rows_for, merge, scan, score_candidates
-from .ann import AnnIndex, build_empty_index
-from .config import StoreConfig, canonical_dtype
-from .errors import NodeNotFoundError, StoreClosedError, StoreCorruptError
+from ._state import StoreState
+from .ann import build_empty_index
+from .config import RUNTIME_FIELDS, StoreConfig, canonical_dtype
+from .errors import NodeNotFoundError, StoreCorruptError
 from .filters import compile_filters
-from .manifest import IndexEntry
-from .nodes import NodeDB
 from .records import Hit, Node
-from .segments import MemoryRows, from_torch, inverse_norms, to_torch
+from .segments import to_torch
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MemoryStore"]
 
 
-class _Resources:
-    """OS resources released when the store is closed or garbage-collected."""
-
-    def __init__(self) -> None:
-        self.db: NodeDB | None = None
-        self.rows: MemoryRows | None = None
-        self.lock: DirLock | None = None
-        self.scratch: Path | None = None
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
-        if self.db is not None:
-            self.db.close()
-        if self.rows is not None:
-            self.rows.close()
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-        if self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
-            self.scratch = None
-
-
-class MemoryStore(IndexingMixin, PersistenceMixin):
+class MemoryStore:
     """Compressed-memory node store: ids, texts, metadata and ``[n_mem, H]`` memories.
 
     Search ranks by the cosine between a query vector ``[n_mem*H]`` and each flattened
@@ -100,6 +70,7 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
             to :meth:`add_documents`.
         scratch_dir: where an unpersisted store keeps its files (default: system temp;
             pick the file system of the final directory so persist can hard-link).
+        _state: internal (an opened store's state, from :meth:`load`).
         **options: further :class:`StoreConfig` fields (``reduce_dim``, ``hnsw_m``...).
 
     Raises:
@@ -126,8 +97,12 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         *,
         model_identity: str | None = None,
         scratch_dir: str | Path | None = None,
+        _state: StoreState | None = None,
         **options: Any,
     ) -> None:
+        if _state is not None:  # an opened store (``load``): its own config rules
+            self._attach(_state)
+            return
         cfg = StoreConfig(
             n_mem=n_mem,
             hidden_size=hidden_size,
@@ -138,11 +113,62 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         )
         if cfg.index != "flat":
             build_empty_index(cfg, cfg.train_size)  # reject a bad factory string now
-        scratch = Path(tempfile.mkdtemp(prefix="clara-store-", dir=scratch_dir))
-        db_file = unique_name("nodes", ".sqlite")
-        self._setup(cfg, uuid.uuid4().hex, None, scratch, db_file, 0, mmap=True)
-        self._set_db(NodeDB(scratch / db_file, create=True))
-        self._res.scratch = scratch
+        self._attach(StoreState.fresh(cfg, scratch_dir))
+
+    def _attach(self, state: StoreState) -> None:
+        """Take ownership of ``state`` (its files are released when the store is
+        closed or garbage-collected)."""
+        self._st = state
+        self._lock = RWLock()
+        self._finalizer = weakref.finalize(self, state.res.close)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        mmap: bool = True,
+        *,
+        model: Any = None,
+        fingerprint: str | None = None,
+        verify: bool = False,
+        **runtime: Any,
+    ) -> MemoryStore:
+        """Open a persisted store.
+
+        Every file's presence and size is checked; files up to 64 MiB (manifest,
+        bitmap, PCA, small segments and indexes) are also checksummed. Big segments
+        are immutable and were checksummed when written; ``verify=True`` re-hashes
+        everything (seconds per GB) and checks the node database (SQLite's integrity
+        check, every row's checksum, the filter table). Loading never changes store
+        data (SQLite may create its ``-wal``/``-shm`` side files). A load that races
+        another writer's commit loads the new version.
+
+        Args:
+            path: the store directory.
+            mmap: memory-map segments (RSS stays small) instead of reading them.
+            model: if given, must match the store (n_mem, H, identity).
+            fingerprint: if given, must equal the store's fingerprint.
+            verify: checksum every file and cross-check node counts.
+            **runtime: overrides of runtime settings (e.g. ``hnsw_ef_search=256``).
+
+        Raises:
+            StoreCorruptError: a missing, truncated or corrupt file (named).
+            StoreMismatchError: ``model``/``fingerprint`` do not match.
+
+        Example:
+            >>> store = MemoryStore(n_mem=2, hidden_size=4)
+            >>> _ = store.add(torch.randn(3, 2, 4))
+            >>> import tempfile
+            >>> path = store.persist(tempfile.mkdtemp(), show_progress=False)
+            >>> len(MemoryStore.load(path))
+            3
+        """
+        state = persistence.load_state(
+            path, mmap=mmap, model=model, fingerprint=fingerprint, verify=verify,
+            runtime=runtime,
+        )
+        cfg = state.cfg
+        return cls(cfg.n_mem, cfg.hidden_size, cfg.dtype, cfg.index, _state=state)
 
     @classmethod
     def for_model(cls, model: Any, **kwargs: Any) -> MemoryStore:
@@ -154,75 +180,42 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         kwargs.setdefault("model_identity", getattr(model, "model_identity", None))
         return cls(model.n_mem, model.hidden_size, **kwargs)
 
-    def _setup(
-        self,
-        cfg: StoreConfig,
-        uid: str,
-        home: Path | None,
-        work_dir: Path,
-        db_file: str,
-        committed: int,
-        *,
-        mmap: bool,
-    ) -> None:
-        self._cfg = cfg
-        self._uid = uid
-        self._lock = RWLock()
-        self._res = _Resources()
-        self._finalizer = weakref.finalize(self, self._res.close)
-        self._home, self._work_dir, self._db_file = home, work_dir, db_file
-        self._committed = self._view = committed
-        self._dirty = home is None
-        self._mmap = mmap
-        self._rows = self._res.rows = MemoryRows(cfg.dim, cfg.dtype, cfg.numpy_dtype)
-        self._alive = np.zeros(0, dtype=bool)
-        self._n_live = 0
-        self._ann: AnnIndex | None = None
-        self._ann_trained_on = 0
-        self._index_entry: IndexEntry | None = None  # files of the current, saved index
-        self._filter_cache: dict[str, np.ndarray] = {}
-        self._bitmap_cache: np.ndarray | None = None
-        self._block_rows = block_rows_for(cfg.dim, cfg.scan_block_bytes)
-
-    def _set_db(self, db: NodeDB) -> None:
-        self._db = db
-        self._res.db = db
-
     # ------------------------------------------------------------------ properties
     @property
     def config(self) -> StoreConfig:
         """The store's :class:`StoreConfig` (read-only)."""
-        return self._cfg
+        return self._st.cfg
 
     @property
     def fingerprint(self) -> str:
         """Model identity + n_mem + H + dtype, e.g. ``"m:n_mem=8:H=576:float16"``."""
-        return self._cfg.fingerprint
+        return self._st.cfg.fingerprint
 
     @property
     def path(self) -> Path | None:
         """Directory the store was last persisted to / loaded from (None if never)."""
-        return self._home
+        return self._st.home
 
     @property
     def generation(self) -> int:
         """Number of the last committed version (0 before the first persist)."""
-        return self._committed
+        return self._st.committed
 
     def __len__(self) -> int:
-        return self._n_live
+        return self._st.n_live
 
     def __contains__(self, node_id: object) -> bool:
         if not isinstance(node_id, str):
             return False
         with self._reading():
-            return bool(self._db.live_by_ids([node_id], self._view))
+            return bool(self._st.db.live_by_ids([node_id], self._st.view))
 
     def __repr__(self) -> str:
+        cfg, home = self._st.cfg, self._st.home
         return (
-            f"MemoryStore(n={self._n_live}, n_mem={self._cfg.n_mem}, "
-            f"hidden_size={self._cfg.hidden_size}, dtype={self._cfg.dtype}, "
-            f"index={self._cfg.index!r}, path={str(self._home) if self._home else None!r})"
+            f"MemoryStore(n={self._st.n_live}, n_mem={cfg.n_mem}, "
+            f"hidden_size={cfg.hidden_size}, dtype={cfg.dtype}, "
+            f"index={cfg.index!r}, path={str(home) if home else None!r})"
         )
 
     def __enter__(self) -> MemoryStore:
@@ -242,63 +235,16 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
     @contextmanager
     def _reading(self) -> Iterator[None]:
         with self._lock.read():
-            self._check_open()
+            self._st.check_open()
             yield
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
         with self._lock.write():
-            self._check_open()
+            self._st.check_open()
             yield
 
-    def _check_open(self) -> None:
-        if self._res.closed:
-            where = f" at {self._home}" if self._home is not None else ""
-            raise StoreClosedError(
-                f"the store{where} is closed; open it again with MemoryStore.load(path)"
-            )
-
     # ------------------------------------------------------------------ writing
-    def _begin_write(self) -> None:
-        """Every write calls this first. The first write after a load or persist takes
-        the directory's writer lock, refuses to go on if another writer has committed
-        since (:class:`StoreStaleError`), and undoes what a writer that died uncommitted
-        left in the node database."""
-        if self._home is not None and self._res.lock is None:
-            lock = DirLock(self._home)
-            try:
-                self._check_current()
-                self._db.rollback_after(self._committed)
-            except BaseException:
-                lock.release()
-                raise
-            self._res.lock = lock
-        self._view = self._committed + 1
-        self._dirty = True
-        self._filter_cache.clear()
-        self._bitmap_cache = None
-
-    def _grow_alive(self, n_rows: int) -> None:
-        if n_rows > self._alive.shape[0]:
-            grown = np.zeros(max(n_rows, 2 * self._alive.shape[0], 1024), dtype=bool)
-            grown[: self._alive.shape[0]] = self._alive
-            self._alive = grown
-
-    def _append_rows(self, mem: torch.Tensor) -> int:
-        """Append rows, still dead (not alive): they go live only once the node database
-        names them. If writing a segment fails (disk full, file too large) the rows are
-        taken back and the store is as before; if the database write fails afterwards,
-        they stay dead rows that no node names, which compaction reclaims."""
-        start = self._rows.append(from_torch(mem, self._cfg.dtype), inverse_norms(mem))
-        self._grow_alive(self._rows.n_rows)
-        if self._rows.ram_bytes() >= self._cfg.segment_bytes:
-            try:
-                self._rows.flush(self._work_dir, mmap=self._mmap)
-            except BaseException:
-                self._rows.drop_tail(start)
-                raise
-        return start
-
     def add(
         self,
         memories: torch.Tensor,
@@ -327,7 +273,7 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
             >>> store.add(torch.randn(1, 2, 4), texts=["x"], ids=["doc-1"])
             ['doc-1']
         """
-        mem = check.memories(memories, self._cfg)
+        mem = check.memories(memories, self._st.cfg)
         n = mem.shape[0]
         texts_ = check.texts(texts, n)
         metas = check.metadata(metadata, n)
@@ -336,20 +282,20 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
             return []
         with self._writing():
             if supplied:
-                taken = self._db.live_by_ids(ids_, self._view)
+                taken = self._st.db.live_by_ids(ids_, self._st.view)
                 if taken:
                     raise ValueError(
                         f"ids already in the store: {sorted(taken)[:5]}; "
                         "use update() to change them"
                     )
-            self._begin_write()
-            start = self._append_rows(mem)
-            self._db.insert(
+            self._st.begin_write()
+            start = self._st.append_rows(mem)
+            self._st.db.insert(
                 [(i, start + j, t, m) for j, (i, t, m) in enumerate(zip(ids_, texts_, metas))],
-                self._view,
+                self._st.view,
             )
-            self._alive[start : start + n] = True
-            self._n_live += n
+            self._st.mark_live(start, n)
+            self._st.n_live += n
         return ids_
 
     def add_documents(
@@ -396,15 +342,15 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         for i, t in enumerate(texts_):
             if not t.strip():
                 raise ValueError(f"texts[{i}] is empty; the compressor needs text")
-        identity = check.model_shape(model, self._cfg)
+        identity = check.model_shape(model, self._st.cfg)
         metas = check.metadata(metadata, len(texts_))
         ids_, supplied = check.new_ids(ids, len(texts_))
         if supplied and (taken := self._db_live_ids(ids_)):
             raise ValueError(f"ids already in the store: {sorted(taken)[:5]}")
-        if self._cfg.model_identity is None and identity is not None:
+        if self._st.cfg.model_identity is None and identity is not None:
             with self._writing():
-                self._begin_write()
-                self._cfg = self._cfg.model_copy(update={"model_identity": identity})
+                self._st.begin_write()
+                self._st.cfg = self._st.cfg.model_copy(update={"model_identity": identity})
                 logger.info("store adopts model identity %r", identity)
         bar = tqdm(total=len(texts_), desc="compressing", unit="doc", disable=not show_progress)
         try:
@@ -421,10 +367,10 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
 
     def _db_live_ids(self, ids: Sequence[str]) -> set[str]:
         with self._reading():
-            return set(self._db.live_by_ids(ids, self._view))
+            return set(self._st.db.live_by_ids(ids, self._st.view))
 
     def _require(self, ids: list[str]) -> dict:
-        found = self._db.live_by_ids(ids, self._view)
+        found = self._st.db.live_by_ids(ids, self._st.view)
         missing = [i for i in ids if i not in found]
         if missing:
             raise NodeNotFoundError(f"{len(missing)} id(s) not in the store, e.g. {missing[:5]}")
@@ -442,15 +388,15 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         """
         ids_ = list(dict.fromkeys(check.node_ids(ids)))
         with self._writing():
-            found = self._db.live_by_ids(ids_, self._view)
+            found = self._st.db.live_by_ids(ids_, self._st.view)
             if len(found) != len(ids_) and not missing_ok:
                 self._require(ids_)  # raises with the missing ids
             if not found:
                 return 0
-            self._begin_write()
-            self._db.retire(list(found.values()), self._view)
-            self._alive[[v.row for v in found.values()]] = False
-            self._n_live -= len(found)
+            self._st.begin_write()
+            self._st.db.retire(list(found.values()), self._st.view)
+            self._st.mark_dead([v.row for v in found.values()])
+            self._st.n_live -= len(found)
         return len(found)
 
     def update(
@@ -475,15 +421,15 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         if memories is None and texts is None and metadata is None:
             raise ValueError("update() needs memories, texts and/or metadata")
         n = len(ids_)
-        mem = check.memories(memories, self._cfg) if memories is not None else None
+        mem = check.memories(memories, self._st.cfg) if memories is not None else None
         if mem is not None and mem.shape[0] != n:
             raise ValueError(f"memories has {mem.shape[0]} rows but there are {n} ids")
         texts_ = check.texts(texts, n) if texts is not None else None
         metas = check.metadata(metadata, n) if metadata is not None else None
         with self._writing():
             found = self._require(ids_)
-            self._begin_write()
-            start = self._append_rows(mem) if mem is not None else -1
+            self._st.begin_write()
+            start = self._st.append_rows(mem) if mem is not None else -1
             records = []
             for j, node_id in enumerate(ids_):
                 old = found[node_id]
@@ -495,10 +441,10 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
                         metas[j] if metas is not None else _json(old.metadata),
                     )
                 )
-            self._db.insert(records, self._view, retire=list(found.values()))
+            self._st.db.insert(records, self._st.view, retire=list(found.values()))
             if mem is not None:
-                self._alive[[v.row for v in found.values()]] = False
-                self._alive[start : start + n] = True
+                self._st.mark_dead([v.row for v in found.values()])
+                self._st.mark_live(start, n)
 
     # ------------------------------------------------------------------ reading
     def get_memories(self, ids: Sequence[str]) -> torch.Tensor:
@@ -510,9 +456,9 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         ids_ = check.node_ids(ids)
         with self._reading():
             found = self._require(ids_)
-            data, _ = self._rows.gather(np.array([found[i].row for i in ids_], dtype=np.int64))
-        return to_torch(data, self._cfg.dtype).reshape(
-            len(ids_), self._cfg.n_mem, self._cfg.hidden_size
+            data, _ = self._st.rows.gather(np.array([found[i].row for i in ids_], dtype=np.int64))
+        return to_torch(data, self._st.cfg.dtype).reshape(
+            len(ids_), self._st.cfg.n_mem, self._st.cfg.hidden_size
         )
 
     def get_nodes(self, ids: Sequence[str]) -> list[Node]:
@@ -548,68 +494,68 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
         Raises:
             ValueError: wrong query width, non-finite values, bad ``k`` or filter.
         """
-        q = check.queries(query_vectors, self._cfg)
+        q = check.queries(query_vectors, self._st.cfg)
         k = check.k_value(k)
         if filters is not None:
             compile_filters(filters)  # validate before taking the lock
         with self._reading():
-            k = min(k, max(self._rows.n_rows, 1))  # k=10**9 must not size buffers
+            k = min(k, max(self._st.rows.n_rows, 1))  # k=10**9 must not size buffers
             allowed = self._filter_rows(filters) if filters else None
             results = self._search_rows(q, k, allowed)
             return self._hits(results)
 
     def _filter_rows(self, filters: Mapping[str, Any]) -> np.ndarray:
         key = repr(sorted((str(k), repr(v)) for k, v in filters.items()))
-        rows = self._filter_cache.get(key)
+        rows = self._st.filter_cache.get(key)
         if rows is None:
-            rows = self._db.rows_for_filter(filters, self._view)
-            if len(self._filter_cache) > 64:
-                self._filter_cache.clear()
-            self._filter_cache[key] = rows
+            rows = self._st.db.rows_for_filter(filters, self._st.view)
+            if len(self._st.filter_cache) > 64:
+                self._st.filter_cache.clear()
+            self._st.filter_cache[key] = rows
         return rows
 
     def _search_rows(self, q: torch.Tensor, k: int, allowed: np.ndarray | None) -> list[Result]:
-        n_rows, cfg, br = self._rows.n_rows, self._cfg, self._block_rows
+        n_rows, cfg, br = self._st.rows.n_rows, self._st.cfg, self._st.block_rows
         if allowed is not None and allowed.size <= cfg.exact_filter_rows:
             # Selective filter: exact scores of exactly the allowed rows.
-            return score_candidates(self._rows, q, [allowed] * q.shape[0], k, br)
-        mask = self._alive[:n_rows]
-        n_allowed = self._n_live
+            return score_candidates(self._st.rows, q, [allowed] * q.shape[0], k, br)
+        mask = self._st.alive[:n_rows]
+        n_allowed = self._st.n_live
         if allowed is not None:
             mask = np.zeros(n_rows, dtype=bool)
             mask[allowed] = True
             n_allowed = allowed.size
-        ann = self._ann
+        ann = self._st.index.ann
         if ann is None:
-            return scan(self._rows, q, k, 0, n_rows, mask, br)
+            return scan(self._st.rows, q, k, 0, n_rows, mask, br)
         pool = min(max(k * cfg.rescore_factor, cfg.min_candidates), max(ann.n_indexed, 1))
         bitmap = self._ann_bitmap(mask, filtered=allowed is not None)
         labels = ann.search(q, pool, cfg, bitmap)
         cands = [lab[lab >= 0] for lab in labels]
-        found = score_candidates(self._rows, q, cands, k, br)
-        fresh = scan(self._rows, q, k, ann.n_indexed, n_rows, mask, br)  # not yet indexed
+        found = score_candidates(self._st.rows, q, cands, k, br)
+        fresh = scan(self._st.rows, q, k, ann.n_indexed, n_rows, mask, br)  # not yet indexed
         results = merge(found, fresh, k)
         want = min(k, n_allowed)
         if any(r[1].size < want for r in results):  # graph search ran dry: be exact
             logger.debug("ANN returned fewer than %d results; falling back to an exact scan", want)
-            results = scan(self._rows, q, k, 0, n_rows, mask, br)
+            results = scan(self._st.rows, q, k, 0, n_rows, mask, br)
         return results
 
     def _ann_bitmap(self, mask: np.ndarray, *, filtered: bool) -> np.ndarray | None:
         """Packed selector bits over indexed rows; None when every indexed row qualifies."""
-        n = self._ann.n_indexed
+        n = self._st.index.ann.n_indexed
         if filtered:
             return np.packbits(mask[:n], bitorder="little")
-        if self._bitmap_cache is None:
+        if self._st.index.bitmap is None:
             alive = mask[:n]
-            self._bitmap_cache = (
+            self._st.index.bitmap = (
                 np.zeros(0, np.uint8) if alive.all() else np.packbits(alive, bitorder="little")
             )
-        return self._bitmap_cache if self._bitmap_cache.size else None
+        return self._st.index.bitmap if self._st.index.bitmap.size else None
 
     def _hits(self, results: list[Result]) -> list[list[Hit]]:
         rows = np.unique(np.concatenate([r for _, r in results])) if results else []
-        nodes = self._db.live_by_rows(rows, self._view) if len(rows) else {}
+        nodes = self._st.db.live_by_rows(rows, self._st.view) if len(rows) else {}
         out = []
         for scores, rws in results:
             hits = []
@@ -617,31 +563,135 @@ class MemoryStore(IndexingMixin, PersistenceMixin):
                 node = nodes.get(r)
                 if node is None:  # invariant: alive rows have a live node
                     raise StoreCorruptError(
-                        f"row {r} has no node in {self._db.path}", self._db.path
+                        f"row {r} has no node in {self._st.db.path}", self._st.db.path
                     )
                 hits.append(Hit(node.id, s, node.text, _json(node.metadata)))
             out.append(hits)
         return out
 
+    # ------------------------------------------------------------------ persistence
+    def persist(
+        self,
+        path: str | Path | None = None,
+        *,
+        overwrite: bool = False,
+        show_progress: bool = True,
+    ) -> Path:
+        """Atomically write the current state to ``path`` (default: where it lives).
+
+        Protocol (a crash at any point leaves the previous version loadable):
+
+        1. new memory rows go to a *new* segment file; earlier segments are untouched
+           (persisting to another directory hard-links them, or copies across devices);
+        2. the alive bitmap and, if it changed, the index are written under new names;
+        3. the new version is checked (row, bitmap and node counts agree) and all of it
+           is fsync'd; then the node database commits (fsync'd) a
+           ``committed_generation`` stamp - its rows were written earlier, stamped
+           with the new generation, so older readers ignore them;
+        4. ``manifest.json`` is replaced atomically (temp + fsync + rename + fsync dir):
+           this is the commit point;
+        5. once the new manifest reads back and names files that all exist, the store
+           files it does not name are deleted - only names the store itself gives its
+           files; nothing else in the directory is touched.
+
+        One writer at a time: the directory's writer lock is held from the first change
+        after a load or persist until the next persist (or close). A handle that another
+        writer overtook (it committed a newer generation since this handle loaded or last
+        persisted) cannot write; see :class:`StoreStaleError`.
+
+        After persisting elsewhere the store lives in the new directory.
+
+        Args:
+            path: target directory (created if missing). Default: the store's own.
+            overwrite: allow replacing another store that ``path`` already holds.
+            show_progress: show progress bars (index training).
+
+        Returns:
+            The directory.
+
+        Raises:
+            ValueError: no path and the store was never persisted, or an empty path.
+            FileExistsError: ``path`` holds another store and ``overwrite`` is False.
+            StoreLockedError: another process or handle writes to that directory.
+            StoreStaleError: another writer committed to this store's directory since.
+        """
+        with self._writing():
+            target = persistence.persist_target(self._st, path)
+            persistence.persist(
+                self._st, target, overwrite=overwrite, show_progress=show_progress
+            )
+            return target
+
+    def compact(self, *, show_progress: bool = True) -> None:
+        """Rewrite memory and nodes without deleted/superseded rows, then rebuild the
+        index. Node ids are kept. A persisted store is persisted again (atomically)."""
+        with self._writing():
+            persistence.compact(self._st, show_progress)
+            if self._st.home is not None:
+                self.persist(show_progress=show_progress)
+
+    # ------------------------------------------------------------------ index
+    def configure(self, **runtime: Any) -> None:
+        """Change search-time settings (see :data:`config.RUNTIME_FIELDS`).
+
+        Example:
+            >>> store = MemoryStore(n_mem=2, hidden_size=4, index="hnsw")
+            >>> store.configure(hnsw_ef_search=256, rescore_factor=20)
+            >>> store.config.hnsw_ef_search
+            256
+        """
+        bad = set(runtime) - RUNTIME_FIELDS
+        if bad:
+            raise ValueError(
+                f"only runtime settings can change: {sorted(RUNTIME_FIELDS)}; got {sorted(bad)}"
+            )
+        with self._writing():
+            st = self._st
+            st.cfg = StoreConfig.model_validate({**st.cfg.model_dump(), **runtime})
+            st.block_rows = block_rows_for(st.cfg.dim, st.cfg.scan_block_bytes)
+            if st.index.ann is not None:
+                st.index.ann.use_gpu(st.cfg.use_gpu)
+
+    def build_index(self, index: str | None = None, *, show_progress: bool = True) -> None:
+        """(Re)train the ANN index over all rows, optionally switching its kind.
+
+        ``persist`` calls this automatically once the store has ``min_index_rows``
+        nodes; call it yourself to search a large unpersisted store fast, or to switch
+        between ``"flat"``, ``"hnsw"``, ``"ivfpq"`` and factory strings. On error the
+        store keeps its previous index and kind.
+
+        Raises:
+            ValueError: an invalid index kind, or too few rows to train it.
+        """
+        with self._writing():
+            cfg = self._st.cfg
+            if index is not None:
+                cfg = StoreConfig.model_validate({**cfg.model_dump(), "index": index})
+            ann = indexing.trained(self._st, cfg, show_progress) if cfg.index != "flat" else None
+            self._st.begin_write()
+            self._st.cfg = cfg
+            indexing.set_ann(self._st, ann)
+
     # ------------------------------------------------------------------ model checks
     def check_model(self, model: Any) -> None:
         """Raise :class:`StoreMismatchError` unless ``model`` fits this store."""
-        check.model_shape(model, self._cfg)
+        check.model_shape(model, self._st.cfg)
 
     def stats(self) -> dict[str, Any]:
         """Counts and sizes: live nodes, rows, segments, unindexed rows, bytes on disk."""
         with self._reading():
             disk = 0
-            if self._home is not None:
-                disk = sum(p.stat().st_size for p in self._home.iterdir() if p.is_file())
+            if self._st.home is not None:
+                disk = sum(p.stat().st_size for p in self._st.home.iterdir() if p.is_file())
             return {
-                "n_live": self._n_live,
-                "n_rows": self._rows.n_rows,
-                "segments": len(self._rows.pieces),
-                "indexed_rows": self._ann.n_indexed if self._ann else 0,
-                "generation": self._committed,
+                "n_live": self._st.n_live,
+                "n_rows": self._st.rows.n_rows,
+                "segments": len(self._st.rows.pieces),
+                "indexed_rows": self._st.index.ann.n_indexed if self._st.index.ann else 0,
+                "generation": self._st.committed,
                 "disk_bytes": disk,
             }
+
 
 
 def _json(text: str) -> dict[str, Any]:

@@ -191,11 +191,11 @@ def test_persist_never_commits_a_version_that_cannot_load(tmp_path):
     path = tmp_path / "s"
     store = _persisted(path)
     store.add(clustered(1, seed=3), ids=["a"])
-    store._n_live += 1  # an internal inconsistency, as the add() bug above produced
+    store._st.n_live += 1  # an internal inconsistency, as the add() bug above produced
     files_before = sorted(os.listdir(path))
     with pytest.raises(StoreCorruptError, match="refusing to commit generation 2"):
         store.persist()
-    store._res.close()
+    store._st.res.close()
     kept = {n for n in files_before if not n.endswith(("-wal", "-shm"))}  # SQLite's own
     assert kept <= set(os.listdir(path))  # the previous version was not collected
     with MemoryStore.load(path, verify=True) as again:

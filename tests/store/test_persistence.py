@@ -221,7 +221,7 @@ def test_crash_leftovers_are_rolled_back(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         store.persist()
     monkeypatch.setattr(_persistence, "_persist_hook", None)
-    store._res.close()  # drop the lock without any cleanup, as a dead process would
+    store._st.res.close()  # drop the lock without any cleanup, as a dead process would
 
     again = MemoryStore.load(path)
     assert len(again) == 50 and "n0" in again and "new0" not in again
