@@ -12,8 +12,6 @@ only the rows of the tokens CLaRa added (the rest comes from the base model).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config import NATIVE_FORMAT_VERSION, ClaraConfig
+from .._atomic import atomic_write
 from ..errors import ClaraError
 
 __all__ = [
@@ -112,40 +111,28 @@ def read_checkpoint(folder: Path) -> CheckpointFiles:
     return CheckpointFiles(config, adapters, full_embeddings=full, released=True)
 
 
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_native(folder: Path, config: ClaraConfig, adapters: Mapping[str, Mapping[str, torch.Tensor]],
                  new_rows: Mapping[str, torch.Tensor]) -> None:
     """Native format; each file is replaced atomically, config.json last."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, sd in adapters.items():
-        _atomic(folder / f"{name}.safetensors", lambda p, sd=sd: save_file(dict(sd), p))
-    _atomic(folder / NEW_ROWS_FILE, lambda p: save_file(dict(new_rows), p))
+        atomic_write(folder / f"{name}.safetensors", lambda p, sd=sd: save_file(dict(sd), p))
+    atomic_write(folder / NEW_ROWS_FILE, lambda p: save_file(dict(new_rows), p))
     config = config.model_copy()
     data = config.model_dump(mode="json")
     data["clara_format"] = NATIVE_FORMAT_VERSION
     data["clara_adapters"] = list(adapters)
-    _atomic(folder / CONFIG_JSON, lambda p: ClaraConfig.model_validate(data).to_json_file(p))
+    atomic_write(folder / CONFIG_JSON, lambda p: ClaraConfig.model_validate(data).to_json_file(p))
 
 
 def write_released(folder: Path, config: ClaraConfig, adapters: Mapping[str, Mapping[str, torch.Tensor]],
                    full_embeddings: Mapping[str, torch.Tensor]) -> None:
     """Released format, loadable by the reference code (torch.save of tensor dicts)."""
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic(folder / ADAPTERS_PTH, lambda p: torch.save({k: dict(v) for k, v in adapters.items()}, p))
-    _atomic(folder / FIRST_LAST_PTH, lambda p: torch.save(dict(full_embeddings), p))
+    atomic_write(folder / ADAPTERS_PTH, lambda p: torch.save({k: dict(v) for k, v in adapters.items()}, p))
+    atomic_write(folder / FIRST_LAST_PTH, lambda p: torch.save(dict(full_embeddings), p))
     data = config.model_dump(mode="json")
     data.pop("clara_format", None)
     data.pop("clara_adapters", None)
     data.pop("clara_base_rounding", None)
-    _atomic(folder / CONFIG_JSON, lambda p: ClaraConfig.model_validate(data).to_json_file(p))
+    atomic_write(folder / CONFIG_JSON, lambda p: ClaraConfig.model_validate(data).to_json_file(p))

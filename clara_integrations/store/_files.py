@@ -1,7 +1,7 @@
-"""Small file-system helpers: fsync, atomic writes, hashing writers.
+"""Small file-system helpers of the store: file names, durable writes, hashing.
 
-Crash safety rests on two POSIX facts: ``os.replace`` is atomic within a directory, and
-data is durable only after ``fsync`` of the file *and* of its directory entry.
+Atomic replacement is the package's one implementation (:mod:`clara_integrations._atomic`);
+its temporary names (``<name>.tmp-<12 hex>``) are what garbage collection recognises.
 """
 
 from __future__ import annotations
@@ -13,6 +13,14 @@ import re
 import shutil
 import uuid
 from pathlib import Path
+
+from .._atomic import atomic_write_bytes as replace_atomic
+from .._atomic import fsync_dir, temp_name
+
+__all__ = [
+    "fsync_dir", "fsync_file", "hash_file", "is_created_file_name", "is_data_file_name", "link_or_copy",
+    "new_hasher", "replace_atomic", "temp_name", "unique_name", "write_file_durable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +49,6 @@ _DATA_RE = re.compile(_STORE_FILE)
 _CREATED_RE = re.compile(rf"({_STORE_FILE}|manifest\.json)(\.tmp-[0-9a-f]{{12}})?")
 
 
-def temp_name(path: Path) -> Path:
-    """A temporary sibling of ``path`` that garbage collection recognises as ours."""
-    return path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-
-
 def is_data_file_name(name: str) -> bool:
     """True for a plain file name the store itself gives to a data file.
 
@@ -60,20 +63,6 @@ def is_created_file_name(name: str) -> bool:
     return _CREATED_RE.fullmatch(name) is not None
 
 
-def fsync_dir(path: Path) -> None:
-    """Make directory entries (creations, renames) durable; a no-op where unsupported."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_file_durable(path: Path, data: bytes) -> str:
     """Write a brand-new file, fsync it, and return its blake2b hex digest."""
     with open(path, "xb") as fh:
@@ -83,21 +72,6 @@ def write_file_durable(path: Path, data: bytes) -> str:
     h = new_hasher()
     h.update(data)
     return h.hexdigest()
-
-
-def replace_atomic(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``: temp file, fsync, rename, fsync dir.
-
-    A crash at any moment leaves either the old file or the new one, never a mix.
-    """
-    tmp = temp_name(path)
-    try:
-        write_file_durable(tmp, data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
 
 
 def hash_file(path: Path) -> str:
