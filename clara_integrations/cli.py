@@ -36,7 +36,7 @@ def _demo(args: argparse.Namespace) -> int:
     sys.stdout.write(f"model loaded in {time.perf_counter() - start:.1f} s (n_mem={model.n_mem}, "
                      f"hidden={model.hidden_size}, device={model.device}, dtype={model.dtype})\n")
     run_demo(model, corpus=args.corpus or DEFAULT_CORPUS, top_k=args.top_k,
-             max_new_tokens=args.max_new_tokens)
+             max_new_tokens=args.max_new_tokens, questions=args.questions)
     sys.stdout.write(f"total {time.perf_counter() - start:.1f} s\n")
     return 0
 
@@ -66,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "query engine, from CLaRa memory")
     demo.add_argument("--checkpoint", help="a CLaRa checkpoint (default: the shipped one)")
     demo.add_argument("--base-model", help="override the base LM (local folder or hub id)")
-    demo.add_argument("--corpus", help="QA JSONL (question, answers, docs); default examples/data/demo_qa.jsonl")
+    demo.add_argument("--corpus", help="QA JSONL (question, answers, docs); default: the bundled demo corpus")
     demo.add_argument("--top-k", type=int, default=5, help="passages read per question")
     demo.add_argument("--max-new-tokens", type=int, default=32)
+    demo.add_argument("--questions", type=int, help="ask only the first N questions")
     demo.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype")
     demo.set_defaults(func=_demo)
     info = sub.add_parser("info", help="describe a checkpoint folder")

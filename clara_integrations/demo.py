@@ -1,7 +1,7 @@
 """The README's first command: the shipped CLaRa checkpoint answering questions over a small
 bundled corpus through a LlamaIndex query engine, from memory tokens instead of text.
 
-    python -m clara_integrations demo                 # examples/data/demo_qa.jsonl
+    python -m clara_integrations demo                 # the bundled demo corpus
     python -m clara_integrations demo --corpus my_qa.jsonl --top-k 3
 
 For every question it prints the answer, the sources with their scores, how many tokens
@@ -22,8 +22,9 @@ from .answers import normalize_answer
 
 __all__ = ["DEFAULT_CORPUS", "DemoQuestion", "load_corpus", "run_demo"]
 
-#: The corpus bundled with the checkout (see examples/data/README.md).
-DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "examples" / "data" / "demo_qa.jsonl"
+#: The corpus shipped inside the package (see assets/demo/README.md), so that `clara demo`
+#: works from an installed wheel, not only from a checkout.
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "assets" / "demo" / "demo_qa.jsonl"
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,15 @@ def _context_tokens(model: Any, question: str, memory: Any, texts: list[str]) ->
 
 
 def run_demo(model: Any, corpus: str | Path = DEFAULT_CORPUS, top_k: int = 5,
-             max_new_tokens: int = 32, out: TextIO = sys.stdout) -> dict[str, float]:
-    """Build a LlamaIndex query engine over `corpus` with CLaRa memory and answer its questions.
+             max_new_tokens: int = 32, out: TextIO = sys.stdout,
+             questions: int | None = None) -> dict[str, float]:
+    """Build a LlamaIndex query engine over `corpus` with CLaRa memory and answer its questions
+    (the first `questions` of them if given; every passage is compressed either way).
 
     Returns a summary: questions, mean context tokens (CLaRa and text RAG), seconds.
     """
+    if questions is not None and questions < 1:
+        raise ValueError(f"questions must be at least 1, got {questions}")
     import torch  # noqa: PLC0415 - keep `clara --help` fast
     from llama_index.core import Document, StorageContext, VectorStoreIndex  # noqa: PLC0415
 
@@ -100,7 +105,8 @@ def run_demo(model: Any, corpus: str | Path = DEFAULT_CORPUS, top_k: int = 5,
     from .llama_index._memory import node_memory  # noqa: PLC0415
 
     p = _Printer(out)
-    passages, questions = load_corpus(corpus)
+    passages, all_questions = load_corpus(corpus)
+    questions = all_questions[:questions] if questions is not None else all_questions
     p.step(f"corpus {corpus}: {len(passages)} passages, {len(questions)} questions")
     documents = [Document(text=f"{title}\n{text}" if title else text, metadata={"title": title},
                           excluded_embed_metadata_keys=["title"], excluded_llm_metadata_keys=["title"])

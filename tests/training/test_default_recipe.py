@@ -44,7 +44,7 @@ def test_build_writes_stage_files_and_demo_excerpt_is_held_out(tmp_path):
 def test_bundled_demo_corpus_is_the_recipes_excerpt():
     from tests.conftest import REPO_ROOT
 
-    bundled = default_data.read_jsonl(REPO_ROOT / "examples" / "data" / "demo_qa.jsonl")
+    bundled = default_data.read_jsonl(REPO_ROOT / "clara_integrations" / "assets" / "demo" / "demo_qa.jsonl")
     assert bundled == default_data.demo_excerpt(SHARED / "data")
 
 

@@ -7,7 +7,7 @@ the reference pretraining sample, plus one reconstruction (``paraphrase``) row p
 document, as the reference's stage 1 mixes QA and paraphrase rows.
 
     python -m training.recipes.default_data --shared ../shared/data --output build/default-data
-    python -m training.recipes.default_data --output build/default-data --demo-excerpt examples/data/demo_qa.jsonl
+    python -m training.recipes.default_data --output build/default-data --demo-excerpt clara_integrations/assets/demo/demo_qa.jsonl
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ DEMO_EXCERPT = (("squad", 3), ("nq", 3), ("hotpotqa", 2))
 
 def demo_excerpt(shared: Path, train_fraction: float = TRAIN_FRACTION) -> list[dict]:
     """Held-out questions (never trained on) with all their candidate passages, for the
-    README demo's bundled corpus (`examples/data/`)."""
+    README demo's bundled corpus (`clara_integrations/assets/demo/`)."""
     rows = []
     for source, count in DEMO_EXCERPT:
         _, held = split_qa(read_jsonl(shared / f"{source}_dev.jsonl"), train_fraction)
