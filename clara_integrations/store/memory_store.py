@@ -175,7 +175,9 @@ class MemoryStore:
         """A store shaped for ``model`` (n_mem, hidden size, identity).
 
         Example:
-            >>> store = MemoryStore.for_model(model, index="hnsw")  # doctest: +SKIP
+            >>> store = MemoryStore.for_model(model, index="hnsw")
+            >>> store.config.n_mem == model.n_mem, store.config.index
+            (True, 'hnsw')
         """
         kwargs.setdefault("model_identity", getattr(model, "model_identity", None))
         return cls(model.n_mem, model.hidden_size, **kwargs)
@@ -333,8 +335,10 @@ class MemoryStore:
             ValueError: empty texts, length mismatches, ids already present.
 
         Example:
-            >>> store = MemoryStore.for_model(model)  # doctest: +SKIP
-            >>> ids = store.add_documents(["Paris is in France."], model)  # doctest: +SKIP
+            >>> store = MemoryStore.for_model(model)
+            >>> ids = store.add_documents(["Paris is in France."], model, show_progress=False)
+            >>> store.get_nodes(ids)[0].text
+            'Paris is in France.'
         """
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise TypeError("texts must be a list of strings")

@@ -41,12 +41,3 @@ def test_langchain_is_optional_and_its_absence_names_the_extra():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "pip install clara-integrations[langchain]" in out.stdout
 
-
-@pytest.mark.parametrize("module", ["retriever", "chat_model", "chain", "compressor", "vector_store"])
-def test_modules_stay_small(module):
-    import importlib
-    import inspect
-
-    source = inspect.getsource(importlib.import_module(f"clara_integrations.langchain.{module}"))
-    assert len(source.splitlines()) < 400
-    assert "print(" not in source

@@ -1,4 +1,5 @@
-"""The training package's public names are explicit, sorted and importable."""
+"""The training package's public names are explicit and importable (their order is ruff's
+RUF022, run by `make lint`)."""
 from __future__ import annotations
 
 import importlib
@@ -9,14 +10,8 @@ MODULES = ["bm25", "checkpoint", "collate", "data", "evaluate", "finetune", "loo
            "metrics", "pipeline", "report", "stages", "synthesize", "teachers"]
 
 
-def _isort_key(name: str) -> tuple[int, str]:
-    # ruff RUF022: CONSTANTS, then Classes, then functions.
-    return (0 if name.isupper() else 1 if name[:1].isupper() else 2, name)
-
-
 @pytest.mark.parametrize("name", MODULES)
-def test_all_is_sorted_and_resolves(name):
+def test_all_resolves(name):
     module = importlib.import_module(f"training.{name}")
-    assert module.__all__ == sorted(module.__all__, key=_isort_key)
-    assert all(hasattr(module, n) for n in module.__all__)
+    assert module.__all__ and all(hasattr(module, n) for n in module.__all__)
 
