@@ -33,12 +33,17 @@ from safetensors.torch import load_file, save_file
 
 from clara_integrations import ClaraModel
 
-__all__ = ["CheckpointManager"]
+__all__ = ["CheckpointManager", "NonFiniteError"]
 
 logger = logging.getLogger(__name__)
 
 LATEST = "LATEST"
 _SHARDED = (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, gradient or weight became NaN or infinite; the run stopped without saving it.
+    The message names where, and which checkpoint (if any) `LATEST` still points to."""
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -120,6 +125,7 @@ class CheckpointManager:
         """Write checkpoint `name` atomically; every process must call this. Without an
         optimizer (the end of a stage) only the model, RNG and trainer state are saved."""
         acc = self.accelerator
+        self._check_finite_weights(name, model)
         tmp = self.root / f".tmp-{name}"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -150,6 +156,25 @@ class CheckpointManager:
             logger.info("saved checkpoint %s", final)
         acc.wait_for_everyone()
         return final
+
+    def describe_latest(self) -> str:
+        """What a stopped run leaves behind, for error messages."""
+        latest = self.latest()
+        if latest is None:
+            return "no checkpoint was saved yet (--save-steps N saves every N optimiser steps)"
+        return f"{latest} (named by {self.root / LATEST}) is kept unchanged"
+
+    def _check_finite_weights(self, name: str, model: ClaraModel) -> None:
+        # The last line of defence: whatever went wrong upstream, LATEST must only ever name
+        # finite weights. Only trainable tensors can have changed since the model was loaded.
+        bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        flag = torch.tensor(float(bool(bad)), device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, "sum")  # every rank stops, none waits forever
+        if flag.item() > 0:
+            raise NonFiniteError(
+                f"refusing to save checkpoint {name}: trainable weights hold NaN/inf "
+                f"({', '.join(bad[:3]) or 'on another process'}); {self.describe_latest()}")
 
     def _prune(self, keep_name: str) -> None:
         done = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))

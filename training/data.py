@@ -4,22 +4,32 @@ Field resolution follows the reference's `preprocess_data` (spec §5.2), in prio
 
 * documents: ``"docs"`` → ``"context"`` → ``"content"`` (a list); an entry may be a string
   or, as in the QA dev sets of ``../shared/data``, an object ``{"title", "text"}``;
-* answer: ``"answer"`` (string) → ``"answers"`` (list) → ``"golden_answers"`` (list);
+* answer: ``"answer"`` (string) → ``"answers"`` (list) → ``"golden_answers"`` (list) →
+  ``"gold_answer"`` (string or list; the reference README's column, which its loader
+  ignores: users copy that format, so it is read, last, rather than failing every line);
 * ``"data_type"`` (default ``"qa"``), ``"question"`` (unused for paraphrase rows),
   ``"pos_index"`` (alias ``"gold"``, default none).
 
 Extensions over the reference, each harmless for its own files: document objects, the
-``"gold"`` alias, and a stage-2/3 answer list taking its first entry as the training
-target (all entries are kept for scoring). A paraphrase row with a plain ``"answer"``
-string uses the whole string (the reference would take its first character, spec §9.2).
+``"gold"`` alias, ``"gold_answer"``, and a stage-2/3 answer list taking its first entry as
+the training target (all entries are kept for scoring). A paraphrase row with a plain
+``"answer"`` string uses the whole string (the reference would take its first character,
+spec §9.2).
+
+Files are UTF-8, with or without a byte-order mark. A line that is not valid UTF-8 or
+JSON, holds a lone surrogate (an unpaired ``\\ud800``-``\\udfff`` escape, which no tokenizer
+can encode) or lacks a field is skipped and reported as ``file:line: why``
+(`summarize_issues` makes one warning of them); ``strict`` raises at the first instead.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +41,11 @@ __all__ = [
     "Example",
     "LoadResult",
     "doc_text",
+    "iter_jsonl",
+    "iter_text_lines",
     "load_examples",
     "parse_record",
+    "summarize_issues",
     "write_jsonl",
 ]
 
@@ -136,8 +149,11 @@ def parse_record(obj: Any, origin: str = "") -> Example:
             answers = _strings(obj["answers"], "'answers'")
         elif isinstance(obj.get("golden_answers"), list):
             answers = _strings(obj["golden_answers"], "'golden_answers'")
+        elif "gold_answer" in obj:
+            answers = _strings(obj["gold_answer"], "'gold_answer'")
         else:
-            raise TypeError("needs 'answer' (string), 'answers' or 'golden_answers' (list)")
+            raise TypeError("needs 'answer' (string), 'answers' or 'golden_answers' (list) or "
+                            "'gold_answer'; add the answer the model should learn to give")
         if not answers:
             raise ValueError("the answer list is empty")
         data_type = obj.get("data_type", "qa")
@@ -172,24 +188,107 @@ class LoadResult:
         self.issues.extend(other.issues)
 
 
-def _read_lines(path: Path, strict: bool) -> Iterable[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+# Code points U+D800-U+DFFF only survive decoding as halves of a broken UTF-16 pair.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
+
+
+def _decode(raw: bytes, first: bool) -> str:
+    # utf-8-sig on line 1: editors on Windows start files with a BOM, which would make
+    # line 1 invalid JSON; it is not part of the data.
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the "
+                        "line); re-save the file as UTF-8") from None
+
+
+def iter_text_lines(path: str | os.PathLike[str], *, strict: bool = False
+                    ) -> Iterator[tuple[str, str | DataError]]:
+    """Yield ``("file:line", text)`` for each line of `path` (line ends kept), or a
+    `DataError` in place of a line that is not valid UTF-8. A leading BOM is dropped.
+
+    Raises:
+        DataError: with `strict`, the first undecodable line.
+    """
+    path = Path(path)
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
             origin = f"{path}:{number}"
             try:
-                yield origin, json.loads(line)
-            except json.JSONDecodeError as exc:
-                message = f"{origin}: not valid JSON ({exc.msg} at column {exc.colno})"
+                yield origin, _decode(raw, number == 1)
+            except DataError as exc:
+                error = DataError(f"{origin}: {exc}")
                 if strict:
-                    raise DataError(message) from None
-                yield origin, DataError(message)
+                    raise error from None
+                yield origin, error
+
+
+def iter_jsonl(path: str | os.PathLike[str], *, strict: bool = False
+               ) -> Iterator[tuple[str, Any]]:
+    """Yield ``("file:line", object)`` for each non-blank line of JSONL `path`, or a
+    `DataError` in place of a line that is not UTF-8, not JSON, or holds a lone surrogate.
+
+    Raises:
+        DataError: with `strict`, the first such line.
+    """
+    for origin, text in iter_text_lines(path, strict=strict):
+        if isinstance(text, DataError):
+            yield origin, text
+            continue
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+            if _lone_surrogate(obj):
+                raise DataError("holds a lone surrogate (an unpaired \\ud800-\\udfff escape, not "
+                                "text); fix or drop the line")
+        except json.JSONDecodeError as exc:
+            obj = DataError(f"{origin}: not valid JSON ({exc.msg} at column {exc.colno})")
+        except DataError as exc:
+            obj = DataError(f"{origin}: {exc}")
+        if isinstance(obj, DataError) and strict:
+            raise obj
+        yield origin, obj
+
+
+def _reason(issue: str) -> str:
+    """The kind of an issue (``file:line: why (details)`` -> ``why``), for counting."""
+    why = issue.split(": ", 1)[-1] if re.match(r"^.*:\d+: ", issue) else issue
+    return re.split(r" \(|; |: ", why, maxsplit=1)[0]
+
+
+def summarize_issues(issues: Sequence[str], first: int = 5) -> str:
+    """One message for many skipped lines: the count per kind, then the first few.
+
+    Example:
+        >>> print(summarize_issues(["a.jsonl:2: not valid JSON (x)", "a.jsonl:5: not valid JSON (y)"]))
+        skipped 2 (2 not valid JSON); first:
+          a.jsonl:2: not valid JSON (x)
+          a.jsonl:5: not valid JSON (y)
+    """
+    counts = Counter(_reason(i) for i in issues)
+    kinds = ", ".join(f"{n} {why}" for why, n in counts.most_common())
+    lines = [f"skipped {len(issues)} ({kinds}); first:"]
+    lines += [f"  {issue}" for issue in issues[:first]]
+    if len(issues) > first:
+        lines.append(f"  ... and {len(issues) - first} more")
+    return "\n".join(lines)
 
 
 def load_examples(paths: Sequence[str | os.PathLike[str]], *, strict: bool = False,
                   max_examples: int | None = None) -> LoadResult:
-    """Read reference-format JSONL files; malformed lines are skipped and reported.
+    """Read reference-format JSONL files; malformed lines and empty files are skipped and
+    reported (`LoadResult.issues`).
 
     Args:
         paths: JSONL files, read in order.
@@ -198,14 +297,16 @@ def load_examples(paths: Sequence[str | os.PathLike[str]], *, strict: bool = Fal
 
     Raises:
         FileNotFoundError: a file does not exist.
-        DataError: with `strict`, the first malformed line (``file:line: why``).
+        DataError: with `strict`, the first malformed line or empty file (``file:line: why``).
     """
     result = LoadResult()
     for raw in paths:
         path = Path(raw)
         if not path.is_file():
             raise FileNotFoundError(f"data file {path} does not exist")
-        for origin, obj in _read_lines(path, strict):
+        lines = 0
+        for origin, obj in iter_jsonl(path, strict=strict):
+            lines += 1
             if max_examples is not None and len(result.examples) >= max_examples:
                 return result
             try:
@@ -216,6 +317,11 @@ def load_examples(paths: Sequence[str | os.PathLike[str]], *, strict: bool = Fal
                 if strict:
                     raise
                 result.issues.append(str(exc))
+        if not lines:
+            empty = DataError(f"{path}:1: the file is empty (no JSON lines); pass the right file")
+            if strict:
+                raise empty
+            result.issues.append(str(empty))
     return result
 
 

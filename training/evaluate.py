@@ -30,7 +30,7 @@ from clara_integrations import ClaraModel
 from clara_integrations.modeling.adapters import ENCODER_ADAPTER, QUERY_ADAPTER
 from clara_integrations.modeling.layout import encoder_token_ids
 
-from .data import Example, load_examples, write_jsonl
+from .data import DataError, Example, load_examples, summarize_issues, write_jsonl
 from .metrics import answer_scores, retrieval_scores
 
 __all__ = ["evaluate_model", "main"]
@@ -172,12 +172,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stdout)
-    loaded = load_examples(args.data, strict=args.strict, max_examples=args.max_examples)
-    for issue in loaded.issues[:20]:
-        logger.warning("skipped %s", issue)
-    if not loaded.examples:
-        logger.error("no usable example in %s", args.data)
+    try:
+        loaded = load_examples(args.data, strict=args.strict, max_examples=args.max_examples)
+    except (DataError, FileNotFoundError) as exc:  # DataError: --strict
+        logger.error("%s", exc)
         return 2
+    if not loaded.examples:
+        why = summarize_issues(loaded.issues) if loaded.issues else "no line was read"
+        logger.error("no usable example in %s; %s", ", ".join(args.data), why)
+        return 2
+    if loaded.issues:
+        logger.warning("%s (--strict stops at the first)", summarize_issues(loaded.issues, first=20))
     model = ClaraModel.from_pretrained(args.model, base_model=args.base, adapter_policy=args.adapter_policy)
     metrics, records = evaluate_model(model, loaded.examples, k=args.k, max_new_tokens=args.max_new_tokens,
                                       batch_size=args.batch_size, generate=not args.no_generate,

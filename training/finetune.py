@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--stages", default="compress,instruct,e2e",
                      help=f"comma-separated, in order, from {', '.join(STAGES)}")
     src.add_argument("--max-samples", type=int, default=None, help="first N examples per stage")
-    src.add_argument("--strict", action="store_true", help="fail on the first malformed data line")
+    src.add_argument("--strict", action="store_true", help="stop at the first malformed data or document "
+                     "line or empty file (default: skip them, with one warning per stage)")
     src.add_argument("--allow-network", action="store_true", help="allow hub downloads (base/teacher)")
     m = p.add_argument_group("model shape (reference defaults)")
     m.add_argument("--doc-max-length", type=int, default=None, help="document tokens (256)")
@@ -174,6 +175,22 @@ def _stage_files(args: argparse.Namespace, stages: list[str], data_dir: Path) ->
     return files
 
 
+def _synthesize(args, accelerator, config, tokenizer, data_dir: Path) -> Path | None:
+    """`--docs` -> `data_dir/*.jsonl` on the main process; None (logged) if the documents
+    give no data. Every process learns of a failure, so none waits for the others forever."""
+    failed = False
+    if args.docs and accelerator.is_main_process:
+        try:
+            data_dir = pipeline.synthesize_if_needed(args, config, tokenizer, data_dir, dry_run=args.dry_run)
+        except (DataError, FileNotFoundError, ValueError) as exc:  # DataError: --strict
+            logger.error("%s", exc)
+            failed = True
+    flag = torch.tensor(float(failed), device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, "sum")  # also the barrier the others waited at
+    return None if flag.item() > 0 else data_dir
+
+
 def _plan_stages(args, stages, files, config, tokenizer, special, world_size):
     """Read every stage's data and plan its steps: ([StagePlan], {stage: [Example]})."""
     plans, examples = [], {}
@@ -189,7 +206,8 @@ def _plan_stages(args, stages, files, config, tokenizer, special, world_size):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 bad data, 3 non-finite loss)."""
+    """Run the command line; returns the exit status (0 ok, 2 bad data, 3 non-finite loss,
+    gradient or weights)."""
     args = build_parser().parse_args(argv)
     stages = _parse_stages(args.stages)
     if args.allow_network:
@@ -210,9 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tokenizer, special = pipeline.load_tokenizer(config)
 
     # 2. Synthesise training data from raw documents (main process; others wait).
-    if args.docs and accelerator.is_main_process:
-        data_dir = pipeline.synthesize_if_needed(args, config, tokenizer, data_dir, dry_run=args.dry_run)
-    accelerator.wait_for_everyone()
+    data_dir = _synthesize(args, accelerator, config, tokenizer, data_dir)
+    if data_dir is None:
+        return 2
     files = _stage_files(args, stages, data_dir)
     if args.docs and args.eval_data is None:
         args.eval_data = [str(data_dir / "eval.jsonl")]
@@ -241,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 5. Train every stage, evaluating on held-out questions before and after each.
     try:
         trainer.run()
-    except pipeline.NonFiniteLossError as exc:
+    except pipeline.NonFiniteError as exc:
         logger.error("%s", exc)
         return 3
 

@@ -12,7 +12,12 @@ accumulation and gradient synchronisation (CPU, one GPU, DDP, FSDP or DeepSpeed 
   or on where a run was resumed;
 * optimiser AdamW (betas 0.9/0.95, no weight decay), clipping at 1.0, warm-up of
   ``ceil(0.03 * steps)`` then cosine to 10% (`cosine_with_min_lr`), linear or constant;
-* a non-finite loss stops the run before it touches the weights.
+* a non-finite loss (checked per micro-batch, before backward) or gradient norm (checked
+  after clipping, before the optimiser step) stops the run before it touches the weights,
+  so the checkpoint `LATEST` names is never poisoned; the error names that checkpoint.
+  Stopping, not skipping the step, is the policy: a NaN gradient with a finite loss means
+  an overflow the next steps would most likely repeat. With fp16 loss scaling the scaler
+  skips such steps itself (that is how it finds its scale), so the check leaves them to it.
 """
 from __future__ import annotations
 
@@ -30,13 +35,14 @@ from transformers import get_scheduler
 
 from clara_integrations import ClaraModel
 
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, NonFiniteError
 from .collate import Collator, ScheduledDataset
 from .data import Example
 from .losses import objective_for_stage
 from .stages import prepare_model_for_stage
 
-__all__ = ["NonFiniteLossError", "StagePlan", "plan_stage", "schedule_order", "train_stage"]
+__all__ = ["NonFiniteError", "NonFiniteGradientError", "NonFiniteLossError", "StagePlan", "plan_stage",
+           "schedule_order", "train_stage"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +52,13 @@ ADAM_BETAS = (0.9, 0.95)
 MAX_GRAD_NORM = 1.0
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NonFiniteError):
     """The loss became NaN or infinite; the message names the stage, step and batch."""
+
+
+class NonFiniteGradientError(NonFiniteError):
+    """The gradient norm became NaN or infinite (with a finite loss); the message names the
+    stage, step and the examples of the global batch."""
 
 
 @dataclass
@@ -148,18 +159,46 @@ class StageContext:
     state_for_checkpoint: Callable[[StagePlan, int], dict[str, Any]] | None = None
 
 
-def _check_finite(acc: Accelerator, loss: torch.Tensor, plan: StagePlan, step: int,
+def _any_rank(acc: Accelerator, bad: bool) -> bool:
+    flag = torch.tensor(float(bad), device=acc.device)
+    if acc.num_processes > 1:
+        flag = acc.reduce(flag, "sum")  # every rank stops together
+    return flag.item() > 0
+
+
+def _check_finite(ctx: StageContext, loss: torch.Tensor, plan: StagePlan, step: int,
                   micro: int, batch: dict[str, Any], examples: Sequence[Example],
                   order: Sequence[int]) -> None:
-    bad = torch.tensor(0.0 if torch.isfinite(loss).item() else 1.0, device=loss.device)
-    if acc.num_processes > 1:
-        bad = acc.reduce(bad, "sum")  # every rank stops together
-    if bad.item() > 0:
+    if _any_rank(ctx.accelerator, not torch.isfinite(loss).item()):
         where = [examples[order[p]].origin for p in batch["positions"]]
         raise NonFiniteLossError(
             f"stage {plan.stage!r}: non-finite loss ({loss.item()}) at optimiser step {step + 1}, "
             f"micro-batch {micro} (schedule positions {batch['positions']}, examples {where}); "
-            "stopped before updating the weights, the last good checkpoint is kept")
+            f"stopped before updating the weights; {ctx.checkpoints.describe_latest()}")
+
+
+def _check_finite_grad(ctx: StageContext, norm: torch.Tensor | None, params: Sequence[torch.nn.Parameter],
+                       plan: StagePlan, step: int, examples: Sequence[Example],
+                       order: Sequence[int]) -> None:
+    acc = ctx.accelerator
+    if acc.scaler is not None:
+        return  # fp16: GradScaler skips inf/NaN steps and lowers its scale (by design)
+    if norm is None:  # DeepSpeed clips inside its engine and returns no norm
+        bad = any(p.grad is not None and not torch.isfinite(p.grad).all() for p in params)
+    else:
+        bad = not torch.isfinite(norm).item()
+    if not _any_rank(acc, bad):
+        return
+    first = step * plan.train_batch_size  # this step's global batch in the schedule
+    positions = range(first, min(first + plan.train_batch_size, len(order)))
+    where = [examples[order[p]].origin for p in positions]
+    shown = ", ".join(where[:8]) + (f", ... ({len(where)} in all)" if len(where) > 8 else "")
+    raise NonFiniteGradientError(
+        f"stage {plan.stage!r}: non-finite gradient norm ({None if norm is None else norm.item()}) "
+        f"with a finite loss at optimiser step {step + 1} (schedule positions {first}-"
+        f"{positions[-1] if positions else first}, examples {shown}); stopped before the optimiser "
+        f"step, so the weights were not updated; {ctx.checkpoints.describe_latest()}. Try a lower "
+        "--learning-rate, --mixed-precision no, or check those examples")
 
 
 def train_stage(model: ClaraModel, plan: StagePlan, examples: Sequence[Example],
@@ -172,6 +211,7 @@ def train_stage(model: ClaraModel, plan: StagePlan, examples: Sequence[Example],
 
     Raises:
         NonFiniteLossError: a micro-batch's loss is NaN or infinite.
+        NonFiniteGradientError: a step's gradient norm is NaN or infinite.
     """
     acc = ctx.accelerator
     params, hook = prepare_model_for_stage(model, plan.stage, plan.k,
@@ -212,10 +252,11 @@ def _run(model, plan, examples, order, objective, optimizer, scheduler, loader, 
         _seed_micro_batch(plan, batch["positions"][0])
         with acc.accumulate(objective):
             out = objective(batch)
-            _check_finite(acc, out["loss"], plan, step, micro, batch, examples, order)
+            _check_finite(ctx, out["loss"], plan, step, micro, batch, examples, order)
             acc.backward(out["loss"])
             if acc.sync_gradients:
-                acc.clip_grad_norm_(params, MAX_GRAD_NORM)
+                norm = acc.clip_grad_norm_(params, MAX_GRAD_NORM)  # total norm before clipping
+                _check_finite_grad(ctx, norm, params, plan, step, examples, order)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         for key in ("loss", "ntp", "mse"):

@@ -20,9 +20,9 @@ from clara_integrations.modeling.adapters import ENCODER_ADAPTER
 from clara_integrations.modeling.hub import DEFAULT_BASE_MODEL, resolve_base_model, resolve_checkpoint
 from clara_integrations.modeling.tokens import SpecialTokens, prepare_tokenizer
 
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, NonFiniteError
 from .collate import Collator
-from .data import REFERENCE_STAGE, DataError, Example, load_examples, write_jsonl
+from .data import REFERENCE_STAGE, DataError, Example, load_examples, summarize_issues, write_jsonl
 from .evaluate import evaluate_model, format_metrics, results_logger
 from .loop import NonFiniteLossError, StageContext, StagePlan, plan_stage, train_stage
 from .report import write_report
@@ -30,7 +30,7 @@ from .stages import STAGE_DEFAULTS, ensure_adapters, equalize_candidates, fit_ex
 from .synthesize import SynthesisConfig, synthesize
 from .teachers import make_teacher
 
-__all__ = ["NonFiniteLossError", "Trainer", "load_tokenizer", "model_config", "plan_for",
+__all__ = ["NonFiniteError", "NonFiniteLossError", "Trainer", "load_tokenizer", "model_config", "plan_for",
            "prepare_stage_data", "synthesize_if_needed"]
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def model_config(args: argparse.Namespace, stages: list[str]) -> ClaraConfig:
 def load_tokenizer(config: ClaraConfig) -> tuple[PreTrainedTokenizerBase, SpecialTokens]:
     """The tokenizer CLaRa builds for `config` (same ids), without loading weights."""
     path = resolve_base_model(config.decoder_model_name)
-    tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+    # As ClaraModel does: never run or prompt about the folder's own code (`auto_map`).
+    tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
     return tokenizer, prepare_tokenizer(tokenizer, config.n_mem, config.different_mem_tokens)
 
 
@@ -105,7 +106,8 @@ def synthesize_if_needed(args: argparse.Namespace, config: ClaraConfig,
         data_dir, teacher = Path(tempfile.mkdtemp(prefix="clara-dry-run-")), make_teacher("offline")
     else:
         teacher = make_teacher(args.teacher, args.teacher_model, args.teacher_url, args.teacher_api_key_env)
-    synthesize(args.docs, data_dir, tokenizer, teacher, synth, show_progress=not args.quiet)
+    synthesize(args.docs, data_dir, tokenizer, teacher, synth, show_progress=not args.quiet,
+               strict=args.strict)
     return data_dir
 
 
@@ -121,6 +123,10 @@ def prepare_stage_data(stage: str, paths: list[str], k: int, collator: Collator,
 
     Returns:
         (examples kept, problems as ``file:line: why``, tokens of one epoch).
+
+    Raises:
+        DataError: no usable example (the message names the stage, files and first
+            reasons), or with ``--strict`` the first malformed line.
     """
     loaded = load_examples(paths, strict=args.strict, max_examples=args.max_samples)
     kept, issues, tokens = [], list(loaded.issues), 0
@@ -133,6 +139,10 @@ def prepare_stage_data(stage: str, paths: list[str], k: int, collator: Collator,
             if args.strict:
                 raise
             issues.append(str(exc))
+    if not kept:  # nothing to train on: say why here, not with a tokenizer IndexError later
+        raise DataError(f"stage {stage!r}: no usable example in {', '.join(map(str, paths))}; "
+                        f"{summarize_issues(issues) if issues else 'no line was read'}\n"
+                        f"fix those lines, or pass another file with --data {stage}=FILE")
     if stage in ("e2e", "retrieval"):
         kept = equalize_candidates(kept)
         tokens += collator.encoder_tokens([ex.question for ex in kept])
@@ -141,15 +151,12 @@ def prepare_stage_data(stage: str, paths: list[str], k: int, collator: Collator,
 
 
 def report_issues(stage: str, paths: list[str], issues: list[str]) -> None:
-    """Log the skipped examples of a stage (the first ten, with ``file:line``)."""
+    """Log the skipped examples of a stage as one warning: counts per reason, then the
+    first ten with ``file:line``."""
     if not issues:
         return
-    logger.warning("stage %s: skipped %d malformed example(s) in %s (--strict stops at the first):",
-                   stage, len(issues), ", ".join(paths))
-    for issue in issues[:10]:
-        logger.warning("  %s", issue)
-    if len(issues) > 10:
-        logger.warning("  ... and %d more", len(issues) - 10)
+    logger.warning("stage %s, %s (--strict stops at the first): %s", stage, ", ".join(map(str, paths)),
+                   summarize_issues(issues, first=10))
 
 
 def plan_for(stage: str, index: int, examples: list[Example], k: int, tokens: int,
@@ -268,7 +275,8 @@ class Trainer:
         """Train the remaining stages; evaluate and checkpoint after each.
 
         Raises:
-            NonFiniteLossError: from the stage loop.
+            NonFiniteError: a loss or gradient (from the stage loop) or a weight about to be
+                saved is NaN/inf; nothing non-finite was saved.
         """
         args = self.args
         if self.start_index == 0 and self.start_step == 0:

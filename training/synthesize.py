@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .bm25 import BM25
-from .data import write_jsonl
+from .data import DataError, iter_jsonl, iter_text_lines, summarize_issues, write_jsonl
 from .metrics import normalize_answer
 from .teachers import Teacher
 
@@ -64,38 +64,70 @@ class SynthesisConfig:
     teacher: str = "offline"
 
 
-def read_documents(folder: str | Path) -> Iterator[tuple[str, str]]:
+def _read_text_file(path: Path, issues: list[str], strict: bool) -> str:
+    lines = []
+    for _, line in iter_text_lines(path, strict=strict):
+        if isinstance(line, DataError):
+            issues.append(str(line))
+        else:
+            lines.append(line)
+    # Universal newlines, as text-mode reading gave: no stray "\r" in Windows-edited files.
+    return "".join(lines).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _read_jsonl_file(path: Path, issues: list[str], strict: bool) -> Iterator[tuple[str, str]]:
+    for origin, obj in iter_jsonl(path, strict=strict):
+        if isinstance(obj, DataError):
+            issues.append(str(obj))
+        elif isinstance(obj, dict) and isinstance(obj.get("text"), str) and obj["text"].strip():
+            title = obj.get("title") if isinstance(obj.get("title"), str) else ""
+            yield str(obj.get("id") or origin), f"# {title}\n\n{obj['text']}" if title else obj["text"]
+        else:
+            problem = DataError(f"{origin}: needs a non-empty string 'text'")
+            if strict:
+                raise problem
+            issues.append(str(problem))
+
+
+def read_documents(folder: str | Path, *, strict: bool = False) -> Iterator[tuple[str, str]]:
     """Yield (source name, text) for every readable document under `folder` (or a file).
 
+    Files are UTF-8 (a BOM is dropped). Lines that are not valid UTF-8, and ``.jsonl``
+    lines that are not JSON objects with ``"text"``, are skipped; one warning at the end
+    counts them and shows the first few with ``file:line``.
+
     Raises:
-        FileNotFoundError: `folder` does not exist or holds no document.
+        FileNotFoundError: `folder` does not exist or holds no usable document.
+        DataError: with `strict`, the first skipped line.
     """
     root = Path(folder)
     if not root.exists():
         raise FileNotFoundError(f"--docs {root} does not exist")
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    found = 0
+    found, issues = 0, []
     for path in files:
-        suffix = path.suffix.lower()
+        suffix, before, seen = path.suffix.lower(), len(issues), found
         if suffix in TEXT_SUFFIXES:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            text = _read_text_file(path, issues, strict)
             if text.strip():
                 found += 1
                 yield str(path), text
         elif suffix == ".jsonl":
-            for number, line in enumerate(path.open(encoding="utf-8"), start=1):
-                try:
-                    obj = json.loads(line) if line.strip() else None
-                except json.JSONDecodeError:
-                    logger.warning("%s:%d: not valid JSON; skipped", path, number)
-                    continue
-                if isinstance(obj, dict) and isinstance(obj.get("text"), str) and obj["text"].strip():
-                    found += 1
-                    title = obj.get("title") or ""
-                    text = f"# {title}\n\n{obj['text']}" if title else obj["text"]
-                    yield str(obj.get("id") or f"{path}:{number}"), text
+            for source, text in _read_jsonl_file(path, issues, strict):
+                found += 1
+                yield source, text
+        else:
+            continue
+        if found == seen and len(issues) == before:  # nothing read, nothing wrong: no text
+            empty = DataError(f"{path}:1: the file is empty")
+            if strict:
+                raise empty
+            issues.append(str(empty))
     if not found:
-        raise FileNotFoundError(f"no .txt, .md or .jsonl documents found under {root}")
+        why = f"; {summarize_issues(issues)}" if issues else ""
+        raise FileNotFoundError(f"no usable .txt, .md or .jsonl document under --docs {root}{why}")
+    if issues:
+        logger.warning("--docs %s (--strict stops at the first): %s", root, summarize_issues(issues))
 
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
@@ -165,9 +197,10 @@ def _candidates(chunks: list[Chunk], source: int, negatives: list[int],
     return [chunks[i].text for i in order], order.index(source)
 
 
-def _make_chunks(folder: str | Path, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[Chunk]:
+def _make_chunks(folder: str | Path, tokenizer: PreTrainedTokenizerBase, max_tokens: int,
+                 strict: bool = False) -> list[Chunk]:
     chunks = []
-    for source, text in read_documents(folder):
+    for source, text in read_documents(folder, strict=strict):
         for j, piece in enumerate(chunk_text(text, tokenizer, max_tokens)):
             chunks.append(Chunk(f"{source}#{j}", source, piece))
     return chunks
@@ -175,17 +208,21 @@ def _make_chunks(folder: str | Path, tokenizer: PreTrainedTokenizerBase, max_tok
 
 def synthesize(folder: str | Path, out_dir: str | Path, tokenizer: PreTrainedTokenizerBase,
                teacher: Teacher, config: SynthesisConfig, show_progress: bool = True,
-               write: bool = True) -> dict[str, list[dict[str, Any]]]:
+               write: bool = True, strict: bool = False) -> dict[str, list[dict[str, Any]]]:
     """Chunk the documents under `folder` and write every stage's JSONL into `out_dir`.
+
+    Args:
+        strict: raise on the first unreadable document line instead of skipping it.
 
     Returns:
         {"compress", "instruct", "retrieval", "e2e", "eval", "chunks"} -> rows written.
 
     Raises:
-        FileNotFoundError: no document found.
+        FileNotFoundError: no usable document found.
+        DataError: with `strict`, the first unreadable line.
         ValueError: fewer than 2 chunks (nothing to use as a negative).
     """
-    chunks = _make_chunks(folder, tokenizer, config.doc_max_length)
+    chunks = _make_chunks(folder, tokenizer, config.doc_max_length, strict)
     if len(chunks) < 2:
         raise ValueError(f"--docs {folder} gives {len(chunks)} chunk(s); need at least 2")
     index = BM25([c.text for c in chunks])

@@ -162,8 +162,10 @@ class HFTeacher(_LLMTeacher):
         path = resolve_base_model(model_name, allow_network=allow_network)
         self.name = f"hf:{model_name}"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path).to(self.device).eval()
+        # trust_remote_code=False: an `auto_map` in the teacher's config.json must not make
+        # transformers run its code or block on a "[y/N]" question.
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        self.model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False).to(self.device).eval()
         self.max_new_tokens = max_new_tokens
 
     def complete(self, prompt: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,21 @@ DECODER_MAX_LENGTH = 1024
 SELECT_TEMPERATURE = 0.02
 
 
+def _load_base_lm(base_path: str, dtype: torch.dtype) -> PreTrainedModel:
+    """The base causal LM, never running (or asking on stdin about) the folder's own code."""
+    # trust_remote_code=False: left unset, a config.json with `auto_map` makes transformers
+    # ask "run custom code? [y/N]" whenever it lacks the architecture, blocking a script.
+    try:
+        return AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=False)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ValueError(
+            f"base model {base_path} needs its own Python code (`auto_map` in config.json, with a "
+            "model_type transformers does not know); CLaRa never runs a model folder's code: use "
+            "a base model whose architecture transformers supports natively") from None
+
+
 class ClaraModel(torch.nn.Module):
     """A CLaRa model: one base LM, compressor / query-reasoner / generator adapters.
 
@@ -87,10 +103,9 @@ class ClaraModel(torch.nn.Module):
         # The reference always runs its base LM in bfloat16, so released adapters were
         # trained against bf16-rounded base weights: reproduce that rounding on request.
         load_dtype = torch.bfloat16 if round_base_to_bf16 else dtype
-        decoder = AutoModelForCausalLM.from_pretrained(base_path, dtype=load_dtype)
-        decoder = decoder.to(dtype=dtype)
+        decoder = _load_base_lm(base_path, load_dtype).to(dtype=dtype)
         use_safe_sdpa(decoder)  # left padding must not give NaN on CUDA (see attention.py)
-        tokenizer = AutoTokenizer.from_pretrained(base_path, use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(base_path, use_fast=True, trust_remote_code=False)
         base_vocab = len(tokenizer)
         special = prepare_tokenizer(tokenizer, config.n_mem, config.different_mem_tokens)
         # Fresh models initialise the new rows as the reference does (transformers' mean
@@ -390,6 +405,15 @@ class ClaraModel(torch.nn.Module):
         memories, k = self._check_memories(questions, memories, k)
         return self.build_decoder_inputs(self._answer_prompts(questions, k), memories, k)
 
+    def _top_k(self, k: Any) -> int:
+        # `k or default` would turn k=0 into the config's k; only None means "default".
+        if k is None:
+            return self.config.generation_top_k
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"k must be a positive int (documents to read per question) or None for "
+                             f"the config's generation_top_k ({self.config.generation_top_k}); got {k!r}")
+        return int(k)
+
     def _check_memories(self, questions: Sequence[str], memories: torch.Tensor,
                         k: int | None) -> tuple[torch.Tensor, int]:
         if memories.dim() == 4:
@@ -538,10 +562,10 @@ class ClaraModel(torch.nn.Module):
 
         Raises:
             MissingAdapterError: no query reasoner in this checkpoint.
-            ValueError: mismatched lengths, fewer candidates than k.
+            ValueError: mismatched lengths, fewer candidates than k, k not a positive int.
         """
         questions = validate_texts(questions, "question")
-        k = k or self.config.generation_top_k
+        k = self._top_k(k)
         if (documents is None) == (candidate_memories is None):
             raise ValueError("pass exactly one of documents or candidate_memories")
         if not questions:

@@ -94,3 +94,14 @@ def test_concurrent_calls_give_serial_results(e2e_model):
         results = [f.result() for f in futures]
     for i, result in enumerate(results):
         assert torch.equal(result, serial_docs if i % 2 else serial_queries)
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, "2", True])
+def test_generate_rejects_k_that_is_not_a_positive_int(e2e_model, k):
+    with pytest.raises(ValueError, match=r"^k must be a positive int .*generation_top_k"):
+        e2e_model.generate_from_questions(["a?"], documents=[DOCS], k=k, max_new_tokens=1)
+
+
+def test_generate_k_none_uses_the_config_default(e2e_model):
+    _, idx = e2e_model.generate_from_questions(["a?"], documents=[DOCS], k=None, max_new_tokens=1)
+    assert idx.shape == (1, e2e_model.config.generation_top_k)

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from clara_integrations import ClaraModel
 from clara_integrations.modeling.adapters import ADAPTER_NAMES
-from training import losses
+from training import loop, losses
 
 # Fixture base, 4 memory tokens of 64 dims, rank-4 LoRA, 2 documents per question.
 TINY_FLAGS = ["--doc-max-length", "64", "--compress-rate", "16", "--lora-r", "4",
@@ -79,6 +79,63 @@ def test_malformed_lines_skipped_or_strict(finetune, tiny_base, tiny_data, tmp_p
     assert f"{bad}:2: not valid JSON" in capsys.readouterr().out
 
 
+def _rows_without_answer(tiny_data, n=2):
+    rows = [json.loads(line) for line in tiny_data["qa"].read_text().splitlines()[:n]]
+    for row in rows:
+        for key in ("answer", "answers", "golden_answers"):
+            row.pop(key, None)
+    return rows
+
+
+def test_stage_without_usable_line_stops_naming_stage_file_and_reasons(finetune, tiny_base, tiny_data,
+                                                                       tmp_path, capsys):
+    data = tmp_path / "e2e.jsonl"
+    common = ["--stages", "e2e", "--output", tmp_path / "o", "--base", tiny_base, *TINY_FLAGS,
+              "--train-batch-size", "1", "--micro-train-batch-size", "1", "--dry-run"]
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows_without_answer(tiny_data)))
+    assert finetune("--data", f"e2e={data}", *common) == 2
+    out = capsys.readouterr().out
+    assert f"stage 'e2e': no usable example in {data}; skipped 2 (2 needs 'answer')" in out
+    assert f"{data}:1: needs 'answer'" in out and "--data e2e=FILE" in out
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert finetune("--data", f"e2e={empty}", *common) == 2
+    assert f"stage 'e2e': no usable example in {empty}; skipped 1 (1 the file is empty)" in capsys.readouterr().out
+    # The reference README's format: the answer in `gold_answer`.
+    rows = [dict(r, gold_answer=a) for r, a in zip(_rows_without_answer(tiny_data), ["x", "y"])]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert finetune("--data", f"e2e={data}", *common) == 0
+
+
+def test_undecodable_lines_one_summary_warning_or_strict(finetune, tiny_base, tiny_data, tmp_path, capsys):
+    good = tiny_data["qa"].read_bytes().splitlines(keepends=True)[:2]
+    bad = tmp_path / "bad.jsonl"
+    lone = json.dumps(dict(json.loads(good[0]), question="half \ud800 pair")).encode()  # ascii \\ud800
+    bad.write_bytes(b"\xef\xbb\xbf" + good[0] + b"\xff\xfe\n" + b"caf\xe9\n" + lone + b"\n" + good[1])
+    common = ["--data", f"e2e={bad}", "--stages", "e2e", "--output", tmp_path / "o", "--base", tiny_base,
+              *TINY_FLAGS, "--train-batch-size", "1", "--micro-train-batch-size", "1", "--dry-run"]
+    assert finetune(*common) == 0
+    out = capsys.readouterr().out
+    assert out.count("--strict stops at the first") == 1  # one warning, not one per line
+    assert "skipped 3 (2 not valid UTF-8, 1 holds a lone surrogate)" in out
+    assert f"{bad}:2: not valid UTF-8" in out and f"{bad}:4: holds a lone surrogate" in out
+    assert f"{bad}:1" not in out  # the BOM line is read
+    assert finetune(*common, "--strict") == 2
+    assert f"{bad}:2: not valid UTF-8" in capsys.readouterr().out
+
+
+def test_docs_without_usable_document_stops_with_the_reasons(finetune, tiny_base, tmp_path, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    (docs / "empty.md").write_bytes(b"")
+    code = finetune("--docs", docs, "--output", tmp_path / "o", "--base", tiny_base, *TINY_FLAGS, "--dry-run")
+    assert code == 2
+    out = capsys.readouterr().out
+    assert f"no usable .txt, .md or .jsonl document under --docs {docs}" in out
+    assert f"{docs / 'notes.jsonl'}:1: not valid UTF-8" in out
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(finetune, tiny_base, tiny_data, tmp_path,
                                                          monkeypatch, capsys):
     forward = losses.CompressionObjective.forward
@@ -99,8 +156,71 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(finetune, tiny_base, ti
     assert code == 3
     message = capsys.readouterr().out
     assert "non-finite loss" in message and "optimiser step 2" in message and "micro-batch 1" in message
+    assert "00-compress-step000001 (named by" in message  # the checkpoint it keeps, by name
     assert (out / "checkpoints" / "LATEST").read_text() == "00-compress-step000001"
     assert not (out / "report.md").exists()
+
+
+def test_non_finite_gradient_with_finite_loss_never_reaches_a_checkpoint(
+        finetune, tiny_base, tiny_data, tmp_path, monkeypatch, capsys):
+    prepare = loop.prepare_model_for_stage
+    snapshot = tmp_path / "weights-before-nan"
+    backwards = {"n": 0}
+
+    def poisoned(model, *args, **kwargs):
+        params, handle = prepare(model, *args, **kwargs)
+
+        def hook(grad):  # the loss stays finite; only step 2's gradient is NaN
+            backwards["n"] += 1
+            if backwards["n"] != 2:
+                return grad
+            model.save_pretrained(snapshot)  # the weights step 2 starts from
+            return grad * float("nan")
+
+        params[0].register_hook(hook)
+        return params, handle
+
+    monkeypatch.setattr(loop, "prepare_model_for_stage", poisoned)
+    out = tmp_path / "o"
+    code = finetune("--data", tiny_data["compress"], "--stages", "compress", "--output", out,
+                    "--base", tiny_base, *TINY_FLAGS, "--max-steps", "3", "--train-batch-size", "2",
+                    "--micro-train-batch-size", "2", "--save-steps", "1", "--eval-max-examples", "0",
+                    "--lr-scheduler", "constant", "--learning-rate", "1e-2")
+    assert code == 3
+    message = capsys.readouterr().out
+    kept = out / "checkpoints" / "00-compress-step000001"
+    assert "non-finite gradient" in message and "optimiser step 2" in message
+    assert f"{kept} (named by" in message and "weights were not updated" in message
+    assert (out / "checkpoints" / "LATEST").read_text() == kept.name
+    assert not (out / "checkpoints" / "00-compress-step000002").exists()
+    saved = {f.name: load_file(f) for f in sorted((kept / "model").glob("*.safetensors"))}
+    before = {f.name: load_file(f) for f in sorted(snapshot.glob("*.safetensors"))}
+    assert saved.keys() == before.keys() and saved
+    for name, tensors in saved.items():
+        assert all(torch.isfinite(t).all() for t in tensors.values()), name
+        assert all(torch.equal(t, before[name][k]) for k, t in tensors.items()), name
+    assert not (out / "report.md").exists()
+
+
+def test_checkpoint_refuses_non_finite_weights(tmp_path, tiny_base):
+    from accelerate import Accelerator
+
+    from clara_integrations import ClaraConfig
+    from training.checkpoint import CheckpointManager, NonFiniteError
+
+    config = ClaraConfig.for_training(str(tiny_base), doc_max_length=64, compr_rate=16, lora_r=4)
+    model = ClaraModel.from_base(tiny_base, config, adapters=[ADAPTER_NAMES[0]], dtype=torch.float32)
+    ckpts = CheckpointManager(tmp_path, Accelerator(cpu=True))
+    ckpts.save("00-compress-step000001", model, None, None, {"step": 1})
+    weight = model.adapters.parameters(ADAPTER_NAMES[0])[0]
+    with torch.no_grad():
+        weight[0, 0] = float("inf")
+    weight.requires_grad_(True)
+    with pytest.raises(NonFiniteError, match=r"refusing to save checkpoint 00-compress-step000002.*"
+                                             r"00-compress-step000001 \(named by .*\) is kept"):
+        ckpts.save("00-compress-step000002", model, None, None, {"step": 2})
+    assert (tmp_path / "LATEST").read_text() == "00-compress-step000001"
+    assert not any(p.name.endswith("step000002") for p in tmp_path.iterdir())
 
 
 # One uninterrupted single-process run serves as the reference of the resume and DDP tests.

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import threading
 
+import pytest
 from transformers import AutoTokenizer
 
 from training.bm25 import BM25
-from training.data import load_examples
-from training.synthesize import SynthesisConfig, chunk_text, synthesize
+from training.data import DataError, load_examples
+from training.synthesize import SynthesisConfig, chunk_text, read_documents, synthesize
 from training.teachers import HFTeacher, OfflineTeacher, _parse_pairs, make_teacher
 
 
@@ -23,6 +25,33 @@ def test_offline_teacher_cloze():
     pairs = OfflineTeacher().qa_pairs("Travel is booked in Concur. The per diem was raised in 2019 for staff.", 5)
     assert ('Complete the statement: "The per diem was raised in ____ for staff."', "2019") in pairs
     assert _parse_pairs("Q: Who?\nA: Ann\nnoise\nQ: When?\nA: 1999", 5) == [("Who?", "Ann"), ("When?", "1999")]
+
+
+def test_documents_skip_undecodable_lines_with_one_summary_warning(tmp_path, caplog):
+    (tmp_path / "bom.md").write_bytes(b"\xef\xbb\xbf# Leave\nAsk your supervisor.\n")
+    (tmp_path / "bad.txt").write_bytes(b"Good line.\r\nLatin-1 caf\xe9 line.\r\nAnother good line.\r\n")
+    (tmp_path / "docs.jsonl").write_bytes(
+        b'\xef\xbb\xbf{"title": "T", "text": "first line survives the BOM"}\n'
+        b'{"text": "caf\xe9"}\n{"text": "lone \\udc00 half"}\n{"title": "no text"}\n{"text": "ok"}\n')
+    (tmp_path / "empty.md").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="training.synthesize"):
+        docs = dict(read_documents(tmp_path))
+    assert docs[str(tmp_path / "bom.md")] == "# Leave\nAsk your supervisor.\n"
+    assert docs[str(tmp_path / "bad.txt")] == "Good line.\nAnother good line.\n"
+    assert docs[f"{tmp_path / 'docs.jsonl'}:1"] == "# T\n\nfirst line survives the BOM"
+    assert docs[f"{tmp_path / 'docs.jsonl'}:5"] == "ok" and len(docs) == 4
+    [warning] = [r.getMessage() for r in caplog.records]  # one warning, not one per line
+    assert "skipped 5 (2 not valid UTF-8, 1 holds a lone surrogate, 1 needs a non-empty string 'text', " \
+           "1 the file is empty)" in warning
+    assert f"{tmp_path / 'bad.txt'}:2: not valid UTF-8" in warning
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'bad.txt'}:2: not valid UTF-8"):
+        dict(read_documents(tmp_path, strict=True))
+
+
+def test_documents_none_usable_names_the_reasons(tmp_path):
+    (tmp_path / "docs.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    with pytest.raises(FileNotFoundError, match=rf"(?s)no usable .*{tmp_path}.*docs.jsonl:1: not valid UTF-8"):
+        dict(read_documents(tmp_path))
 
 
 def test_chunks_fit_the_budget(tiny_base):
