@@ -61,14 +61,10 @@ def recall(order: list[int], gold: list[int], k: int) -> float:
 
 
 def bm25_ranker() -> Ranker:
-    import bm25s  # noqa: PLC0415 - benchmark-only dependency
+    from training.bm25 import BM25  # noqa: PLC0415 - the package's one BM25
 
     def rank(question: str, docs: list[str]) -> list[int]:
-        retriever = bm25s.BM25()
-        retriever.index(bm25s.tokenize(docs, stopwords="en", show_progress=False), show_progress=False)
-        scores = retriever.get_scores(bm25s.tokenize([question], stopwords="en", show_progress=False,
-                                                     return_ids=False)[0])
-        return list(np.argsort(-np.asarray(scores), kind="stable"))
+        return BM25(docs).ranking(question)
     return rank
 
 

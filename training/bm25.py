@@ -1,62 +1,48 @@
-"""Okapi BM25 over a small corpus, for mining hard negatives (no extra dependency).
+"""Okapi BM25 through ``bm25s``: hard negatives for training data, and the benchmarks'
+lexical baseline - one implementation for both.
 
-A private document folder is thousands of chunks at most, so a dictionary-based inverted
-index is fast enough and keeps the package free of a search-engine dependency.
+Example:
+    >>> index = BM25(["the cat sat", "dogs bark loudly", "a cat and a dog"])
+    >>> index.top("cat", 2)
+    [0, 2]
 """
 from __future__ import annotations
 
-import math
-import re
-from collections import Counter
 from collections.abc import Sequence
 
-__all__ = ["BM25", "tokenize"]
+import bm25s
+import numpy as np
 
-_WORD = re.compile(r"[a-z0-9]+")
-_STOP = frozenset(
-    "a an and are as at be by for from has have in is it its of on or that the this to was "
-    "were what when where which who why will with how does do did".split()
-)
+__all__ = ["BM25"]
 
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased alphanumeric words without the commonest English function words."""
-    return [w for w in _WORD.findall(text.lower()) if w not in _STOP]
+_STOPWORDS = "en"
 
 
 class BM25:
-    """Rank `documents` for a query with Okapi BM25 (k1 = 1.5, b = 0.75).
-
-    Example:
-        >>> index = BM25(["the cat sat", "dogs bark loudly", "a cat and a dog"])
-        >>> index.top("cat", 2)
-        [0, 2]
-    """
+    """Rank `documents` for a query with Okapi BM25 (k1 = 1.5, b = 0.75, English stopwords)."""
 
     def __init__(self, documents: Sequence[str], k1: float = 1.5, b: float = 0.75) -> None:
-        self.k1, self.b = k1, b
-        self.term_freqs = [Counter(tokenize(d)) for d in documents]
-        self.lengths = [sum(tf.values()) for tf in self.term_freqs]
-        self.avg_len = sum(self.lengths) / max(len(self.lengths), 1) or 1.0
-        self.postings: dict[str, list[int]] = {}
-        for i, tf in enumerate(self.term_freqs):
-            for term in tf:
-                self.postings.setdefault(term, []).append(i)
-        n = len(documents)
-        self.idf = {t: math.log(1 + (n - len(p) + 0.5) / (len(p) + 0.5))
-                    for t, p in self.postings.items()}
+        self.n_documents = len(documents)
+        self._retriever = bm25s.BM25(k1=k1, b=b)
+        if documents:
+            self._retriever.index(self._tokenize(list(documents)), show_progress=False)
 
-    def scores(self, query: str) -> dict[int, float]:
-        """BM25 score of every document sharing a term with `query`."""
-        out: dict[int, float] = {}
-        for term in set(tokenize(query)):
-            for i in self.postings.get(term, ()):
-                tf = self.term_freqs[i][term]
-                norm = tf + self.k1 * (1 - self.b + self.b * self.lengths[i] / self.avg_len)
-                out[i] = out.get(i, 0.0) + self.idf[term] * tf * (self.k1 + 1) / norm
-        return out
+    def _tokenize(self, texts: list[str]):
+        return bm25s.tokenize(texts, stopwords=_STOPWORDS, show_progress=False)
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every document for `query`, ``[n_documents]`` float32."""
+        tokens = bm25s.tokenize([query], stopwords=_STOPWORDS, return_ids=False,
+                                      show_progress=False)[0]
+        if not tokens or not self.n_documents:
+            return np.zeros(self.n_documents, dtype=np.float32)
+        return np.asarray(self._retriever.get_scores(tokens), dtype=np.float32)
+
+    def ranking(self, query: str) -> list[int]:
+        """Every document's index, best first (ties: lower index first)."""
+        return np.argsort(-self.scores(query), kind="stable").tolist()
 
     def top(self, query: str, n: int, exclude: frozenset[int] = frozenset()) -> list[int]:
-        """Indices of the `n` best documents (ties: lower index first)."""
-        ranked = sorted(self.scores(query).items(), key=lambda kv: (-kv[1], kv[0]))
-        return [i for i, _ in ranked if i not in exclude][:n]
+        """Indices of the `n` best documents that share a term with `query`."""
+        scores = self.scores(query)
+        return [i for i in self.ranking(query) if scores[i] > 0 and i not in exclude][:n]

@@ -16,8 +16,11 @@ import json
 import logging
 import os
 import re
+import urllib.error
 import urllib.request
 from typing import Protocol
+
+import tenacity
 
 __all__ = ["HFTeacher", "OfflineTeacher", "OpenAITeacher", "Teacher", "clean_markdown", "make_teacher"]
 
@@ -199,15 +202,33 @@ class OpenAITeacher(_LLMTeacher):
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        last: Exception | None = None
-        for _ in range(self.retries):
-            try:
-                request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())["choices"][0]["message"]["content"] or ""
-            except (OSError, KeyError, ValueError) as exc:  # network, HTTP, malformed reply
-                last = exc
-        raise RuntimeError(f"teacher endpoint {self.url} failed {self.retries} times: {last}")
+        # tenacity: exponential back-off, and only transient failures are retried (network,
+        # timeouts, HTTP 429/5xx); a malformed reply or a 4xx is the caller's to fix.
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.retries),
+            wait=tenacity.wait_exponential(multiplier=0.5, max=20),
+            retry=tenacity.retry_if_exception(_transient), reraise=True)
+        try:
+            raw = retrying(self._post, body, headers)
+        except OSError as exc:
+            raise RuntimeError(f"teacher endpoint {self.url} failed after {self.retries} "
+                               f"attempt(s): {exc}") from exc
+        try:
+            return json.loads(raw)["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise RuntimeError(f"teacher endpoint {self.url} sent a reply that is not an "
+                               f"OpenAI chat completion: {raw[:200]!r}") from exc
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> bytes:
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return response.read()
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code == 429 or exc.code >= 500
+    return isinstance(exc, OSError)  # connection refused/reset, DNS, timeouts
 
 
 def make_teacher(kind: str, model: str | None = None, url: str | None = None,

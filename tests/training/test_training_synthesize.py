@@ -113,3 +113,33 @@ def test_hf_teacher_falls_back_when_reply_unparseable(tiny_base):
     teacher = HFTeacher(str(tiny_base), device="cpu", max_new_tokens=4)  # random weights: gibberish
     pairs = teacher.qa_pairs("Leave requests go to the supervisor in 2020 through the portal.", 2)
     assert pairs and teacher.fallbacks == 1
+
+
+def test_openai_teacher_retries_transient_errors_only():
+    calls = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server API
+            self.rfile.read(int(self.headers["Content-Length"]))
+            calls.append(self.path)
+            if len(calls) == 1:  # a transient failure first, then a malformed reply
+                self.send_response(503)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"not": "a completion"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        teacher = make_teacher("openai", "stub", f"http://127.0.0.1:{server.server_port}/v1",
+                               api_key_env="CLARA_TEST_NO_SUCH_KEY")
+        with pytest.raises(RuntimeError, match="not an OpenAI chat completion"):
+            teacher.complete("hi")
+    finally:
+        server.shutdown()
+    assert len(calls) == 2  # the 503 was retried, the malformed reply was not
