@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from peft.tuners.lora import LoraLayer
 
 from clara_integrations import ClaraModel
 from clara_integrations.modeling.adapters import DECODER_ADAPTER, ENCODER_ADAPTER, QUERY_ADAPTER
@@ -118,22 +117,15 @@ def equalize_candidates(examples: list[Example]) -> list[Example]:
     return out
 
 
-def _active_adapters(model: ClaraModel) -> list[str]:
-    for module in model.decoder.modules():
-        if isinstance(module, LoraLayer):
-            return list(module.active_adapters)
-    return []
-
-
 @contextlib.contextmanager
-def _recompute_with(model: ClaraModel, active: list[str]) -> Iterator[None]:
-    """During a checkpoint's recomputation, re-activate the adapters of its forward."""
-    before = _active_adapters(model)
-    model.adapters.activate(active[0] if active else None)
+def _recompute_with(model: ClaraModel, active: str | None) -> Iterator[None]:
+    """During a checkpoint's recomputation, re-activate the adapter of its forward."""
+    before = model.adapters.active
+    model.adapters.activate(active)
     try:
         yield
     finally:
-        model.adapters.activate(before[0] if before else None)
+        model.adapters.activate(before)
 
 
 def enable_gradient_checkpointing(model: ClaraModel) -> None:
@@ -144,7 +136,7 @@ def enable_gradient_checkpointing(model: ClaraModel) -> None:
     adapter active at forward time and restores it for the recomputation.
     """
     def context_fn():
-        return contextlib.nullcontext(), _recompute_with(model, _active_adapters(model))
+        return contextlib.nullcontext(), _recompute_with(model, model.adapters.active)
 
     kwargs = {"use_reentrant": False, "context_fn": context_fn}
     decoder = model.decoder
@@ -152,13 +144,6 @@ def enable_gradient_checkpointing(model: ClaraModel) -> None:
         decoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def _reset_adapter(model: ClaraModel, name: str) -> None:
-    """Re-initialise adapter `name` as PEFT creates it (B = 0: an exact no-op)."""
-    for module in model.decoder.modules():
-        if isinstance(module, LoraLayer) and name in module.lora_A:
-            module.reset_lora_parameters(name, init_lora_weights=True)
 
 
 def _ensure(model: ClaraModel, name: str, copy_from: str | None = None, warn: bool = False) -> None:
@@ -185,7 +170,7 @@ def ensure_adapters(model: ClaraModel, stage: str, *, fresh_decoder: bool = Fals
         _ensure(model, DECODER_ADAPTER)
         if stage == "instruct" and fresh_decoder:
             logger.info("instruct: re-initialising the generator adapter (reference stage1_2)")
-            _reset_adapter(model, DECODER_ADAPTER)
+            model.adapters.reset(DECODER_ADAPTER)
     else:
         _ensure(model, ENCODER_ADAPTER, warn=True)
         _ensure(model, QUERY_ADAPTER, copy_from=ENCODER_ADAPTER)

@@ -60,10 +60,16 @@ def lora_config(rank: int) -> LoraConfig:
 class AdapterSet:
     """Named LoRA adapters living inside `model` (a transformers causal LM).
 
+    The one owner of PEFT's adapter state: which adapter is active, creating, loading,
+    re-initialising and freezing adapters. Nothing else touches LoRA layers.
+
     Example:
-        >>> adapters = AdapterSet(decoder, rank=16)        # doctest: +SKIP
-        >>> adapters.add("encoder_adapter")                 # doctest: +SKIP
-        >>> with adapters.using("encoder_adapter"): ...     # doctest: +SKIP
+        >>> adapters = model.adapters                       # a ClaraModel's AdapterSet
+        >>> with adapters.using("encoder_adapter"):
+        ...     adapters.active
+        'encoder_adapter'
+        >>> adapters.active is None                         # afterwards: the plain base
+        True
     """
 
     def __init__(self, model: torch.nn.Module, rank: int) -> None:
@@ -73,6 +79,7 @@ class AdapterSet:
         # LoRA layers, found once per `add`: walking every module on each switch cost
         # ~4 ms per activation, which showed in time to first token.
         self._lora_layers: list[BaseTunerLayer] = []
+        self._active: str | None = None
         # The active adapter is model-wide state: one forward at a time may choose it.
         self._lock = threading.RLock()
 
@@ -124,7 +131,7 @@ class AdapterSet:
 
     def state_dict(self, name: str) -> dict[str, torch.Tensor]:
         """Exported weights of `name`, keys without adapter name (reference layout)."""
-        self._require(name)
+        self.require(name)
         sd = get_peft_model_state_dict(self.model, adapter_name=name, save_embedding_layers=False)
         return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
@@ -132,7 +139,9 @@ class AdapterSet:
         """Add `target` as an exact copy of `source` (reference: query reasoner from encoder)."""
         self.add(target, self.state_dict(source))
 
-    def _require(self, name: str) -> None:
+    def require(self, name: str) -> None:
+        """Raise :class:`MissingAdapterError` (saying what the adapter is for) unless
+        adapter `name` exists."""
         if name not in self.names:
             raise MissingAdapterError(
                 f"this CLaRa model has no {name!r} adapter (present: {self.names}); "
@@ -142,11 +151,24 @@ class AdapterSet:
     def activate(self, name: str | None) -> None:
         """Make exactly `name` active (None: the plain base model). Grad flags untouched."""
         if name is not None:
-            self._require(name)
+            self.require(name)
         active = [] if name is None else [name]
         for layer in self._lora_layers:
             # Private attribute on purpose: see the module docstring.
             layer._active_adapter = active
+        self._active = name
+
+    @property
+    def active(self) -> str | None:
+        """The active adapter (None: the plain base model)."""
+        return self._active
+
+    def reset(self, name: str) -> None:
+        """Re-initialise adapter `name` as it was created (B = 0: an exact no-op)."""
+        self.require(name)
+        for layer in self._lora_layers:
+            if name in getattr(layer, "lora_A", {}):
+                layer.reset_lora_parameters(name, init_lora_weights=True)
 
     @contextlib.contextmanager
     def using(self, name: str | None) -> Iterator[None]:
@@ -160,7 +182,7 @@ class AdapterSet:
 
     def parameters(self, name: str) -> list[torch.nn.Parameter]:
         """The LoRA parameters of adapter `name` (for optimisers and freezing)."""
-        self._require(name)
+        self.require(name)
         return [p for n, p in self.model.named_parameters() if f".{name}." in n and "lora_" in n]
 
     def set_trainable(self, names: list[str]) -> None:
@@ -169,3 +191,30 @@ class AdapterSet:
             flag = adapter in names
             for p in self.parameters(adapter):
                 p.requires_grad_(flag)
+
+    @contextlib.contextmanager
+    def dropout_replaced(self, factory) -> Iterator[int]:
+        """For the block, every adapter's LoRA dropout (`nn.Dropout`, p > 0) replaced by
+        `factory(p)` (training uses a faster mask generator on CPUs); yields how many.
+
+        Example:
+            >>> import torch
+            >>> with model.adapters.dropout_replaced(torch.nn.Dropout) as n:
+            ...     n > 0
+            True
+        """
+        swapped = []
+        for layer in self._lora_layers:
+            holder = getattr(layer, "lora_dropout", None)
+            for name, drop in list(holder.items()) if holder is not None else ():
+                if isinstance(drop, torch.nn.Dropout) and drop.p > 0:
+                    new = factory(drop.p)
+                    new.train(drop.training)
+                    holder[name] = new
+                    swapped.append((holder, name, drop))
+        try:
+            yield len(swapped)
+        finally:
+            for holder, name, drop in swapped:
+                drop.train(holder[name].training)
+                holder[name] = drop

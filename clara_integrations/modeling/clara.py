@@ -250,16 +250,18 @@ class ClaraModel(torch.nn.Module):
     # ------------------------------------------------------------------ encoders
     def encode_texts(self, texts: Sequence[str], adapter: str, batch_size: int = 16,
                      show_progress: bool | None = False, desc: str = "encoding",
-                     with_mse: bool = False, reference_padding: bool = False,
+                     with_mse: bool | str = False, reference_padding: bool = False,
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run texts through the encoder layout with `adapter` (`"encoder_adapter"` or
         `"query_reasoner_adapter"`): ((B, n_mem, H), reference MSE term or None).
+        `with_mse="rows"` gives each text's MSE term instead, (B,) in input order (the
+        reference term is their mean; training uses it to weight repeated texts).
 
         Rows are sorted by length and padded per batch only; explicit position ids keep
         the reference's positions. Gradients flow when called under grad mode (training);
         inference callers use `compress_documents` / `encode_queries`.
         """
-        self.adapters._require(adapter)
+        self.adapters.require(adapter)
         rows = encoder_token_ids(self.tokenizer, self.special, texts, self.config.doc_max_length)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
         out = [None] * len(rows)
@@ -278,7 +280,10 @@ class ClaraModel(torch.nn.Module):
                     attention_mask=batch.attention_mask.to(self.device),
                     position_ids=batch.position_ids.to(self.device),
                 ).last_hidden_state  # (b, T, H), post final norm = reference hidden_states[-1]
-                if with_mse:
+                if with_mse == "rows":
+                    mse_parts.append((memory_mse(hidden, batch.attention_mask.to(self.device),
+                                                 self.n_mem, reduction="none"), idx))
+                elif with_mse:
                     mse_parts.append((memory_mse(hidden, batch.attention_mask.to(self.device),
                                                  self.n_mem), len(idx)))
                 for row, i in zip(hidden[:, -self.n_mem:, :], idx):
@@ -286,6 +291,10 @@ class ClaraModel(torch.nn.Module):
         memory = torch.stack(out)
         if not with_mse:
             return memory, None
+        if with_mse == "rows":
+            per_row = torch.cat([m for m, _ in mse_parts])  # (B,) in sorted order
+            where = torch.as_tensor([i for _, idx in mse_parts for i in idx], device=per_row.device)
+            return memory, per_row[torch.argsort(where)]
         # Reference computes one MSE over the whole batch: a size-weighted mean of ours.
         mse = sum(m * n for m, n in mse_parts) / len(rows)
         return memory, mse
@@ -570,7 +579,7 @@ class ClaraModel(torch.nn.Module):
             raise ValueError("pass exactly one of documents or candidate_memories")
         if not questions:
             return [], torch.empty(0, k, dtype=torch.long)
-        self.adapters._require(QUERY_ADAPTER)
+        self.adapters.require(QUERY_ADAPTER)
         if documents is not None:
             n = self._check_documents(questions, documents)
             candidate_memories = self._compress_unique(documents, batch_size).reshape(
