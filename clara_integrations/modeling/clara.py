@@ -76,8 +76,14 @@ class ClaraModel(torch.nn.Module):
 
     Example:
         >>> model = ClaraModel.from_pretrained("path/to/ckpt", base_model="path/to/base")  # doctest: +SKIP
-        >>> mem = model.compress_documents(["Paris is the capital of France."])  # (1, n_mem, H)
-        >>> answers, idx = model.generate_from_questions(["Capital of France?"], documents=[[...]])
+        >>> mem = model.compress_documents(["Paris is the capital of France."])
+        >>> tuple(mem.shape) == (1, model.n_mem, model.hidden_size)
+        True
+        >>> answers, idx = model.generate_from_questions(
+        ...     ["Capital of France?"], documents=[["Paris is the capital of France.", "Rome."]],
+        ...     k=1, max_new_tokens=4)
+        >>> len(answers), tuple(idx.shape)
+        (1, (1, 1))
     """
 
     def __init__(self, decoder: PreTrainedModel, tokenizer: Any, config: ClaraConfig,
@@ -323,7 +329,9 @@ class ClaraModel(torch.nn.Module):
             ValueError: an entry is empty or not a string (the message gives its index).
 
         Example:
-            >>> memory = model.compress_documents(["Weldenia is a genus of plants."])  # doctest: +SKIP
+            >>> memory = model.compress_documents(["Weldenia is a genus of plants."])
+            >>> memory.shape[0], memory.dtype == model.dtype
+            (1, True)
         """
         texts = validate_texts(texts)
         if not texts:
@@ -486,7 +494,10 @@ class ClaraModel(torch.nn.Module):
         generator adapter) answers chat-template `messages` ({"role", "content"} dicts).
 
         Example:
-            >>> model.generate_from_messages([{"role": "user", "content": "Hi"}])  # doctest: +SKIP
+            >>> reply = model.generate_from_messages([{"role": "user", "content": "Hi"}],
+            ...                                      max_new_tokens=4)
+            >>> isinstance(reply, str)
+            True
         """
         if not messages:
             raise ValueError("messages is empty")
@@ -601,7 +612,11 @@ class ClaraModel(torch.nn.Module):
         `decoder_first_last_layers.pth`, `config.json`) in `official_dtype`.
 
         Example:
-            >>> model.save_pretrained("my-clara")  # doctest: +SKIP
+            >>> import tempfile
+            >>> folder = tempfile.mkdtemp()
+            >>> model.save_pretrained(folder)
+            >>> ClaraModel.from_pretrained(folder, base_model=model.config.decoder_model_name).n_mem == model.n_mem
+            True
         """
         folder = Path(save_directory)
         adapters = {name: self.adapters.state_dict(name) for name in self.adapters.names}
