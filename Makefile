@@ -1,12 +1,14 @@
-# Two entry points, both self-installing into .venv (created if missing):
-#   make demo   - run the main job on the embedded default model
-#   make test   - run the test suite
+# Entry points, all self-installing into .venv (created if missing):
+#   make demo      - run the main job on the embedded default model
+#   make test      - run the whole test suite (what CI runs, after make lint)
+#   make test-fast - the suite without the real-model tests (the inner loop)
+#   make lint      - ruff check + ruff format --check
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench
+.PHONY: demo test test-fast lint bench
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python 3.10+ needed" or 0)'
@@ -23,6 +25,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
