@@ -13,7 +13,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "temp_name"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "fsync_file",
+           "temp_name"]
 
 
 def temp_name(path: Path) -> Path:
@@ -35,7 +36,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """fsync an existing file by path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -57,7 +59,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     tmp = temp_name(path)
     try:
         write(tmp)
-        _fsync_path(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

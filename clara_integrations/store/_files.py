@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from .._atomic import atomic_write_bytes as replace_atomic
-from .._atomic import fsync_dir, temp_name
+from .._atomic import fsync_dir, fsync_file, temp_name
 
 __all__ = [
     "fsync_dir", "fsync_file", "hash_file", "is_created_file_name", "is_data_file_name", "link_or_copy",
@@ -81,15 +81,6 @@ def hash_file(path: Path) -> str:
         while chunk := fh.read(_HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def fsync_file(path: Path) -> None:
-    """fsync an existing file by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

@@ -1,6 +1,7 @@
 """Chunking, the offline teacher, BM25 negatives and the written JSONL."""
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import logging
@@ -82,18 +83,17 @@ def test_synthesize_writes_every_stage(tiny_base, tiny_data, tmp_path):
     assert json.loads((tmp_path / "manifest.json").read_text())["chunks"] == len(rows["chunks"])
 
 
-def test_openai_compatible_teacher_against_local_stub():
-    seen = {}
-
+@contextlib.contextmanager
+def _stub_endpoint(reply):
+    """A local OpenAI-compatible endpoint: `reply(request_json, headers)` -> (status, body)."""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server API
-            seen.update(json.loads(self.rfile.read(int(self.headers["Content-Length"]))),
-                        auth=self.headers.get("Authorization"))
-            body = json.dumps({"choices": [{"message": {"content": "Q: Who signs?\nA: The director"}}]})
-            self.send_response(200)
+            status, body = reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))),
+                                 self.headers)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
-            self.wfile.write(body.encode())
+            self.wfile.write(body)
 
         def log_message(self, *args):
             pass
@@ -101,11 +101,22 @@ def test_openai_compatible_teacher_against_local_stub():
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        teacher = make_teacher("openai", "stub-model", f"http://127.0.0.1:{server.server_port}/v1",
-                               api_key_env="CLARA_TEST_NO_SUCH_KEY")
-        assert teacher.qa_pairs("The director signs all forms.", 3) == [("Who signs?", "The director")]
+        yield make_teacher("openai", "stub-model", f"http://127.0.0.1:{server.server_port}/v1",
+                           api_key_env="CLARA_TEST_NO_SUCH_KEY")
     finally:
         server.shutdown()
+
+
+def test_openai_compatible_teacher_against_local_stub():
+    seen = {}
+
+    def reply(request, headers):
+        seen.update(request, auth=headers.get("Authorization"))
+        body = json.dumps({"choices": [{"message": {"content": "Q: Who signs?\nA: The director"}}]})
+        return 200, body.encode()
+
+    with _stub_endpoint(reply) as teacher:
+        assert teacher.qa_pairs("The director signs all forms.", 3) == [("Who signs?", "The director")]
     assert seen["model"] == "stub-model" and seen["temperature"] == 0 and seen["auth"] is None
 
 
@@ -118,28 +129,10 @@ def test_hf_teacher_falls_back_when_reply_unparseable(tiny_base):
 def test_openai_teacher_retries_transient_errors_only():
     calls = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server API
-            self.rfile.read(int(self.headers["Content-Length"]))
-            calls.append(self.path)
-            if len(calls) == 1:  # a transient failure first, then a malformed reply
-                self.send_response(503)
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b'{"not": "a completion"}')
+    def reply(request, headers):
+        calls.append(request)  # a transient failure first, then a malformed reply
+        return (503, b"") if len(calls) == 1 else (200, b'{"not": "a completion"}')
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        teacher = make_teacher("openai", "stub", f"http://127.0.0.1:{server.server_port}/v1",
-                               api_key_env="CLARA_TEST_NO_SUCH_KEY")
-        with pytest.raises(RuntimeError, match="not an OpenAI chat completion"):
-            teacher.complete("hi")
-    finally:
-        server.shutdown()
+    with _stub_endpoint(reply) as teacher, pytest.raises(RuntimeError, match="not an OpenAI"):
+        teacher.complete("hi")
     assert len(calls) == 2  # the 503 was retried, the malformed reply was not
