@@ -11,6 +11,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from . import __version__
+
 __all__ = ["main"]
 
 
@@ -42,10 +44,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .modeling.checkpoint import read_checkpoint  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    files = read_checkpoint(Path(args.checkpoint))
+    from .modeling.checkpoint import CheckpointCorruptError, read_checkpoint  # noqa: PLC0415
+
+    try:
+        files = read_checkpoint(Path(args.checkpoint))
+    except (CheckpointCorruptError, OSError) as exc:  # a message, not a traceback
+        sys.stderr.write(f"clara info: {exc}\n")
+        return 2
     cfg = files.config
     sys.stdout.write(
         f"format: {'released' if files.released else 'native'}\n"
@@ -61,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clara", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="answer the bundled corpus's questions through a LlamaIndex "
                                        "query engine, from CLaRa memory")

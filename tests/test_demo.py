@@ -48,3 +48,14 @@ def test_run_demo_on_the_tiny_model(tmp_path, e2e_model):
     assert summary["clara_context_tokens"] < summary["text_rag_context_tokens"]
     assert f"memory shape: (4, {e2e_model.n_mem}, {e2e_model.hidden_size})" in text
     assert len(re.findall(r"^  source \d: score", text, re.M)) == 4
+
+
+def test_cli_version_and_info_errors(capsys):
+    from clara_integrations import __version__
+    from clara_integrations.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"clara {__version__}"
+    assert main(["info", "/nonexistent"]) == 2  # a message, not a traceback
+    assert "clara info: /nonexistent is not a CLaRa checkpoint" in capsys.readouterr().err
