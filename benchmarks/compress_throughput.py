@@ -88,7 +88,7 @@ def time_methods(model: ClaraModel, docs: list[str], batch_size: int, repeats: i
     The methods run interleaved within each repeat, so a slow spell of a shared machine
     hits all of them; the ratios are medians of per-repeat ratios."""
     memory = {}
-    for name, run in METHODS.items():  # warm-up
+    for run in METHODS.values():  # warm-up
         run(model, docs[:batch_size], batch_size)
     times: dict[str, list[float]] = {name: [] for name in METHODS}
     for _ in range(repeats):

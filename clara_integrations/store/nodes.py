@@ -133,7 +133,9 @@ class NodeDB:
             self._has_crc = _has_column(first, "nodes", "crc")
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise StoreCorruptError(f"cannot read node database {self.path}: {exc}", self.path)
+            raise StoreCorruptError(
+                f"cannot read node database {self.path}: {exc}", self.path
+            ) from exc
 
     # -- connections ------------------------------------------------------------------
     def _check_header(self) -> None:
