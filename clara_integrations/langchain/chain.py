@@ -11,8 +11,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
 
-from ..store import MemoryStore
-from ._common import check_store, query_text
+from ..pipeline import ClaraPipeline, MemoryStoreProtocol, check_question
 from .chat_model import ChatClara
 
 __all__ = ["create_clara_rag_chain"]
@@ -63,20 +62,16 @@ def create_clara_rag_chain(retriever: BaseRetriever, llm: BaseChatModel) -> Runn
     if isinstance(llm, ChatClara) and llm.store is None:
         store = _find_store(retriever)
         if store is not None:
-            check_store(llm.model, store)
+            ClaraPipeline(llm.model, store)  # StoreMismatchError now, not at the first question
             llm = llm.model_copy(update={"store": store})
     answer = (RunnableLambda(_memory_answer(llm), name="answer") if isinstance(llm, ChatClara)
               else _text_answer(llm))
     chain = (
-        RunnableLambda(_question, name="question")
+        RunnableLambda(check_question, name="question")
         | RunnableParallel(question=RunnablePassthrough(), documents=retriever)
         | RunnablePassthrough.assign(answer=answer)
     ).pick(["answer", "documents"])
     return chain.with_config(run_name="clara_rag_chain")
-
-
-def _question(question: Any) -> str:
-    return query_text(question, "question")
 
 
 def _memory_answer(llm: ChatClara) -> Any:
@@ -97,14 +92,11 @@ def _format(documents: list[Document]) -> str:
     return "\n\n".join(f"[{i + 1}] {d.page_content}" for i, d in enumerate(documents))
 
 
-def _find_store(retriever: Any) -> MemoryStore | None:
-    """The MemoryStore behind a retriever, looking through the wrappers we know."""
-    store = getattr(retriever, "store", None)
-    if isinstance(store, MemoryStore):
-        return store
-    vectorstore = getattr(retriever, "vectorstore", None)  # VectorStoreRetriever
-    store = getattr(vectorstore, "store", None)
-    if isinstance(store, MemoryStore):
-        return store
+def _find_store(retriever: Any) -> MemoryStoreProtocol | None:
+    """The store behind a retriever, looking through the wrappers we know."""
+    for owner in (retriever, getattr(retriever, "vectorstore", None)):  # VectorStoreRetriever
+        store = getattr(owner, "store", None)
+        if isinstance(store, MemoryStoreProtocol):
+            return store
     base = getattr(retriever, "base_retriever", None)  # ContextualCompressionRetriever
     return _find_store(base) if isinstance(base, BaseRetriever) else None

@@ -10,15 +10,15 @@ from pydantic import ConfigDict, Field
 
 from ..modeling import ClaraModel
 from ..modeling.assets import default_model
-from ..store import Hit, MemoryStore
-from ._common import check_store, query_text
+from ..pipeline import MemoryStoreProtocol
+from ._common import PipelineOwner, to_document
 
 __all__ = ["ClaraRetriever"]
 
 SCORE_KEY = "score"
 
 
-class ClaraRetriever(BaseRetriever):
+class ClaraRetriever(PipelineOwner, BaseRetriever):
     """Retrieve documents by CLaRa's query reasoner: cosine between the question vector
     and each stored document's flattened memory.
 
@@ -30,6 +30,10 @@ class ClaraRetriever(BaseRetriever):
     With `candidate_pool=N` the store returns `N` candidates, which are re-ranked
     exactly by `ClaraModel.select` (the reference's selector) before keeping `k`: use it
     with approximate indexes.
+
+    Raises:
+        StoreMismatchError: `store` holds another compressor's memory.
+        MissingAdapterError: the model has no query reasoner.
 
     Example:
         >>> store = MemoryStore.for_model(model, dtype=torch.float32)  # doctest: +SKIP
@@ -44,8 +48,8 @@ class ClaraRetriever(BaseRetriever):
 
     model: ClaraModel = Field(default_factory=default_model)
     """The CLaRa model; needs its query reasoner adapter."""
-    store: MemoryStore
-    """Store of compressed documents made by this model's compressor."""
+    store: MemoryStoreProtocol
+    """Store of compressed documents made by this model's compressor (a `MemoryStore`)."""
     k: int = Field(default=5, gt=0)
     """Documents to return (overridable per call: `invoke(q, k=3)`)."""
     candidate_pool: int | None = Field(default=None, gt=0)
@@ -56,31 +60,11 @@ class ClaraRetriever(BaseRetriever):
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
         # After pydantic, so a mismatch surfaces as StoreMismatchError, not ValidationError.
-        check_store(self.model, self.store)
+        self.pipeline.require_query_reasoner()
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: int | None = None,
                                 filters: dict[str, Any] | None = None) -> list[Document]:
-        query = query_text(query)
-        k = self.k if k is None else k
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        filters = self.filters if filters is None else filters
-        pool = max(k, self.candidate_pool or 0)
-        q = self.model.encode_queries([query], show_progress=False)  # (1, n_mem*H)
-        hits = self.store.search(q, k=pool, filters=filters)[0]
-        if pool > k and len(hits) > k:
-            hits = self._rerank(q, hits, k)
-        return [_to_document(hit) for hit in hits[:k]]
-
-    def _rerank(self, q: Any, hits: list[Hit], k: int) -> list[Hit]:
-        """Exact re-rank of the candidates with the model's selector (reference top-k)."""
-        memories = self.store.get_memories([h.id for h in hits])  # (N, n_mem, H)
-        _, order, scores = self.model.select(q, memories[None].to(q.device, q.dtype), k)
-        return [Hit(hits[i].id, float(scores[0, i]), hits[i].text, hits[i].metadata)
-                for i in order[0].tolist()]
-
-
-def _to_document(hit: Hit) -> Document:
-    return Document(page_content=hit.text, metadata={**hit.metadata, SCORE_KEY: hit.score},
-                    id=hit.id)
+        items = self.pipeline.retrieve(query, self.k if k is None else k, self.candidate_pool,
+                                       self.filters if filters is None else filters)
+        return [to_document(i, **{SCORE_KEY: i.score}) for i in items]

@@ -11,10 +11,11 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
-from ..modeling.assets import default_model
 from ..modeling import ClaraModel
-from ..store import Hit, MemoryStore
-from ._common import check_store, query_text
+from ..modeling.assets import default_model
+from ..pipeline import ClaraPipeline, Item, MemoryStoreProtocol
+from ..store import MemoryStore
+from ._common import to_document
 
 __all__ = ["ClaraEmbeddings", "ClaraVectorStore"]
 
@@ -31,22 +32,15 @@ class ClaraEmbeddings(Embeddings):
     """
 
     def __init__(self, model: ClaraModel | None = None, batch_size: int = 16) -> None:
-        model = default_model() if model is None else model
-        if not isinstance(model, ClaraModel):
-            raise TypeError(f"model must be a ClaraModel, got {type(model).__name__}")
-        self.model = model
+        self.pipeline = ClaraPipeline(default_model() if model is None else model)
+        self.model: ClaraModel = self.pipeline.model
         self.batch_size = batch_size
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        memory = self.model.compress_documents(texts, batch_size=self.batch_size)
-        return memory.flatten(1).float().cpu().tolist()
+        return self.pipeline.embed_documents(texts, self.batch_size, show_progress=None)
 
     def embed_query(self, text: str) -> list[float]:
-        return self._query_vector(text)[0].float().cpu().tolist()
-
-    def _query_vector(self, text: str) -> torch.Tensor:
-        """(1, n_mem * H) in the model's dtype."""
-        return self.model.encode_queries([query_text(text)], show_progress=False)
+        return self.pipeline.embed_query(text)
 
 
 class ClaraVectorStore(VectorStore):
@@ -75,7 +69,7 @@ class ClaraVectorStore(VectorStore):
         >>> chain = create_clara_rag_chain(vs.as_retriever(search_kwargs={"k": 2}), ChatClara(model=model))  # doctest: +SKIP
     """
 
-    def __init__(self, model: ClaraModel | None = None, store: MemoryStore | None = None, *,
+    def __init__(self, model: ClaraModel | None = None, store: MemoryStoreProtocol | None = None, *,
                  embedding: Embeddings | None = None, **store_options: Any) -> None:
         if embedding is not None and not isinstance(embedding, ClaraEmbeddings):
             raise TypeError(
@@ -92,8 +86,8 @@ class ClaraVectorStore(VectorStore):
             store = MemoryStore.for_model(model, **store_options)
         elif store_options:
             raise TypeError(f"store_options {sorted(store_options)} only apply to a new store")
-        check_store(model, store)
-        self.store: MemoryStore = store
+        self.pipeline = ClaraPipeline(model, store)  # StoreMismatchError names both fingerprints
+        self.store: MemoryStoreProtocol = store
 
     @property
     def embeddings(self) -> ClaraEmbeddings:
@@ -129,20 +123,8 @@ class ClaraVectorStore(VectorStore):
             raise ValueError(f"got {n} texts, {len(metas)} metadatas and {len(ids_)} ids")
         if len(set(ids_)) != n:
             raise ValueError("ids contains duplicates")
-        if n == 0:
-            return []
-        present = [i in self.store for i in ids_]
-        old = [j for j in range(n) if present[j]]
-        new = [j for j in range(n) if not present[j]]
-        if new:
-            self.store.add_documents([texts[j] for j in new], self.model,
-                                     metadata=[metas[j] for j in new], ids=[ids_[j] for j in new],
-                                     batch_size=batch_size, show_progress=show)
-        if old:
-            memory = self.model.compress_documents([texts[j] for j in old], batch_size=batch_size,
-                                                   show_progress=show)
-            self.store.update([ids_[j] for j in old], memories=memory,
-                              texts=[texts[j] for j in old], metadata=[metas[j] for j in old])
+        if n:
+            self.pipeline.add_texts(texts, metas, ids_, batch_size=batch_size, show_progress=show)
         return ids_
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
@@ -165,41 +147,31 @@ class ClaraVectorStore(VectorStore):
     def similarity_search_with_score(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                                      **kwargs: Any) -> list[tuple[Document, float]]:
         """Documents and their cosine similarity (in [-1, 1]) to the query vector."""
-        q = self._embedding._query_vector(query)
-        return self._search(q, k, filter, kwargs)
+        _no_kwargs(kwargs)
+        return [(to_document(i), i.score) for i in self.pipeline.retrieve(query, k, filters=filter)]
 
     def similarity_search_by_vector(self, embedding: list[float], k: int = 4,
                                     filter: dict[str, Any] | None = None, **kwargs: Any) -> list[Document]:
+        _no_kwargs(kwargs)
         q = torch.as_tensor([embedding], dtype=torch.float32)
-        return [doc for doc, _ in self._search(q, k, filter, kwargs)]
+        return [to_document(i) for i in self.pipeline.search(q, k, filter)]
 
     def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20,
                                       lambda_mult: float = 0.5, filter: dict[str, Any] | None = None,
                                       **kwargs: Any) -> list[Document]:
         """Diverse results: MMR over the `fetch_k` best by cosine of flattened memory."""
-        q = self._embedding._query_vector(query)
-        hits = self._hits(q, max(fetch_k, k), filter, kwargs)
-        if not hits:
+        _no_kwargs(kwargs)
+        q = self.pipeline.encode_query(query)
+        items: list[Item] = self.pipeline.search(q, max(fetch_k, k), filter)
+        if not items:
             return []
-        vectors = self.store.get_memories([h.id for h in hits]).flatten(1).float().numpy()
+        vectors = torch.stack([i.memory for i in items]).flatten(1).float().numpy()
         picked = maximal_marginal_relevance(q.float().cpu().numpy()[0], vectors, lambda_mult, k)
-        return [_document(hits[i]) for i in picked]
+        return [to_document(items[i]) for i in picked]
 
     def _select_relevance_score_fn(self) -> Any:
         # Cosine similarity in [-1, 1] -> relevance in [0, 1].
         return lambda score: (score + 1.0) / 2.0
-
-    def _hits(self, q: torch.Tensor, k: int, filter: dict[str, Any] | None,
-              kwargs: dict[str, Any]) -> list[Hit]:
-        if kwargs:
-            raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (filters go in filter=)")
-        if len(self.store) == 0:
-            return []
-        return self.store.search(q, k=k, filters=filter)[0]
-
-    def _search(self, q: torch.Tensor, k: int, filter: dict[str, Any] | None,
-                kwargs: dict[str, Any]) -> list[tuple[Document, float]]:
-        return [(_document(h), h.score) for h in self._hits(q, k, filter, kwargs)]
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -219,6 +191,7 @@ class ClaraVectorStore(VectorStore):
         return vs
 
 
-def _document(hit: Hit) -> Document:
-    return Document(page_content=hit.text, metadata=dict(hit.metadata), id=hit.id)
+def _no_kwargs(kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (filters go in filter=)")
 

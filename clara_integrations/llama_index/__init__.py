@@ -29,13 +29,12 @@ Example:
 """
 from __future__ import annotations
 
+from ..errors import missing_extra
+
 try:
     import llama_index.core  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
-    raise ImportError(
-        "clara_integrations.llama_index needs llama-index-core, which is not installed: "
-        'pip install "clara-integrations[llama-index]"'
-    ) from exc
+    raise missing_extra(__name__, "llama-index-core", extra="llama-index") from exc
 
 from .embedding import ClaraEmbedding
 from .llm import ClaraLLM
@@ -44,11 +43,5 @@ from .retriever import ClaraRetriever
 from .synthesizer import ClaraSynthesizer
 from .vector_store import ClaraVectorStore
 
-__all__ = [
-    "ClaraEmbedding",
-    "ClaraLLM",
-    "ClaraReranker",
-    "ClaraRetriever",
-    "ClaraSynthesizer",
-    "ClaraVectorStore",
-]
+__all__ = ["ClaraEmbedding", "ClaraLLM", "ClaraReranker", "ClaraRetriever", "ClaraSynthesizer",
+           "ClaraVectorStore"]

@@ -8,7 +8,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
 
 from ..modeling.assets import default_model
-from ._memory import model_lock, query_text
+from ..pipeline import ClaraPipeline
 
 __all__ = ["ClaraEmbedding"]
 
@@ -39,13 +39,13 @@ class ClaraEmbedding(BaseEmbedding):
         ...     docs, storage_context=storage, embed_model=ClaraEmbedding(model=model))  # doctest: +SKIP
     """
 
-    _model: Any = PrivateAttr()
+    _pipeline: ClaraPipeline = PrivateAttr()
 
     def __init__(self, model: Any = None, embed_batch_size: int = 16, **kwargs: Any) -> None:
         model = default_model() if model is None else model
         kwargs.setdefault("model_name", model.model_identity)
         super().__init__(embed_batch_size=embed_batch_size, **kwargs)
-        self._model = model
+        self._pipeline = ClaraPipeline(model)
 
     @classmethod
     def class_name(cls) -> str:
@@ -54,18 +54,13 @@ class ClaraEmbedding(BaseEmbedding):
     @property
     def model(self) -> Any:
         """The `ClaraModel` that embeds."""
-        return self._model
+        return self._pipeline.model
 
     def _get_query_embedding(self, query: str) -> list[float]:
-        query = query_text(query, "ClaraEmbedding")
-        with model_lock(self._model):
-            return self._model.encode_queries([query])[0].float().tolist()
+        return self._pipeline.embed_query(query)
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        with model_lock(self._model):
-            memory = self._model.compress_documents(texts, batch_size=self.embed_batch_size,
-                                                    show_progress=False)
-        return memory.flatten(1).float().tolist()  # (N, n_mem * H)
+        return self._pipeline.embed_documents(texts, self.embed_batch_size)  # (N, n_mem * H)
 
     def _get_text_embedding(self, text: str) -> list[float]:
         return self._get_text_embeddings([text])[0]

@@ -5,7 +5,7 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,10 @@ from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.schema import BaseNode, NodeWithScore
 
 from ..modeling.assets import default_model
-from ..modeling.tokens import reference_decode
+from ..pipeline import ClaraPipeline, Generation, sampling_kwargs
 from ._context import REGISTRY
-from ._memory import model_lock, node_memory
-from ._streaming import astream_text, stream_text
+from ._memory import node_memory
+from ._streaming import astream_text
 
 __all__ = ["ClaraLLM"]
 
@@ -119,14 +119,14 @@ class ClaraLLM(CustomLLM):
         default=True, description="Answer text synthesizers' prompts from the memory of the "
                                   "CLaRa nodes in their context instead of reading the text.")
 
-    _model: Any = PrivateAttr()
+    _pipeline: ClaraPipeline = PrivateAttr()
     _warned_text_context: bool = PrivateAttr(default=False)
     _answers: OrderedDict = PrivateAttr(default_factory=OrderedDict)
 
     def __init__(self, model: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         model = default_model() if model is None else model
-        self._model = model
+        self._pipeline = ClaraPipeline(model)
         if self.model_name is None:
             self.model_name = f"clara/{Path(str(model.config.decoder_model_name)).name}"
         if self.context_window is None:
@@ -139,7 +139,7 @@ class ClaraLLM(CustomLLM):
     @property
     def model(self) -> Any:
         """The `ClaraModel` that generates."""
-        return self._model
+        return self._pipeline.model
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -148,10 +148,7 @@ class ClaraLLM(CustomLLM):
 
     # ------------------------------------------------------------------ preparation
     def _generate_kwargs(self, call_kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        kwargs = dict(self.generate_kwargs)
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-        kwargs.update(call_kwargs)
+        kwargs = {**self.generate_kwargs, **sampling_kwargs(self.temperature, self.top_p), **call_kwargs}
         return int(kwargs.pop("max_new_tokens", self.max_new_tokens)), kwargs
 
     def memory_batch(self, memory: MemoryLike) -> torch.Tensor:
@@ -163,78 +160,55 @@ class ClaraLLM(CustomLLM):
         Raises:
             ValueError: empty memory, wrong sizes, or a node without CLaRa memory.
         """
-        model = self._model
-        n_mem, hidden = model.n_mem, model.hidden_size
-        if isinstance(memory, torch.Tensor):
-            mem = memory
-        else:
+        if not isinstance(memory, torch.Tensor):
             rows = []
             for i, item in enumerate(memory):
                 if isinstance(item, (NodeWithScore, BaseNode)):
-                    row = node_memory(item, model)
-                    if row is None:
+                    item = node_memory(item, self.model)
+                    if item is None:
                         raise ValueError(
                             f"node {i} carries no CLaRa memory in `embedding` (expected "
-                            f"{n_mem * hidden} floats); retrieve it with ClaraRetriever or "
-                            "ClaraVectorStore, or use ClaraSynthesizer, which compresses text on the fly"
-                        )
-                else:
-                    row = torch.as_tensor(item, dtype=torch.float32)
-                rows.append(row.reshape(-1))
+                            f"{self.model.n_mem * self.model.hidden_size} floats); retrieve it with "
+                            "ClaraRetriever or ClaraVectorStore, or use ClaraSynthesizer, which "
+                            "compresses text on the fly")
+                rows.append(torch.as_tensor(item, dtype=torch.float32).reshape(-1))
             if not rows:
                 raise ValueError("memory is empty; pass memory=None to chat without documents")
-            mem = torch.stack([r.to(rows[0].device) for r in rows])
-        if mem.dim() == 2 and n_mem > 1 and tuple(mem.shape) == (n_mem, hidden):
-            mem = mem.unsqueeze(0)  # one document
-        if mem.dim() == 2 and mem.shape[1] == n_mem * hidden:
-            mem = mem.reshape(-1, n_mem, hidden)
-        if mem.dim() != 3 or tuple(mem.shape[1:]) != (n_mem, hidden) or mem.shape[0] == 0:
-            raise ValueError(
-                f"memory must be (k, {n_mem}, {hidden}) or (k, {n_mem * hidden}) with k >= 1, "
-                f"got {tuple(memory.shape) if isinstance(memory, torch.Tensor) else tuple(mem.shape)}"
-            )
-        return mem.to(model.device, model.dtype)
+            memory = torch.stack(rows)
+        return self._pipeline.memory_batch(memory)
 
-    def _runner(self, question: str | None, messages: list[dict[str, str]] | None,
-                memory: MemoryLike | None, call_kwargs: dict[str, Any],
-                ) -> tuple[Callable[..., Any], dict[str, int]]:
-        """Validate and build the inputs now; return (run(**extra) -> text or ids, info)."""
-        model = self._model
+    def _generation(self, question: str | None, messages: list[dict[str, str]],
+                    memory: MemoryLike | None, call_kwargs: dict[str, Any]) -> Generation:
+        """Validate and build the inputs now (errors raise at the call, not mid-stream)."""
         max_new, kwargs = self._generate_kwargs(call_kwargs)
         if memory is None:
-            if not messages or not any((m["content"] or "").strip() for m in messages):
-                raise ValueError("ClaraLLM got an empty prompt")
-            return (lambda **extra: model.generate_from_messages(
-                messages, max_new_tokens=max_new, **kwargs, **extra)), {}
-        mem = self.memory_batch(memory)
-        # Tokenising and splicing touch only the (adapter-free) embedding table: no lock.
-        inputs = model.prepare_generation_inputs([question], mem)  # ValueError if empty
-        info = {"prefill_tokens": int(inputs["attention_mask"].shape[1]),
-                "num_documents": int(mem.shape[0]), "memory_tokens": int(mem.shape[0] * model.n_mem)}
-        logger.debug("ClaraLLM: answering from %d memories, prefill %d tokens",
-                     info["num_documents"], info["prefill_tokens"])
-        return (lambda **extra: model.generate_from_embeddings(
-            inputs["inputs_embeds"], inputs["attention_mask"], max_new, **kwargs, **extra)), info
+            return self._pipeline.prepare_chat(messages, max_new_tokens=max_new, **kwargs)
+        return self._pipeline.prepare_answer(question, self.memory_batch(memory),
+                                             max_new_tokens=max_new, **kwargs)
 
-    def _finish(self, result: Any) -> str:
-        return result if isinstance(result, str) else reference_decode(self._model.tokenizer, result)[0]
+    @staticmethod
+    def _info(gen: Generation) -> dict[str, int]:
+        if not gen.num_documents:
+            return {}  # plain chat
+        return {"prefill_tokens": gen.prompt_tokens, "num_documents": gen.num_documents,
+                "memory_tokens": gen.memory_tokens}
 
-    def _run(self, runner: tuple[Callable[..., Any], dict[str, int]]) -> CompletionResponse:
-        run, info = runner
-        with model_lock(self._model):
-            text = self._finish(run())
-        return CompletionResponse(text=text, additional_kwargs=info)
+    def _run(self, gen: Generation) -> CompletionResponse:
+        return CompletionResponse(text=gen.run().text, additional_kwargs=self._info(gen))
 
-    def _stream(self, runner: tuple[Callable[..., Any], dict[str, int]]) -> CompletionResponseGen:
-        run, info = runner
-        for text, delta in stream_text(run, self._model.tokenizer, model_lock(self._model)):
-            yield CompletionResponse(text=text, delta=delta, additional_kwargs=info)
+    def _stream(self, gen: Generation) -> CompletionResponseGen:
+        stream = gen.stream()
+        try:
+            for delta in stream:
+                yield CompletionResponse(text=stream.text, delta=delta, additional_kwargs=self._info(gen))
+        finally:
+            stream.close()  # a consumer that stops early stops the generation
 
-    def _prompt_runner(self, prompt: str, kwargs: dict[str, Any]):
+    def _prompt_generation(self, prompt: str, kwargs: dict[str, Any]):
         memory = kwargs.pop("memory", None)
-        return self._runner(prompt, [{"role": "user", "content": prompt}], memory, kwargs)
+        return self._generation(prompt, [{"role": "user", "content": prompt}], memory, kwargs)
 
-    def _chat_runner(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]):
+    def _chat_generation(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]):
         memory = kwargs.pop("memory", None)
         plain = [{"role": m.role.value, "content": m.content or ""} for m in messages]
         question = None
@@ -243,27 +217,27 @@ class ClaraLLM(CustomLLM):
             if not users:
                 raise ValueError("ClaraLLM.chat with memory needs a user message (the question)")
             question = users[-1]  # CLaRa's answer prompt holds one question: the last one
-        return self._runner(question, plain, memory, kwargs)
+        return self._generation(question, plain, memory, kwargs)
 
     # ------------------------------------------------------------------ completion
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Answer `prompt`; ``memory=`` makes it a question over those documents."""
-        return self._run(self._prompt_runner(prompt, kwargs))
+        return self._run(self._prompt_generation(prompt, kwargs))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         """Like `complete`, yielding `CompletionResponse` deltas as tokens arrive."""
-        return self._stream(self._prompt_runner(prompt, kwargs))
+        return self._stream(self._prompt_generation(prompt, kwargs))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return await asyncio.to_thread(self._run, self._prompt_runner(prompt, kwargs))
+        return await asyncio.to_thread(self._run, self._prompt_generation(prompt, kwargs))
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
-        return astream_text(self._stream(self._prompt_runner(prompt, kwargs)))
+        return astream_text(self._stream(self._prompt_generation(prompt, kwargs)))
 
     # ------------------------------------------------------------------ chat
     @staticmethod
@@ -275,20 +249,20 @@ class ClaraLLM(CustomLLM):
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Chat with the base model; with ``memory=`` the last user message is answered
         from those documents (earlier turns are not part of CLaRa's answer prompt)."""
-        return self._as_chat(self._run(self._chat_runner(messages, kwargs)))
+        return self._as_chat(self._run(self._chat_generation(messages, kwargs)))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return (self._as_chat(r) for r in self._stream(self._chat_runner(messages, kwargs)))
+        return (self._as_chat(r) for r in self._stream(self._chat_generation(messages, kwargs)))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        response = await asyncio.to_thread(self._run, self._chat_runner(messages, kwargs))
+        response = await asyncio.to_thread(self._run, self._chat_generation(messages, kwargs))
         return self._as_chat(response)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        chunks = (self._as_chat(r) for r in self._stream(self._chat_runner(messages, kwargs)))
+        chunks = (self._as_chat(r) for r in self._stream(self._chat_generation(messages, kwargs)))
         return astream_text(chunks)
 
     # ------------------------------------------------------------------ text synthesizers
@@ -323,7 +297,7 @@ class ClaraLLM(CustomLLM):
         question = args.get("query_str")
         if not isinstance(question, str) or not question.strip():
             return self._text_fallback("the prompt carries no query_str")
-        identity = self._model.model_identity
+        identity = self.model.model_identity
         matched = REGISTRY.match(identity, context)
         if matched is None:
             return self._text_fallback(

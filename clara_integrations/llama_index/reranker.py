@@ -1,10 +1,8 @@
 """`ClaraReranker`: rerank any retriever's nodes with CLaRa's query reasoner."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import torch
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks.schema import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
@@ -13,20 +11,12 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from ..modeling.assets import default_model
+from ..pipeline import ClaraPipeline, CompressionCache
 from ._context import register_nodes
-from ._memory import (
-    MemoryCache,
-    model_lock,
-    node_memory,
-    node_text,
-    query_text,
-    require_query_reasoner,
-    with_memory,
-)
+from ._memory import node_item, query_text, with_memory
 
 __all__ = ["ClaraReranker"]
 
-logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
 
 
@@ -62,29 +52,27 @@ class ClaraReranker(BaseNodePostprocessor):
     top_n: int = Field(default=5, gt=0, description="Nodes kept after reranking.")
     cache_size: int = Field(default=4096, ge=0, description="Compressed memories cached.")
 
-    _model: Any = PrivateAttr()
-    _cache: MemoryCache = PrivateAttr()
+    _pipeline: ClaraPipeline = PrivateAttr()
 
     def __init__(self, model: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         model = default_model() if model is None else model
-        require_query_reasoner(model, "ClaraReranker")
-        self._model = model
-        self._cache = MemoryCache(model, max_items=self.cache_size)
+        self._pipeline = ClaraPipeline(model, cache_size=self.cache_size)
+        self._pipeline.require_query_reasoner()
 
     @classmethod
     def class_name(cls) -> str:
         return "ClaraReranker"
 
     @property
-    def cache(self) -> MemoryCache:
+    def cache(self) -> CompressionCache:
         """The memory cache of compressed node texts."""
-        return self._cache
+        return self._pipeline.cache
 
     def _postprocess_nodes(self, nodes: list[NodeWithScore],
                            query_bundle: QueryBundle | None = None) -> list[NodeWithScore]:
-        query = query_text(query_bundle, "ClaraReranker")
-        model = self._model
+        query = query_text(query_bundle)
+        model = self._pipeline.model
         model_name = str(model.config.decoder_model_name)
         dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n,
                                           model_name=model_name))
@@ -96,22 +84,10 @@ class ClaraReranker(BaseNodePostprocessor):
             payload={EventPayload.NODES: nodes, EventPayload.MODEL_NAME: model_name,
                      EventPayload.QUERY_STR: query, EventPayload.TOP_K: self.top_n},
         ) as event:
-            rows = [node_memory(n, model) for n in nodes]
-            missing = [i for i, r in enumerate(rows) if r is None]
-            if missing:
-                for i, memory in zip(missing, self._cache.get([node_text(nodes[i].node) for i in missing])):
-                    rows[i] = memory
-            candidates = torch.stack([r.float() for r in rows]).unsqueeze(0)  # (1, N, n_mem, H)
-            candidates = candidates.to(model.device, model.dtype)
-            with model_lock(model):
-                q = model.encode_queries([query])
-                _, topk_idx, cosine = model.select(q, candidates, min(self.top_n, len(nodes)))
-            order = topk_idx[0].tolist()
-            out = [NodeWithScore(node=with_memory(nodes[i].node, rows[i]), score=float(cosine[0, i]))
-                   for i in order]
+            items = self._pipeline.rerank(query, [node_item(n, model) for n in nodes], self.top_n)
+            out = [NodeWithScore(node=with_memory(i.source, i.memory), score=i.score) for i in items]
             # Lets ClaraLLM answer from memory behind LlamaIndex's text synthesizers.
-            register_nodes(model.model_identity, out, [rows[i] for i in order])
+            register_nodes(model.model_identity, out, [i.memory for i in items])
             event.on_end(payload={EventPayload.NODES: out})
-        logger.debug("ClaraReranker: %d -> %d nodes (%d compressed)", len(nodes), len(out), len(missing))
         dispatcher.event(ReRankEndEvent(nodes=out))
         return out

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,14 +11,13 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from ..modeling.assets import default_model
+from ..pipeline import ClaraPipeline
 from ._context import register_nodes
 from ._filters import to_store_filters
-from ._memory import hit_to_node, model_lock, query_text, require_query_reasoner
+from ._memory import item_to_node, query_text
 from .vector_store import ClaraVectorStore
 
 __all__ = ["ClaraRetriever"]
-
-logger = logging.getLogger(__name__)
 
 
 class ClaraRetriever(BaseRetriever):
@@ -86,10 +84,8 @@ class ClaraRetriever(BaseRetriever):
         model = default_model() if model is None else model
         if isinstance(store, ClaraVectorStore):
             store = store.client  # the same MemoryStore, searched directly
-        store.check_model(model)  # StoreMismatchError names both fingerprints
-        require_query_reasoner(model, "ClaraRetriever")
-        self._model = model
-        self._store = store
+        self._pipeline = ClaraPipeline(model, store)  # StoreMismatchError names both fingerprints
+        self._pipeline.require_query_reasoner()
         self.similarity_top_k = similarity_top_k
         self.candidate_pool = candidate_pool
         self._filters = to_store_filters(filters)
@@ -99,42 +95,19 @@ class ClaraRetriever(BaseRetriever):
     @property
     def model(self) -> Any:
         """The `ClaraModel` that encodes queries."""
-        return self._model
+        return self._pipeline.model
 
     @property
     def store(self) -> Any:
         """The `MemoryStore` searched."""
-        return self._store
+        return self._pipeline.store
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        query = query_text(query_bundle, "ClaraRetriever")
-        model, store = self._model, self._store
-        with model_lock(model):
-            q = model.encode_queries([query])  # (1, n_mem * H)
-        hits = store.search(q, k=self.candidate_pool or self.similarity_top_k, filters=self._filters)[0]
-        if not hits:
-            return []
-        memories = store.get_memories([h.id for h in hits])  # (N, n_mem, H), store dtype, CPU
-        if self.candidate_pool is None:
-            order, scores = list(range(len(hits))), [h.score for h in hits]
-        else:
-            k = min(self.similarity_top_k, len(hits))
-            candidates = memories.to(model.device, model.dtype).unsqueeze(0)  # (1, N, n_mem, H)
-            with model_lock(model):
-                _, topk_idx, cosine = model.select(q, candidates, k)
-            order = topk_idx[0].tolist()
-            scores = cosine[0, order].tolist()
-        logger.debug("ClaraRetriever: %d hits for %r", len(order), query)
-        out = [
-            NodeWithScore(
-                node=hit_to_node(hits[i].id, hits[i].text, hits[i].metadata,
-                                 memories[i] if self.attach_memory else None),
-                score=float(score),
-            )
-            for i, score in zip(order, scores)
-        ]
+        items = self._pipeline.retrieve(query_text(query_bundle), self.similarity_top_k,
+                                        self.candidate_pool, self._filters)
+        out = [NodeWithScore(node=item_to_node(i, self.attach_memory), score=i.score) for i in items]
         # Lets ClaraLLM answer from memory behind LlamaIndex's text synthesizers.
-        register_nodes(model.model_identity, out, [memories[i] for i in order])
+        register_nodes(self.model.model_identity, out, [i.memory for i in items])
         return out
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:

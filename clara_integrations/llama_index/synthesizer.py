@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -16,11 +17,15 @@ from llama_index.core.base.response.schema import (
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.callbacks.schema import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.events.synthesis import SynthesizeEndEvent, SynthesizeStartEvent
+from llama_index.core.instrumentation.events.synthesis import (
+    SynthesizeEndEvent,
+    SynthesizeStartEvent,
+)
 from llama_index.core.response_synthesizers.base import BaseSynthesizer, QueryTextType
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from ._memory import MemoryCache, node_memory, node_text, vector_to_memory
+from ..pipeline import ClaraPipeline, Item
+from ._memory import node_item, vector_to_memory
 from .llm import ClaraLLM
 
 __all__ = ["ClaraSynthesizer"]
@@ -85,7 +90,7 @@ class ClaraSynthesizer(BaseSynthesizer):
         super().__init__(llm=llm, callback_manager=callback_manager, streaming=streaming)
         self._compress_missing = compress_missing
         self._memory_lookup = memory_lookup
-        self._cache = MemoryCache(llm.model, max_items=cache_size)
+        self._pipeline = ClaraPipeline(llm.model, cache_size=cache_size)
 
     def _get_prompts(self) -> dict[str, Any]:
         return {}  # CLaRa's answer prompt is part of the trained model, not a template
@@ -95,35 +100,30 @@ class ClaraSynthesizer(BaseSynthesizer):
             raise ValueError("ClaraSynthesizer has no editable prompts (CLaRa's prompt is fixed by training)")
 
     # ------------------------------------------------------------------ memory
-    def _lookup(self, node_id: str) -> torch.Tensor | None:
+    def _lookup(self, item: Item) -> Item:
+        if item.memory is not None or self._memory_lookup is None:
+            return item
         try:
-            vector = self._memory_lookup(node_id)
+            vector = self._memory_lookup(item.id)
         except KeyError:
-            return None
-        return vector_to_memory(vector, self._llm.model)
+            return item
+        return replace(item, memory=vector_to_memory(vector, self._llm.model))
 
     def node_memories(self, nodes: Sequence[NodeWithScore]) -> torch.Tensor:
         """(k, n_mem, H) memory of `nodes`, in order (see the class docstring for where
         each comes from)."""
-        model = self._llm.model
-        rows = [node_memory(n, model) for n in nodes]
-        if self._memory_lookup is not None:
-            rows = [r if r is not None else self._lookup(n.node.node_id) for r, n in zip(rows, nodes)]
-        missing = [i for i, r in enumerate(rows) if r is None]
+        items = [self._lookup(node_item(n, self._llm.model)) for n in nodes]
+        missing = [i for i in items if i.memory is None]
         if missing:
             if not self._compress_missing:
                 raise ValueError(
-                    f"{len(missing)} node(s) carry no CLaRa memory "
-                    f"(e.g. {nodes[missing[0]].node.node_id!r}); "
+                    f"{len(missing)} node(s) carry no CLaRa memory (e.g. {missing[0].id!r}); "
                     "retrieve with ClaraRetriever / ClaraVectorStore, use a vector store that returns "
                     "embeddings with query results, pass memory_lookup=, or set compress_missing=True"
                 )
             logger.info("ClaraSynthesizer: %d of %d nodes carry no memory; compressing their text",
-                        len(missing), len(rows))
-            fresh = self._cache.get([node_text(nodes[i].node) for i in missing])
-            for i, memory in zip(missing, fresh):
-                rows[i] = memory
-        return torch.stack([r.float() for r in rows])
+                        len(missing), len(items))
+        return self._pipeline.memories(items)
 
     # ------------------------------------------------------------------ answering
     def _answer(self, query_str: str, memory: torch.Tensor) -> str | Generator[str, None, None]:
@@ -142,13 +142,16 @@ class ClaraSynthesizer(BaseSynthesizer):
             return deltas()
         return (await self._llm.acomplete(query_str, memory=memory)).text
 
+    def _chunk_memories(self, text_chunks: Sequence[str]) -> torch.Tensor:
+        return self._pipeline.memories([Item(None, t) for t in text_chunks])
+
     def get_response(self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any) -> Any:
         """Answer from `text_chunks` compressed into memory now (the generator still reads
         memory, not text). Query engines call `synthesize`, which uses stored memory."""
-        return self._answer(query_str, self._cache.get(list(text_chunks)))
+        return self._answer(query_str, self._chunk_memories(text_chunks))
 
     async def aget_response(self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any) -> Any:
-        memory = await asyncio.to_thread(self._cache.get, list(text_chunks))
+        memory = await asyncio.to_thread(self._chunk_memories, text_chunks)
         return await self._aanswer(query_str, memory)
 
     def _empty(self, query: QueryTextType, asynchronous: bool) -> RESPONSE_TYPE:

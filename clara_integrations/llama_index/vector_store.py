@@ -17,10 +17,11 @@ from llama_index.core.vector_stores.types import (
 )
 from llama_index.core.vector_stores.utils import node_to_metadata_dict
 
+from ..pipeline import Item, search_store, upsert_store
 from ..store import MemoryStore
 from ._context import register_nodes
 from ._filters import to_store_filters
-from ._memory import hit_to_node
+from ._memory import item_to_node
 
 __all__ = ["ClaraVectorStore"]
 
@@ -113,14 +114,8 @@ class ClaraVectorStore(BasePydanticVectorStore):
         metadata = [node_to_metadata_dict(node, remove_text=True, flat_metadata=self.flat_metadata)
                     for node in nodes]
         ids = [node.node_id for node in nodes]
-        present = [j for j, i in enumerate(ids) if i in self._store]
-        fresh = [j for j, i in enumerate(ids) if i not in self._store]
-        if present:  # LlamaIndex re-inserts changed nodes under their id: upsert
-            self._store.update([ids[j] for j in present], memories[present],
-                               texts=[texts[j] for j in present], metadata=[metadata[j] for j in present])
-        if fresh:
-            self._store.add(memories[fresh], texts=[texts[j] for j in fresh],
-                            metadata=[metadata[j] for j in fresh], ids=[ids[j] for j in fresh])
+        # LlamaIndex re-inserts changed nodes under their id: upsert
+        upsert_store(self._store, ids, memories, texts, metadata)
         return ids
 
     def _ids_where(self, filters: dict[str, Any] | None) -> list[str]:
@@ -166,7 +161,7 @@ class ClaraVectorStore(BasePydanticVectorStore):
             return []
         records = self._store.get_nodes(ids)
         memories = self._store.get_memories(ids)
-        return [hit_to_node(r.id, r.text, r.metadata, m) for r, m in zip(records, memories)]
+        return [item_to_node(Item(r.id, r.text, r.metadata, memory=m)) for r, m in zip(records, memories)]
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Top ``similarity_top_k`` nodes by cosine with ``query_embedding`` (a
@@ -184,16 +179,13 @@ class ClaraVectorStore(BasePydanticVectorStore):
             if "ref_doc_id" in filters:
                 raise ValueError("give doc_ids or a ref_doc_id filter, not both")
             filters["ref_doc_id"] = {"$in": list(query.doc_ids)}
-        if len(self._store) == 0:
-            return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         q = torch.tensor(query.query_embedding, dtype=torch.float32).unsqueeze(0)
-        hits = self._store.search(q, k=query.similarity_top_k, filters=filters or None)[0]
-        memories = self._store.get_memories([h.id for h in hits]) if hits else []
-        nodes = [hit_to_node(h.id, h.text, h.metadata, m) for h, m in zip(hits, memories)]
+        items = search_store(self._store, q, query.similarity_top_k, filters or None)
+        nodes = [item_to_node(i) for i in items]
         # Lets ClaraLLM answer from memory behind LlamaIndex's text synthesizers.
-        register_nodes(self._store.config.model_identity, nodes, list(memories))
-        return VectorStoreQueryResult(nodes=nodes, similarities=[h.score for h in hits],
-                                      ids=[h.id for h in hits])
+        register_nodes(self._store.config.model_identity, nodes, [i.memory for i in items])
+        return VectorStoreQueryResult(nodes=nodes, similarities=[i.score for i in items],
+                                      ids=[i.id for i in items])
 
     # ------------------------------------------------------------------ persistence
     def persist(self, persist_path: str, fs: Any = None) -> None:

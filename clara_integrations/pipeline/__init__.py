@@ -1,0 +1,37 @@
+"""The framework-free CLaRa RAG pipeline: retrieve / rerank / memories / answer / stream.
+
+One implementation that the LlamaIndex and LangChain adapters translate their objects
+to and from, so the same question gives the same documents, scores and answer through
+either framework. Needs neither framework.
+
+Example:
+    >>> from clara_integrations.pipeline import ClaraPipeline
+    >>> from clara_integrations.store import MemoryStore
+    >>> store = MemoryStore.for_model(model)
+    >>> _ = store.add_documents(["Paris is in France.", "Rome is in Italy."], model, show_progress=False)
+    >>> pipeline = ClaraPipeline(model, store)
+    >>> items = pipeline.retrieve("Where is Paris?", k=1)
+    >>> stream = pipeline.answer("Where is Paris?", pipeline.memories(items), stream=True, max_new_tokens=4)
+    >>> "".join(stream) == stream.answer.text
+    True
+"""
+from .cache import CompressionCache
+from .core import EMPTY_QUERY, ClaraPipeline, Item, check_question, search_store, upsert_store
+from .generation import CLEANUP_HOLD, Answer, AnswerStream, Generation, sampling_kwargs
+from .protocol import MemoryStoreProtocol
+
+__all__ = [
+    "CLEANUP_HOLD",
+    "EMPTY_QUERY",
+    "Answer",
+    "AnswerStream",
+    "ClaraPipeline",
+    "CompressionCache",
+    "Generation",
+    "Item",
+    "MemoryStoreProtocol",
+    "check_question",
+    "sampling_kwargs",
+    "search_store",
+    "upsert_store",
+]
