@@ -18,7 +18,7 @@ Example:
 from .cache import CompressionCache
 from .core import EMPTY_QUERY, ClaraPipeline, Item, check_question, search_store, upsert_store
 from .generation import CLEANUP_HOLD, Answer, AnswerStream, Generation, sampling_kwargs
-from .protocol import MemoryStoreProtocol
+from ..store.protocol import MemoryStoreProtocol
 
 __all__ = [
     "CLEANUP_HOLD",

@@ -21,7 +21,7 @@ from ..modeling import ClaraModel, MissingAdapterError
 from ..modeling.adapters import QUERY_ADAPTER
 from .cache import CompressionCache
 from .generation import Answer, AnswerStream, Generation
-from .protocol import MemoryStoreProtocol
+from ..store.protocol import MemoryStoreProtocol
 
 __all__ = ["EMPTY_QUERY", "ClaraPipeline", "Item", "check_question", "search_store", "upsert_store"]
 

@@ -3,6 +3,8 @@
 Holds nodes (id, text, metadata) with their CLaRa memory tokens ``[n_mem, H]`` on disk
 (float16 by default), searchable by cosine similarity with an exact ("flat") or
 approximate ("hnsw", "ivfpq", FAISS factory) index, persisted atomically.
+:class:`MemoryStoreProtocol` is what the pipeline and the framework adapters need of a
+store; ``MemoryStore`` implements it, and other backends (Milvus) are to.
 
 Example:
     >>> import torch
@@ -24,11 +26,13 @@ from .errors import (
     StoreStaleError,
 )
 from .memory_store import MemoryStore
+from .protocol import MemoryStoreProtocol
 from .records import Hit, Node
 
 __all__ = [
     "Hit",
     "MemoryStore",
+    "MemoryStoreProtocol",
     "Node",
     "NodeNotFoundError",
     "StoreClosedError",

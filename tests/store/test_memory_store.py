@@ -22,6 +22,7 @@ def test_public_api_is_pinned():
     assert set(store_pkg.__all__) == {
         "Hit",
         "MemoryStore",
+        "MemoryStoreProtocol",
         "Node",
         "NodeNotFoundError",
         "StoreClosedError",

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 
 if TYPE_CHECKING:
-    from ..store import Hit, Node, StoreConfig
+    from .config import StoreConfig
+    from .records import Hit, Node
 
 __all__ = ["MemoryStoreProtocol"]
 
