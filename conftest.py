@@ -1,5 +1,6 @@
 """Doctests of the framework-free modules run with `model` bound to the tiny parity
 fixture's end-to-end checkpoint (loaded once, only when a doctest runs)."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-_SHARED = Path(os.environ.get("CLARA_SHARED_DIR", Path(__file__).resolve().parent.parent / "shared"))
+_SHARED = Path(
+    os.environ.get("CLARA_SHARED_DIR", Path(__file__).resolve().parent.parent / "shared")
+)
 _FIXTURE = _SHARED / "fixtures" / "clara-official-tiny"
 
 
@@ -18,8 +21,12 @@ def _tiny_model():
 
     from clara_integrations import ClaraModel
 
-    return ClaraModel.from_pretrained(_FIXTURE / "ckpt-e2e", base_model=_FIXTURE / "tiny-llama-base",
-                                      dtype=torch.float32, device="cpu")
+    return ClaraModel.from_pretrained(
+        _FIXTURE / "ckpt-e2e",
+        base_model=_FIXTURE / "tiny-llama-base",
+        dtype=torch.float32,
+        device="cpu",
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """Where benchmark results go: `benchmarks/results`, or `$CLARA_BENCH_RESULTS` (tests use a
 temporary folder so they never overwrite the committed figures)."""
+
 from __future__ import annotations
 
 import os

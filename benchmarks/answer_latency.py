@@ -10,6 +10,7 @@ compression rate 32 (8 memory vectors per document). CLaRa's memory is computed 
 report prefill tokens, time to first token and total time for 32 new tokens (medians).
 Adapter weights do not change the cost, so fresh adapters are used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,14 +19,13 @@ import logging
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks._paths import RESULTS, ROOT
 from clara_integrations import ClaraConfig, ClaraModel
 from clara_integrations.modeling import prompts
 
-from benchmarks._paths import RESULTS, ROOT
 DATA = ROOT.parent / "shared" / "data" / "hotpotqa_dev.jsonl"
 NEW_TOKENS = 32
 K = 5
@@ -37,10 +37,12 @@ def load_questions(tokenizer, count: int, doc_tokens: int = 256) -> list[tuple[s
     with DATA.open() as handle:
         for line in handle:
             row = json.loads(line)
-            ids = tokenizer(" ".join(d["text"] for d in row["docs"]), add_special_tokens=False)["input_ids"]
+            ids = tokenizer(" ".join(d["text"] for d in row["docs"]), add_special_tokens=False)[
+                "input_ids"
+            ]
             if len(ids) < K * doc_tokens:
                 continue
-            docs = [tokenizer.decode(ids[i * doc_tokens:(i + 1) * doc_tokens]) for i in range(K)]
+            docs = [tokenizer.decode(ids[i * doc_tokens : (i + 1) * doc_tokens]) for i in range(K)]
             out.append((row["question"], docs))
             if len(out) == count:
                 break
@@ -61,8 +63,10 @@ def text_rag_inputs(model: ClaraModel, question: str, docs: list[str]):
 
 
 def measure(model: ClaraModel, items, repeats: int) -> dict[str, dict[str, float]]:
-    rows = {"clara": {"prefill": [], "ttft": [], "total": []},
-            "text": {"prefill": [], "ttft": [], "total": []}}
+    rows = {
+        "clara": {"prefill": [], "ttft": [], "total": []},
+        "text": {"prefill": [], "ttft": [], "total": []},
+    }
     for question, docs in items:
         memory = model.compress_documents(docs)  # offline: already in the store
         for _ in range(repeats):
@@ -73,28 +77,43 @@ def measure(model: ClaraModel, items, repeats: int) -> dict[str, dict[str, float
                 embeds, mask = inputs["inputs_embeds"], inputs["attention_mask"]
                 rows["clara"]["prefill"].append(mask.shape[1])
                 rows["clara"]["ttft"].append(prep + _timed_generate(model, embeds, mask, 1))
-                rows["clara"]["total"].append(prep + _timed_generate(model, embeds, mask, NEW_TOKENS))
+                rows["clara"]["total"].append(
+                    prep + _timed_generate(model, embeds, mask, NEW_TOKENS)
+                )
                 start = time.perf_counter()
                 t_embeds, t_mask = text_rag_inputs(model, question, docs)
                 prep = time.perf_counter() - start
                 rows["text"]["prefill"].append(t_mask.shape[1])
                 with model.adapters.using(None):
-                    rows["text"]["ttft"].append(prep + _timed_generate_base(model, t_embeds, t_mask, 1))
-                    rows["text"]["total"].append(prep + _timed_generate_base(model, t_embeds, t_mask, NEW_TOKENS))
+                    rows["text"]["ttft"].append(
+                        prep + _timed_generate_base(model, t_embeds, t_mask, 1)
+                    )
+                    rows["text"]["total"].append(
+                        prep + _timed_generate_base(model, t_embeds, t_mask, NEW_TOKENS)
+                    )
     return {name: {k: statistics.median(v) for k, v in r.items()} for name, r in rows.items()}
 
 
 def _timed_generate_base(model: ClaraModel, embeds, mask, new_tokens: int) -> float:
     """The plain base model (no adapter), as a text-RAG user would run it."""
     start = time.perf_counter()
-    model.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, do_sample=False, top_p=None,
-                           temperature=None, pad_token_id=model.tokenizer.pad_token_id)
+    model.decoder.generate(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        top_p=None,
+        temperature=None,
+        pad_token_id=model.tokenizer.pad_token_id,
+    )
     return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base-model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     parser.add_argument("--questions", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
@@ -104,16 +123,27 @@ def main(argv: list[str] | None = None) -> int:
         args.questions, args.repeats = 3, 1
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
-    config = ClaraConfig.for_training(args.base_model, doc_max_length=256, compr_rate=32, generation_top_k=K)
-    model = ClaraModel.from_base(args.base_model, config, dtype=torch.float32,
-                                 adapters=["encoder_adapter", "decoder_adapter"])
+    config = ClaraConfig.for_training(
+        args.base_model, doc_max_length=256, compr_rate=32, generation_top_k=K
+    )
+    model = ClaraModel.from_base(
+        args.base_model,
+        config,
+        dtype=torch.float32,
+        adapters=["encoder_adapter", "decoder_adapter"],
+    )
     items = load_questions(model.tokenizer, args.questions)
     result = measure(model, items, args.repeats)
     c, t = result["clara"], result["text"]
     summary = {
-        "questions": len(items), "repeats": args.repeats, "threads": torch.get_num_threads(),
-        "prefill_ratio": t["prefill"] / c["prefill"], "ttft_speedup": t["ttft"] / c["ttft"],
-        "total_speedup": t["total"] / c["total"], "clara": c, "text_rag": t,
+        "questions": len(items),
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "prefill_ratio": t["prefill"] / c["prefill"],
+        "ttft_speedup": t["ttft"] / c["ttft"],
+        "total_speedup": t["total"] / c["total"],
+        "clara": c,
+        "text_rag": t,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "answer_latency.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -11,6 +11,7 @@ Documents are real text from ../shared/data (HotpotQA candidate passages, joined
 into pieces of mean ~90 tokens); doc_max_length 256, compression rate 32 (8 memory vectors). Prints
 documents/second (median of interleaved repeats) and checks all three give the same vectors.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,15 +21,14 @@ import random
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks._paths import RESULTS, ROOT
 from clara_integrations import ClaraConfig, ClaraModel
 from clara_integrations.modeling.adapters import ENCODER_ADAPTER
 from clara_integrations.modeling.layout import encoder_token_ids, pack_encoder_batch
 
-from benchmarks._paths import RESULTS, ROOT
 DATA = ROOT.parent / "shared" / "data" / "hotpotqa_dev.jsonl"
 
 
@@ -46,7 +46,7 @@ def load_documents(tokenizer, count: int, mean_tokens: int, seed: int = 0) -> li
                 target = max(8, int(rng.gauss(mean_tokens, mean_tokens / 2)))
                 if start + target > len(ids):
                     break
-                docs.append(tokenizer.decode(ids[start:start + target]))
+                docs.append(tokenizer.decode(ids[start : start + target]))
                 start += target
             if len(docs) == count:
                 break
@@ -62,12 +62,18 @@ def reference_forward(model: ClaraModel, docs: list[str], batch_size: int) -> to
     out = []
     with model.adapters.using(ENCODER_ADAPTER):
         for start in range(0, len(rows), batch_size):
-            batch = pack_encoder_batch(rows[start:start + batch_size], model.special,
-                                       model.config.doc_max_length, reference_padding=True)
-            hidden = model.decoder(input_ids=batch.input_ids.to(model.device),
-                                   attention_mask=batch.attention_mask.to(model.device),
-                                   output_hidden_states=True).hidden_states[-1]
-            out.append(hidden[:, -model.n_mem:, :])
+            batch = pack_encoder_batch(
+                rows[start : start + batch_size],
+                model.special,
+                model.config.doc_max_length,
+                reference_padding=True,
+            )
+            hidden = model.decoder(
+                input_ids=batch.input_ids.to(model.device),
+                attention_mask=batch.attention_mask.to(model.device),
+                output_hidden_states=True,
+            ).hidden_states[-1]
+            out.append(hidden[:, -model.n_mem :, :])
     return torch.cat(out)
 
 
@@ -75,14 +81,19 @@ def reference_forward(model: ClaraModel, docs: list[str], batch_size: int) -> to
 #: reference's whole computation (padded rows + full causal-LM forward).
 METHODS = {
     "ours": lambda m, d, b: m.compress_documents(d, batch_size=b, show_progress=False),
-    "padded_layout": lambda m, d, b: m.compress_documents(d, batch_size=b, show_progress=False,
-                                                          reference_padding=True),
+    "padded_layout": lambda m, d, b: m.compress_documents(
+        d, batch_size=b, show_progress=False, reference_padding=True
+    ),
     "reference_forward": reference_forward,
 }
 
 
-def time_methods(model: ClaraModel, docs: list[str], batch_size: int, repeats: int,
-                 ) -> tuple[dict[str, float], dict[str, list[float]], dict[str, torch.Tensor]]:
+def time_methods(
+    model: ClaraModel,
+    docs: list[str],
+    batch_size: int,
+    repeats: int,
+) -> tuple[dict[str, float], dict[str, list[float]], dict[str, torch.Tensor]]:
     """Docs/s per method (median of `repeats`) and the per-repeat ratio ours / method.
 
     The methods run interleaved within each repeat, so a slow spell of a shared machine
@@ -97,12 +108,18 @@ def time_methods(model: ClaraModel, docs: list[str], batch_size: int, repeats: i
             memory[name] = run(model, docs, batch_size)
             times[name].append(time.perf_counter() - start)
     rates = {name: len(docs) / statistics.median(t) for name, t in times.items()}
-    ratios = {name: [o / t for o, t in zip(times[name], times["ours"])] for name in METHODS if name != "ours"}
+    ratios = {
+        name: [o / t for o, t in zip(times[name], times["ours"])]
+        for name in METHODS
+        if name != "ours"
+    }
     return rates, ratios, memory
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base-model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     parser.add_argument("--documents", type=int, default=256)
     parser.add_argument("--mean-tokens", type=int, default=90)
@@ -115,24 +132,30 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     config = ClaraConfig.for_training(args.base_model, doc_max_length=256, compr_rate=32)
-    model = ClaraModel.from_base(args.base_model, config, dtype=torch.float32,
-                                 adapters=["encoder_adapter"])
+    model = ClaraModel.from_base(
+        args.base_model, config, dtype=torch.float32, adapters=["encoder_adapter"]
+    )
     docs = load_documents(model.tokenizer, args.documents, args.mean_tokens)
     lengths = [len(model.tokenizer(d, add_special_tokens=False)["input_ids"]) for d in docs]
     rates, ratios, memory = time_methods(model, docs, args.batch_size, args.repeats)
     max_diff = max((memory[name] - memory["ours"]).abs().max().item() for name in ratios)
     speedups = {name: statistics.median(r) for name, r in ratios.items()}
     result = {
-        "base_model": args.base_model, "documents": len(docs),
-        "mean_tokens": statistics.mean(lengths), "batch_size": args.batch_size,
-        "repeats": args.repeats, "threads": torch.get_num_threads(),
+        "base_model": args.base_model,
+        "documents": len(docs),
+        "mean_tokens": statistics.mean(lengths),
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
         "ours_docs_per_s": rates["ours"],
         "reference_layout_docs_per_s": rates["padded_layout"],
         "reference_forward_docs_per_s": rates["reference_forward"],
-        "speedup": speedups["padded_layout"], "speedup_vs_reference_forward": speedups["reference_forward"],
+        "speedup": speedups["padded_layout"],
+        "speedup_vs_reference_forward": speedups["reference_forward"],
         "speedup_per_repeat": ratios["padded_layout"],
         "speedup_vs_reference_forward_per_repeat": ratios["reference_forward"],
-        "max_abs_diff": max_diff, "torch": torch.__version__,
+        "max_abs_diff": max_diff,
+        "torch": torch.__version__,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "compress_throughput.json").write_text(json.dumps(result, indent=2) + "\n")

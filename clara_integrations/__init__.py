@@ -5,6 +5,7 @@
 from there. The model classes are imported on first use, so `clara_integrations.store`
 loads without transformers.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -13,7 +14,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointCorruptError", "ClaraConfig", "ClaraError", "ClaraModel", "MissingAdapterError",
+    "CheckpointCorruptError",
+    "ClaraConfig",
+    "ClaraError",
+    "ClaraModel",
+    "MissingAdapterError",
     "__version__",
 ]
 

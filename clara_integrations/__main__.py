@@ -1,4 +1,5 @@
 """`python -m clara_integrations` runs the `clara` console script."""
+
 from .cli import main
 
 raise SystemExit(main())

@@ -6,6 +6,7 @@ at any moment leaves either the old file or the new one, never a mix, and no tem
 file outlives a failed write. (No maintained library does write-to-callback + fsync +
 rename + directory fsync in one call; ``atomicwrites`` is archived.)
 """
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,14 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "fsync_file",
-           "temp_name"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_dir",
+    "fsync_file",
+    "temp_name",
+]
 
 
 def temp_name(path: Path) -> Path:

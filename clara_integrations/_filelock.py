@@ -5,6 +5,7 @@ dies (no soft lock files that a ``kill -9`` would leave behind), the lock file i
 (deleting it on release races with a process that just opened it), and a lock taken in
 one thread may be released in another (a server persists from any thread).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """SQuAD-style answer normalisation of the reference evaluation (spec §8), shared by the
 demo (does an answer contain the reference?) and `training.metrics` (EM/F1)."""
+
 from __future__ import annotations
 
 import re

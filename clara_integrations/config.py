@@ -4,6 +4,7 @@ The released format (`model_type: "CLaRa"`) is read and written key for key so t
 checkpoint we save with ``official_format=True`` loads in the reference code. Unknown keys
 (e.g. ``transformers_version``, ``pad_token_id``) are kept verbatim and written back.
 """
+
 from __future__ import annotations
 
 import json
@@ -100,16 +101,31 @@ class ClaraConfig(BaseModel):
 
     @classmethod
     def for_training(
-        cls, decoder_model_name: str, *, doc_max_length: int = 256, compr_rate: int = 32,
-        lora_r: int = 16, generation_top_k: int = 5, training_stage: str = "stage1",
+        cls,
+        decoder_model_name: str,
+        *,
+        doc_max_length: int = 256,
+        compr_rate: int = 32,
+        lora_r: int = 16,
+        generation_top_k: int = 5,
+        training_stage: str = "stage1",
     ) -> ClaraConfig:
         """The configuration the reference training CLI builds (`create_clara_config`)."""
         return cls(
-            decoder_model_name=decoder_model_name, doc_max_length=doc_max_length,
-            compr_rate=compr_rate, lora_r=lora_r, generation_top_k=generation_top_k,
-            training_stage=training_stage, sep=True, compr_model_name=None, compr_n_layers=5,
-            compr_use_mlp=False, lora=True, training_form="both_separately",
-            optimize_mem_tokens=True, different_mem_tokens=True,
+            decoder_model_name=decoder_model_name,
+            doc_max_length=doc_max_length,
+            compr_rate=compr_rate,
+            lora_r=lora_r,
+            generation_top_k=generation_top_k,
+            training_stage=training_stage,
+            sep=True,
+            compr_model_name=None,
+            compr_n_layers=5,
+            compr_use_mlp=False,
+            lora=True,
+            training_form="both_separately",
+            optimize_mem_tokens=True,
+            different_mem_tokens=True,
         )
 
     @classmethod

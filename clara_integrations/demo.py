@@ -8,6 +8,7 @@ For every question it prints the answer, the sources with their scores, how many
 the generator read compared with what text RAG would have sent the same base model for
 the same passages, and the time taken.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,12 +86,19 @@ def _context_tokens(model: Any, question: str, memory: Any, texts: list[str]) ->
 
     inputs = model.prepare_generation_inputs([question], memory)
     text_prompt = prompts.text_rag_prompt(model.tokenizer, question, texts)
-    return int(inputs["attention_mask"].sum()), len(model.tokenizer(text_prompt, add_special_tokens=False)["input_ids"])
+    return int(inputs["attention_mask"].sum()), len(
+        model.tokenizer(text_prompt, add_special_tokens=False)["input_ids"]
+    )
 
 
-def run_demo(model: Any, corpus: str | Path = DEFAULT_CORPUS, top_k: int = 5,
-             max_new_tokens: int = 32, out: TextIO = sys.stdout,
-             questions: int | None = None) -> dict[str, float]:
+def run_demo(
+    model: Any,
+    corpus: str | Path = DEFAULT_CORPUS,
+    top_k: int = 5,
+    max_new_tokens: int = 32,
+    out: TextIO = sys.stdout,
+    questions: int | None = None,
+) -> dict[str, float]:
     """Build a LlamaIndex query engine over `corpus` with CLaRa memory and answer its questions
     (the first `questions` of them if given; every passage is compressed either way).
 
@@ -108,24 +116,41 @@ def run_demo(model: Any, corpus: str | Path = DEFAULT_CORPUS, top_k: int = 5,
     passages, all_questions = load_corpus(corpus)
     questions = all_questions[:questions] if questions is not None else all_questions
     p.step(f"corpus {corpus}: {len(passages)} passages, {len(questions)} questions")
-    documents = [Document(text=f"{title}\n{text}" if title else text, metadata={"title": title},
-                          excluded_embed_metadata_keys=["title"], excluded_llm_metadata_keys=["title"])
-                 for title, text in passages]
-    p.step(f"compressing {len(documents)} passages into {model.n_mem} memory vectors each "
-           f"(LlamaIndex VectorStoreIndex over ClaraVectorStore)")
+    documents = [
+        Document(
+            text=f"{title}\n{text}" if title else text,
+            metadata={"title": title},
+            excluded_embed_metadata_keys=["title"],
+            excluded_llm_metadata_keys=["title"],
+        )
+        for title, text in passages
+    ]
+    p.step(
+        f"compressing {len(documents)} passages into {model.n_mem} memory vectors each "
+        f"(LlamaIndex VectorStoreIndex over ClaraVectorStore)"
+    )
     start = time.perf_counter()
     index = VectorStoreIndex.from_documents(
-        documents, embed_model=ClaraEmbedding(model=model), show_progress=True,
+        documents,
+        embed_model=ClaraEmbedding(model=model),
+        show_progress=True,
         storage_context=StorageContext.from_defaults(
-            vector_store=ClaraVectorStore(model=model, dtype=torch.float32)))
+            vector_store=ClaraVectorStore(model=model, dtype=torch.float32)
+        ),
+    )
     p.step(f"store built in {time.perf_counter() - start:.1f} s")
-    lengths = [len(model.tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in documents]
+    lengths = [
+        len(model.tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in documents
+    ]
     mean_len = sum(lengths) / len(lengths)
-    p.line(f"memory shape: ({len(documents)}, {model.n_mem}, {model.hidden_size})  (passages, memory "
-           f"vectors, hidden size); mean passage {mean_len:.0f} tokens -> {model.n_mem} vectors "
-           f"(compression ratio {mean_len / model.n_mem:.1f}x, configured {model.compression_rate}x)")
-    engine = index.as_query_engine(llm=ClaraLLM(model=model, max_new_tokens=max_new_tokens),
-                                   similarity_top_k=top_k)
+    p.line(
+        f"memory shape: ({len(documents)}, {model.n_mem}, {model.hidden_size})  (passages, memory "
+        f"vectors, hidden size); mean passage {mean_len:.0f} tokens -> {model.n_mem} vectors "
+        f"(compression ratio {mean_len / model.n_mem:.1f}x, configured {model.compression_rate}x)"
+    )
+    engine = index.as_query_engine(
+        llm=ClaraLLM(model=model, max_new_tokens=max_new_tokens), similarity_top_k=top_k
+    )
     clara_total = text_total = 0
     answered = 0
     for i, q in enumerate(questions, 1):
@@ -134,27 +159,38 @@ def run_demo(model: Any, corpus: str | Path = DEFAULT_CORPUS, top_k: int = 5,
         seconds = time.perf_counter() - start
         nodes = response.source_nodes
         memory = torch.stack([node_memory(n, model) for n in nodes]).to(model.device, model.dtype)
-        clara_tokens, text_tokens = _context_tokens(model, q.question, memory,
-                                                    [n.node.get_content() for n in nodes])
+        clara_tokens, text_tokens = _context_tokens(
+            model, q.question, memory, [n.node.get_content() for n in nodes]
+        )
         clara_total, text_total = clara_total + clara_tokens, text_total + text_tokens
         hit = matches(str(response), q.answers)
         answered += hit
         p.line()
         p.line(f"Q{i}: {q.question.strip()}")
-        p.line(f"  answer:    {str(response).strip()!r}   (reference: {' | '.join(q.answers[:3])}; "
-               f"{'contains it' if hit else 'does not contain it'})")
+        p.line(
+            f"  answer:    {str(response).strip()!r}   (reference: {' | '.join(q.answers[:3])}; "
+            f"{'contains it' if hit else 'does not contain it'})"
+        )
         for rank, node in enumerate(nodes, 1):
             title = node.node.metadata.get("title") or node.node.get_content()[:40]
             p.line(f"  source {rank}: score {node.score:.3f}  {title}")
-        p.line(f"  generator context: {clara_tokens} tokens (text RAG: {text_tokens}, "
-               f"{text_tokens / clara_tokens:.1f}x more)   time {seconds:.2f} s")
+        p.line(
+            f"  generator context: {clara_tokens} tokens (text RAG: {text_tokens}, "
+            f"{text_tokens / clara_tokens:.1f}x more)   time {seconds:.2f} s"
+        )
     n = max(len(questions), 1)
-    summary = {"questions": len(questions), "clara_context_tokens": clara_total / n,
-               "text_rag_context_tokens": text_total / n, "contains_reference": answered,
-               "seconds": time.perf_counter() - p.start}
+    summary = {
+        "questions": len(questions),
+        "clara_context_tokens": clara_total / n,
+        "text_rag_context_tokens": text_total / n,
+        "contains_reference": answered,
+        "seconds": time.perf_counter() - p.start,
+    }
     p.line()
-    p.step(f"done: {len(questions)} questions, mean generator context {summary['clara_context_tokens']:.0f} "
-           f"tokens vs {summary['text_rag_context_tokens']:.0f} for text RAG "
-           f"({summary['text_rag_context_tokens'] / max(summary['clara_context_tokens'], 1):.1f}x fewer); "
-           f"{answered}/{len(questions)} answers contain a reference answer")
+    p.step(
+        f"done: {len(questions)} questions, mean generator context {summary['clara_context_tokens']:.0f} "
+        f"tokens vs {summary['text_rag_context_tokens']:.0f} for text RAG "
+        f"({summary['text_rag_context_tokens'] / max(summary['clara_context_tokens'], 1):.1f}x fewer); "
+        f"{answered}/{len(questions)} answers contain a reference answer"
+    )
     return summary

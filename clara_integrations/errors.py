@@ -5,6 +5,7 @@ catches all of them; each also keeps the built-in base it had before (``ValueErr
 ``KeyError``, ``ImportError``...) so that existing handlers keep working. This module
 imports nothing, so the store can use it without pulling in the model stack.
 """
+
 from __future__ import annotations
 
 __all__ = ["ClaraError", "MissingExtraError", "missing_extra"]
@@ -18,8 +19,9 @@ class MissingExtraError(ClaraError, ImportError):
     """An optional dependency is not installed; the message says what to install."""
 
 
-def missing_extra(feature: str, requirement: str, *, extra: str | None = None,
-                  no_deps: bool = False) -> MissingExtraError:
+def missing_extra(
+    feature: str, requirement: str, *, extra: str | None = None, no_deps: bool = False
+) -> MissingExtraError:
     """The one install hint for a missing optional dependency.
 
     Args:

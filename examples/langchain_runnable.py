@@ -9,6 +9,7 @@ retrieval is real). With a released checkpoint the answers become meaningful:
 
 Needs `pip install clara-integrations[langchain]`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,23 +49,42 @@ QUESTIONS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=str(FIXTURE / "ckpt-e2e"),
-                        help="CLaRa checkpoint folder or hub id (default: the tiny fixture)")
-    parser.add_argument("--subfolder", default=None, help="e.g. compression-16 in the released repos")
-    parser.add_argument("--base-model", default=str(FIXTURE / "tiny-llama-base"),
-                        help="base LM folder or hub id (default: the tiny fixture's)")
+    parser.add_argument(
+        "--checkpoint",
+        default=str(FIXTURE / "ckpt-e2e"),
+        help="CLaRa checkpoint folder or hub id (default: the tiny fixture)",
+    )
+    parser.add_argument(
+        "--subfolder", default=None, help="e.g. compression-16 in the released repos"
+    )
+    parser.add_argument(
+        "--base-model",
+        default=str(FIXTURE / "tiny-llama-base"),
+        help="base LM folder or hub id (default: the tiny fixture's)",
+    )
     parser.add_argument("--allow-network", action="store_true", help="allow hub downloads")
     parser.add_argument("--k", type=int, default=2, help="documents per question")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     args = parser.parse_args()
 
-    model = ClaraModel.from_pretrained(args.checkpoint, base_model=args.base_model, subfolder=args.subfolder,
-                                       allow_network=args.allow_network or None)
+    model = ClaraModel.from_pretrained(
+        args.checkpoint,
+        base_model=args.base_model,
+        subfolder=args.subfolder,
+        allow_network=args.allow_network or None,
+    )
     # Compress once, offline: every document becomes n_mem memory vectors.
     store = MemoryStore.for_model(model, dtype=torch.float32)
-    ids = store.add_documents(DOCUMENTS, model, metadata=[{"source": f"doc{i}"} for i in range(len(DOCUMENTS))],
-                              ids=[f"doc{i}" for i in range(len(DOCUMENTS))], show_progress=False)
-    print(f"stored {len(ids)} documents as {model.n_mem} memory vectors each (H={model.hidden_size})")
+    ids = store.add_documents(
+        DOCUMENTS,
+        model,
+        metadata=[{"source": f"doc{i}"} for i in range(len(DOCUMENTS))],
+        ids=[f"doc{i}" for i in range(len(DOCUMENTS))],
+        show_progress=False,
+    )
+    print(
+        f"stored {len(ids)} documents as {model.n_mem} memory vectors each (H={model.hidden_size})"
+    )
 
     retriever = ClaraRetriever(model=model, store=store, k=args.k)
     llm = ChatClara(model=model, max_new_tokens=args.max_new_tokens)
@@ -74,7 +94,9 @@ def main() -> None:
     for question, out in zip(QUESTIONS, chain.batch(QUESTIONS)):
         print(f"question: {question}")
         for doc in out["documents"]:
-            print(f"  document {doc.id} score={doc.metadata['score']:.4f}: {doc.page_content[:60]}...")
+            print(
+                f"  document {doc.id} score={doc.metadata['score']:.4f}: {doc.page_content[:60]}..."
+            )
         print(f"  answer: {out['answer']!r}")
 
     # stream: the documents arrive first, then the answer token by token.

@@ -14,6 +14,7 @@ Sections:
   simple    CLaRa memory kept in LlamaIndex's in-memory SimpleVectorStore
   text-llm  ClaraRetriever as a drop-in retriever for any text LLM (MockLLM here)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ from clara_integrations.llama_index import (
 )
 from clara_integrations.store import MemoryStore
 
-FIXTURE = Path(os.environ.get("CLARA_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")) \
-    / "fixtures" / "clara-official-tiny"
+FIXTURE = (
+    Path(os.environ.get("CLARA_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+    / "fixtures"
+    / "clara-official-tiny"
+)
 
 DOCS = [
     "Weldenia is a monotypic genus of flowering plant in the family Commelinaceae, first described in 1829. "
@@ -62,34 +66,49 @@ def report(section: str, j: int, response) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=str(FIXTURE / "ckpt-e2e"),
-                        help="CLaRa checkpoint with a query reasoner (native or released format)")
-    parser.add_argument("--base-model", default=str(FIXTURE / "tiny-llama-base"), help="base LM folder or hub id")
+    parser.add_argument(
+        "--checkpoint",
+        default=str(FIXTURE / "ckpt-e2e"),
+        help="CLaRa checkpoint with a query reasoner (native or released format)",
+    )
+    parser.add_argument(
+        "--base-model", default=str(FIXTURE / "tiny-llama-base"), help="base LM folder or hub id"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
 
-    model = ClaraModel.from_pretrained(args.checkpoint, base_model=args.base_model,
-                                       dtype=getattr(torch, args.dtype))
+    model = ClaraModel.from_pretrained(
+        args.checkpoint, base_model=args.base_model, dtype=getattr(torch, args.dtype)
+    )
     k = model.config.generation_top_k
     llm = ClaraLLM(model=model, max_new_tokens=args.max_new_tokens)  # temperature 0: greedy
 
     # 1. Compress the documents once into a MemoryStore; retrieve among all of them and
     #    let the generator read the top-k memories (the reference's generate_from_questions).
     store = MemoryStore.for_model(model, dtype=torch.float32)
-    store.add_documents(DOCS, model, ids=[f"doc-{i}" for i in range(len(DOCS))], show_progress=False)
-    retriever = ClaraRetriever(model=model, store=store, similarity_top_k=k, candidate_pool=len(DOCS))
-    engine = RetrieverQueryEngine(retriever=retriever, response_synthesizer=ClaraSynthesizer(llm=llm))
+    store.add_documents(
+        DOCS, model, ids=[f"doc-{i}" for i in range(len(DOCS))], show_progress=False
+    )
+    retriever = ClaraRetriever(
+        model=model, store=store, similarity_top_k=k, candidate_pool=len(DOCS)
+    )
+    engine = RetrieverQueryEngine(
+        retriever=retriever, response_synthesizer=ClaraSynthesizer(llm=llm)
+    )
     for j, question in enumerate(QUESTIONS):
         response = engine.query(question)
         report("store", j, response)
         info = llm.complete(question, memory=response.source_nodes).additional_kwargs
-        print(f"[store] q{j} prefill={info['prefill_tokens']} tokens "
-              f"({info['memory_tokens']} of them memory for {info['num_documents']} documents)")
+        print(
+            f"[store] q{j} prefill={info['prefill_tokens']} tokens "
+            f"({info['memory_tokens']} of them memory for {info['num_documents']} documents)"
+        )
 
     # 2. Streaming: the same answer, token by token.
-    streaming = RetrieverQueryEngine(retriever=retriever,
-                                     response_synthesizer=ClaraSynthesizer(llm=llm, streaming=True))
+    streaming = RetrieverQueryEngine(
+        retriever=retriever, response_synthesizer=ClaraSynthesizer(llm=llm, streaming=True)
+    )
     for j, question in enumerate(QUESTIONS):
         response = streaming.query(question)
         text = "".join(response.response_gen)
@@ -100,12 +119,18 @@ def main() -> None:
     #    Keep metadata out of the compressed text, as step 1 did. No response_synthesizer:
     #    LlamaIndex's default synthesizer hands ClaraLLM the nodes' text, and ClaraLLM
     #    recognises the nodes ClaraVectorStore returned and answers from their memory.
-    documents = [Document(id_=f"doc-{i}", text=t, metadata={"i": i}, excluded_embed_metadata_keys=["i"])
-                 for i, t in enumerate(DOCS)]
+    documents = [
+        Document(id_=f"doc-{i}", text=t, metadata={"i": i}, excluded_embed_metadata_keys=["i"])
+        for i, t in enumerate(DOCS)
+    ]
     embed_model = ClaraEmbedding(model=model)
     index = VectorStoreIndex.from_documents(
-        documents, embed_model=embed_model,
-        storage_context=StorageContext.from_defaults(vector_store=ClaraVectorStore(model=model, dtype=torch.float32)))
+        documents,
+        embed_model=embed_model,
+        storage_context=StorageContext.from_defaults(
+            vector_store=ClaraVectorStore(model=model, dtype=torch.float32)
+        ),
+    )
     index_engine = index.as_query_engine(llm=llm, similarity_top_k=k)
     for j, question in enumerate(QUESTIONS):
         report("index", j, index_engine.query(question))
@@ -115,9 +140,12 @@ def main() -> None:
     #    synthesizer reads the memory back by node id (memory_lookup).
     simple_index = VectorStoreIndex.from_documents(documents, embed_model=embed_model)
     simple_engine = simple_index.as_query_engine(
-        llm=llm, similarity_top_k=k,
-        response_synthesizer=ClaraSynthesizer(llm=llm, memory_lookup=simple_index.vector_store.get,
-                                              compress_missing=False))
+        llm=llm,
+        similarity_top_k=k,
+        response_synthesizer=ClaraSynthesizer(
+            llm=llm, memory_lookup=simple_index.vector_store.get, compress_missing=False
+        ),
+    )
     for j, question in enumerate(QUESTIONS):
         report("simple", j, simple_engine.query(question))
 

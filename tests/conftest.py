@@ -1,4 +1,5 @@
 """Shared pytest fixtures: paths to ../shared and tiny models loaded once per session."""
+
 from __future__ import annotations
 
 import os

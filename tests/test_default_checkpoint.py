@@ -1,4 +1,5 @@
 """The checkpoint shipped inside the package (clara_integrations/assets/default)."""
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,15 @@ def test_shipped_files_are_float16_adapters_and_rows_within_budget():
     folder = default_checkpoint_dir()
     files = {p.name: p for p in folder.iterdir() if p.is_file()}
     assert sum(p.stat().st_size for p in files.values()) <= 40 * 2**20
-    assert {f"{a}.safetensors" for a in (ENCODER_ADAPTER, DECODER_ADAPTER, QUERY_ADAPTER)} <= set(files)
+    assert {f"{a}.safetensors" for a in (ENCODER_ADAPTER, DECODER_ADAPTER, QUERY_ADAPTER)} <= set(
+        files
+    )
     for name, path in files.items():
         if name.endswith(".safetensors"):
             with safe_open(str(path), framework="pt") as f:
-                assert {f.get_tensor(k).dtype for k in f.keys()} <= {torch.float16, torch.int64}, name
+                assert {f.get_tensor(k).dtype for k in f.keys()} <= {torch.float16, torch.int64}, (
+                    name
+                )
     config = json.loads((folder / "config.json").read_text())
     assert config["decoder_model_name"] == DEFAULT_BASE_MODEL  # the base comes from the wheel
     assert (config["doc_max_length"], config["compr_rate"]) == (256, 32)
@@ -56,8 +61,12 @@ def test_shipped_retrieval_beats_chance_on_held_out_questions():
     hits = 0.0
     for row in rows:
         docs = [f"{d['title']}\n{d['text']}" for d in row["docs"]]
-        memory = torch.nn.functional.normalize(model.compress_documents(docs).flatten(1).float(), dim=-1)
-        query = torch.nn.functional.normalize(model.encode_queries([row["question"]]).float(), dim=-1)
+        memory = torch.nn.functional.normalize(
+            model.compress_documents(docs).flatten(1).float(), dim=-1
+        )
+        query = torch.nn.functional.normalize(
+            model.encode_queries([row["question"]]).float(), dim=-1
+        )
         top = (memory @ query[0]).topk(3).indices.tolist()
         hits += len(set(top) & set(row["gold"])) / len(row["gold"])
     assert hits / len(rows) >= RECALL_AT_3_FLOOR  # chance is 0.3 with 10 candidates

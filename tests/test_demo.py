@@ -1,4 +1,5 @@
 """The demo's pieces on the tiny fixture model (the real command is in test_readme.py)."""
+
 from __future__ import annotations
 
 import io
@@ -25,8 +26,13 @@ def test_bundled_corpus_loads_with_deduplicated_passages():
 def test_corpus_errors_name_the_file_and_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="--corpus"):
         load_corpus(tmp_path / "missing.jsonl")
-    bad = _corpus(tmp_path, [{"question": "q?", "answers": ["a"], "docs": [{"title": "t", "text": "x"}]},
-                             {"question": "no docs"}])
+    bad = _corpus(
+        tmp_path,
+        [
+            {"question": "q?", "answers": ["a"], "docs": [{"title": "t", "text": "x"}]},
+            {"question": "no docs"},
+        ],
+    )
     with pytest.raises(ValueError, match=r"qa\.jsonl:2"):
         load_corpus(bad)
 
@@ -39,8 +45,13 @@ def test_matches_normalises_like_squad():
 
 def test_run_demo_on_the_tiny_model(tmp_path, e2e_model):
     docs = [{"title": f"T{i}", "text": f"Passage {i} says the answer is {i}."} for i in range(4)]
-    corpus = _corpus(tmp_path, [{"question": "What is the answer?", "answers": ["2"], "docs": docs},
-                                {"question": "Which passage?", "answers": ["3"], "docs": docs[:2]}])
+    corpus = _corpus(
+        tmp_path,
+        [
+            {"question": "What is the answer?", "answers": ["2"], "docs": docs},
+            {"question": "Which passage?", "answers": ["3"], "docs": docs[:2]},
+        ],
+    )
     out = io.StringIO()
     summary = run_demo(e2e_model, corpus=corpus, top_k=2, max_new_tokens=4, out=out)
     text = out.getvalue()

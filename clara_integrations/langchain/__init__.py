@@ -15,6 +15,7 @@ Example:
     >>> chain.invoke("Who is the Eiffel Tower named after?")  # doctest: +SKIP
     {'answer': '...', 'documents': [Document(...), Document(...)]}
 """
+
 from __future__ import annotations
 
 try:

@@ -4,6 +4,7 @@ Thread safety: LangChain runs `batch` and `ainvoke` in thread pools; the pipelin
 no lock of ours (see `clara_integrations.pipeline.core`), and `MemoryStore` is safe for
 concurrent readers.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,7 +31,9 @@ class PipelineOwner(BaseModel):
         """The framework-free pipeline this adapter translates (`TypeError` /
         `StoreMismatchError` when `model` and `store` do not fit)."""
         model, store = self.model, self.store  # type: ignore[attr-defined]
-        self._pipe = ClaraPipeline(model, store) if self._pipe is None else self._pipe.rebind(model, store)
+        self._pipe = (
+            ClaraPipeline(model, store) if self._pipe is None else self._pipe.rebind(model, store)
+        )
         return self._pipe
 
 
@@ -43,7 +46,9 @@ def to_items(documents: Sequence[Document]) -> list[Item]:
     items = []
     for i, doc in enumerate(documents):
         if not isinstance(doc, Document):
-            raise TypeError(f"documents[{i}] is {type(doc).__name__}, expected a langchain Document")
+            raise TypeError(
+                f"documents[{i}] is {type(doc).__name__}, expected a langchain Document"
+            )
         items.append(Item(doc.id, doc.page_content, doc.metadata))
     return items
 

@@ -1,4 +1,5 @@
 """`create_clara_rag_chain`: question -> {"answer", "documents"} as one LCEL runnable."""
+
 from __future__ import annotations
 
 from operator import itemgetter
@@ -17,14 +18,21 @@ from .chat_model import ChatClara
 __all__ = ["create_clara_rag_chain"]
 
 # Used only when `llm` is not ChatClara: a text LLM then reads the documents' text.
-_TEXT_PROMPT = ChatPromptTemplate.from_messages([
-    ("system", "Answer the question as briefly as possible, using only the documents below.\n\n"
-               "{context}"),
-    ("human", "{question}"),
-])
+_TEXT_PROMPT = ChatPromptTemplate.from_messages(
+    [
+        (
+            "system",
+            "Answer the question as briefly as possible, using only the documents below.\n\n"
+            "{context}",
+        ),
+        ("human", "{question}"),
+    ]
+)
 
 
-def create_clara_rag_chain(retriever: BaseRetriever, llm: BaseChatModel) -> Runnable[str, dict[str, Any]]:
+def create_clara_rag_chain(
+    retriever: BaseRetriever, llm: BaseChatModel
+) -> Runnable[str, dict[str, Any]]:
     """Retrieve, then answer: maps a question string to `{"answer": str, "documents": [...]}`.
 
     With `ChatClara` the answer is generated from the retrieved documents' memory
@@ -56,7 +64,9 @@ def create_clara_rag_chain(retriever: BaseRetriever, llm: BaseChatModel) -> Runn
         ...     part.get("answer", "")
     """
     if not isinstance(retriever, BaseRetriever):
-        raise TypeError(f"retriever must be a LangChain BaseRetriever, got {type(retriever).__name__}")
+        raise TypeError(
+            f"retriever must be a LangChain BaseRetriever, got {type(retriever).__name__}"
+        )
     if not isinstance(llm, BaseChatModel):
         raise TypeError(f"llm must be a LangChain chat model, got {type(llm).__name__}")
     if isinstance(llm, ChatClara) and llm.store is None:
@@ -64,8 +74,11 @@ def create_clara_rag_chain(retriever: BaseRetriever, llm: BaseChatModel) -> Runn
         if store is not None:
             ClaraPipeline(llm.model, store)  # StoreMismatchError now, not at the first question
             llm = llm.model_copy(update={"store": store})
-    answer = (RunnableLambda(_memory_answer(llm), name="answer") if isinstance(llm, ChatClara)
-              else _text_answer(llm))
+    answer = (
+        RunnableLambda(_memory_answer(llm), name="answer")
+        if isinstance(llm, ChatClara)
+        else _text_answer(llm)
+    )
     chain = (
         RunnableLambda(check_question, name="question")
         | RunnableParallel(question=RunnablePassthrough(), documents=retriever)
@@ -78,13 +91,16 @@ def _memory_answer(llm: ChatClara) -> Any:
     def route(inputs: dict[str, Any]) -> Runnable:
         # Bound per question: the documents travel as ChatClara's `documents=` keyword.
         return itemgetter("question") | llm.bind(documents=inputs["documents"]) | StrOutputParser()
+
     return route
 
 
 def _text_answer(llm: BaseChatModel) -> Runnable:
     return (
         RunnablePassthrough.assign(context=lambda x: _format(x["documents"]))
-        | _TEXT_PROMPT | llm | StrOutputParser()
+        | _TEXT_PROMPT
+        | llm
+        | StrOutputParser()
     )
 
 

@@ -1,4 +1,5 @@
 """`ChatClara`: a LangChain chat model that answers from documents' memory tokens."""
+
 from __future__ import annotations
 
 import hashlib
@@ -47,15 +48,17 @@ class ChatClara(PipelineOwner, BaseChatModel):
         ...     chunk.content
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(),
-                              populate_by_name=True)
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, protected_namespaces=(), populate_by_name=True
+    )
 
     model: ClaraModel = Field(default_factory=default_model)
     """The loaded CLaRa model; its generator adapter answers from memory."""
     store: MemoryStoreProtocol | None = None
     """Store whose documents' memory is read by id (None: compress document text, once)."""
-    max_new_tokens: int = Field(default=128, gt=0,
-                                validation_alias=AliasChoices("max_new_tokens", "max_tokens"))
+    max_new_tokens: int = Field(
+        default=128, gt=0, validation_alias=AliasChoices("max_new_tokens", "max_tokens")
+    )
     """Most tokens to generate (alias `max_tokens`, LangChain's standard name)."""
     temperature: float = Field(default=0.0, ge=0.0)
     """0 decodes greedily (the reference); above 0 samples at this temperature."""
@@ -84,16 +87,22 @@ class ChatClara(PipelineOwner, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature}
+        return {
+            "model_name": self.model_name,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+        }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         name = kwargs.get("model")
         params = LangSmithParams(
-            ls_provider="clara", ls_model_type="chat",
+            ls_provider="clara",
+            ls_model_type="chat",
             ls_model_name=name if isinstance(name, str) else self.model_name,
             ls_temperature=kwargs.get("temperature", self.temperature),
-            ls_max_tokens=kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)),
+            ls_max_tokens=kwargs.get(
+                "max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)
+            ),
         )
         if stop or self.stop:
             params["ls_stop"] = list(stop or self.stop)
@@ -109,16 +118,28 @@ class ChatClara(PipelineOwner, BaseChatModel):
         return super()._get_llm_string(stop=stop, **kwargs)
 
     # ------------------------------------------------------------------ LangChain hooks
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         answer = self._job(messages, stop, kwargs).run()
-        message = AIMessage(content=answer.text, usage_metadata=_usage(answer),
-                            response_metadata=self._metadata(answer))
+        message = AIMessage(
+            content=answer.text,
+            usage_metadata=_usage(answer),
+            response_metadata=self._metadata(answer),
+        )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None,
-                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         stream = self._job(messages, stop, kwargs).stream()
         try:
             for delta in stream:
@@ -128,43 +149,66 @@ class ChatClara(PipelineOwner, BaseChatModel):
                 yield chunk
         finally:
             stream.close()  # a consumer that stops early stops the generation
-        yield ChatGenerationChunk(message=AIMessageChunk(
-            content="", chunk_position="last", usage_metadata=_usage(stream.answer),
-            response_metadata=self._metadata(stream.answer)))
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                chunk_position="last",
+                usage_metadata=_usage(stream.answer),
+                response_metadata=self._metadata(stream.answer),
+            )
+        )
 
     # ------------------------------------------------------------------ internals
-    def _job(self, messages: Sequence[BaseMessage], stop: list[str] | None,
-             kwargs: dict[str, Any]) -> Generation:
+    def _job(
+        self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> Generation:
         """Validate a call and prepare everything but the decoding loop."""
         kwargs = dict(kwargs)
         kwargs.pop("stream", None)  # LangChain's own routing flag
         if "model" in kwargs:
-            raise ValueError("ChatClara runs the ClaraModel it was built with; a per-call "
-                             "`model=` cannot switch it")
+            raise ValueError(
+                "ChatClara runs the ClaraModel it was built with; a per-call "
+                "`model=` cannot switch it"
+            )
         unknown = sorted(set(kwargs) - _CALL_KEYS)
         if unknown:
-            raise TypeError(f"ChatClara got unexpected keyword arguments {unknown}; "
-                            f"accepted: {sorted(_CALL_KEYS)}")
-        gen = {"max_new_tokens": kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)),
-               "stop": (stop if stop is not None else self.stop) or (),
-               **sampling_kwargs(kwargs.get("temperature", self.temperature))}
+            raise TypeError(
+                f"ChatClara got unexpected keyword arguments {unknown}; "
+                f"accepted: {sorted(_CALL_KEYS)}"
+            )
+        gen = {
+            "max_new_tokens": kwargs.get(
+                "max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)
+            ),
+            "stop": (stop if stop is not None else self.stop) or (),
+            **sampling_kwargs(kwargs.get("temperature", self.temperature)),
+        }
         documents = kwargs.get("documents")
         if documents is None or len(documents) == 0:
             return self.pipeline.prepare_chat(_chat_messages(messages), **gen)
         question = _question(messages)
-        memories = (self.pipeline.memory_batch(documents) if isinstance(documents, torch.Tensor)
-                    else self.pipeline.memories(to_items(list(documents))))
+        memories = (
+            self.pipeline.memory_batch(documents)
+            if isinstance(documents, torch.Tensor)
+            else self.pipeline.memories(to_items(list(documents)))
+        )
         return self.pipeline.prepare_answer(question, memories, **gen)
 
     def _metadata(self, answer: Answer) -> dict[str, Any]:
-        return {"model_name": self.model_name, "model_provider": "clara",
-                "finish_reason": answer.finish_reason}
+        return {
+            "model_name": self.model_name,
+            "model_provider": "clara",
+            "finish_reason": answer.finish_reason,
+        }
 
 
 def _usage(answer: Answer) -> UsageMetadata:
     n_out = len(answer.token_ids)
-    return UsageMetadata(input_tokens=answer.prompt_tokens, output_tokens=n_out,
-                         total_tokens=answer.prompt_tokens + n_out)
+    return UsageMetadata(
+        input_tokens=answer.prompt_tokens,
+        output_tokens=n_out,
+        total_tokens=answer.prompt_tokens + n_out,
+    )
 
 
 def _message_text(message: BaseMessage) -> str:
@@ -178,8 +222,11 @@ def _message_text(message: BaseMessage) -> str:
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
         else:
-            raise ValueError(f"ChatClara reads text only; got a {block.get('type')!r} content block"
-                             if isinstance(block, dict) else "ChatClara reads text only")
+            raise ValueError(
+                f"ChatClara reads text only; got a {block.get('type')!r} content block"
+                if isinstance(block, dict)
+                else "ChatClara reads text only"
+            )
     return "".join(parts)
 
 

@@ -1,4 +1,5 @@
 """`ClaraDocumentCompressor`: rerank any retriever's documents with CLaRa's query reasoner."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -54,8 +55,9 @@ class ClaraDocumentCompressor(PipelineOwner, BaseDocumentCompressor):
         # After pydantic, so a mismatch surfaces as StoreMismatchError, not ValidationError.
         self.pipeline.require_query_reasoner()
 
-    def compress_documents(self, documents: Sequence[Document], query: str,
-                           callbacks: Callbacks | None = None) -> Sequence[Document]:
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
         """Rerank `documents` for `query`, best first; at most `top_n` are returned.
 
         Raises:

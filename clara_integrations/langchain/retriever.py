@@ -1,4 +1,5 @@
 """`ClaraRetriever`: CLaRa's query reasoner over a `MemoryStore`, as a LangChain retriever."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -62,9 +63,18 @@ class ClaraRetriever(PipelineOwner, BaseRetriever):
         # After pydantic, so a mismatch surfaces as StoreMismatchError, not ValidationError.
         self.pipeline.require_query_reasoner()
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
-                                k: int | None = None,
-                                filters: dict[str, Any] | None = None) -> list[Document]:
-        items = self.pipeline.retrieve(query, self.k if k is None else k, self.candidate_pool,
-                                       self.filters if filters is None else filters)
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> list[Document]:
+        items = self.pipeline.retrieve(
+            query,
+            self.k if k is None else k,
+            self.candidate_pool,
+            self.filters if filters is None else filters,
+        )
         return [to_document(i, **{SCORE_KEY: i.score}) for i in items]

@@ -1,4 +1,5 @@
 """`ClaraVectorStore`: a LangChain `VectorStore` over a `MemoryStore` of CLaRa memory."""
+
 from __future__ import annotations
 
 import uuid
@@ -69,8 +70,14 @@ class ClaraVectorStore(VectorStore):
         >>> chain = create_clara_rag_chain(vs.as_retriever(search_kwargs={"k": 2}), ChatClara(model=model))  # doctest: +SKIP
     """
 
-    def __init__(self, model: ClaraModel | None = None, store: MemoryStoreProtocol | None = None, *,
-                 embedding: Embeddings | None = None, **store_options: Any) -> None:
+    def __init__(
+        self,
+        model: ClaraModel | None = None,
+        store: MemoryStoreProtocol | None = None,
+        *,
+        embedding: Embeddings | None = None,
+        **store_options: Any,
+    ) -> None:
         if embedding is not None and not isinstance(embedding, ClaraEmbeddings):
             raise TypeError(
                 f"ClaraVectorStore stores CLaRa memory, so embedding must be ClaraEmbeddings, got "
@@ -94,8 +101,14 @@ class ClaraVectorStore(VectorStore):
         return self._embedding
 
     # ------------------------------------------------------------------ writing
-    def add_texts(self, texts: Iterable[str], metadatas: list[dict[str, Any]] | None = None, *,
-                  ids: list[str | None] | None = None, **kwargs: Any) -> list[str]:
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str | None] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
         """Compress and store `texts`; an id already in the store is replaced (upsert).
 
         Args:
@@ -118,7 +131,11 @@ class ClaraVectorStore(VectorStore):
             raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
         n = len(texts)
         metas = list(metadatas) if metadatas is not None else [{} for _ in range(n)]
-        ids_ = [i or str(uuid.uuid4()) for i in ids] if ids is not None else [str(uuid.uuid4()) for _ in range(n)]
+        ids_ = (
+            [i or str(uuid.uuid4()) for i in ids]
+            if ids is not None
+            else [str(uuid.uuid4()) for _ in range(n)]
+        )
         if len(metas) != n or len(ids_) != n:
             raise ValueError(f"got {n} texts, {len(metas)} metadatas and {len(ids_)} ids")
         if len(set(ids_)) != n:
@@ -137,28 +154,46 @@ class ClaraVectorStore(VectorStore):
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """Documents for the ids present in the store (missing ids are skipped)."""
         present = [i for i in dict.fromkeys(ids) if i in self.store]
-        return [Document(page_content=n.text, metadata=n.metadata, id=n.id)
-                for n in self.store.get_nodes(present)] if present else []
+        return (
+            [
+                Document(page_content=n.text, metadata=n.metadata, id=n.id)
+                for n in self.store.get_nodes(present)
+            ]
+            if present
+            else []
+        )
 
     # ------------------------------------------------------------------ searching
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         return [doc for doc, _ in self.similarity_search_with_score(query, k, **kwargs)]
 
-    def similarity_search_with_score(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
-                                     **kwargs: Any) -> list[tuple[Document, float]]:
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
         """Documents and their cosine similarity (in [-1, 1]) to the query vector."""
         _no_kwargs(kwargs)
         return [(to_document(i), i.score) for i in self.pipeline.retrieve(query, k, filters=filter)]
 
-    def similarity_search_by_vector(self, embedding: list[float], k: int = 4,
-                                    filter: dict[str, Any] | None = None, **kwargs: Any) -> list[Document]:
+    def similarity_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        filter: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
         _no_kwargs(kwargs)
         q = torch.as_tensor([embedding], dtype=torch.float32)
         return [to_document(i) for i in self.pipeline.search(q, k, filter)]
 
-    def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20,
-                                      lambda_mult: float = 0.5, filter: dict[str, Any] | None = None,
-                                      **kwargs: Any) -> list[Document]:
+    def max_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
         """Diverse results: MMR over the `fetch_k` best by cosine of flattened memory."""
         _no_kwargs(kwargs)
         q = self.pipeline.encode_query(query)
@@ -175,9 +210,15 @@ class ClaraVectorStore(VectorStore):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_texts(cls, texts: list[str], embedding: Embeddings,
-                   metadatas: list[dict[str, Any]] | None = None, *,
-                   ids: list[str] | None = None, **kwargs: Any) -> ClaraVectorStore:
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> ClaraVectorStore:
         """A new store holding `texts`, compressed by `embedding.model`.
 
         Args:
@@ -194,4 +235,3 @@ class ClaraVectorStore(VectorStore):
 def _no_kwargs(kwargs: dict[str, Any]) -> None:
     if kwargs:
         raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (filters go in filter=)")
-

@@ -27,6 +27,7 @@ Example:
     >>> print(index.as_query_engine(llm=ClaraLLM(model=model), similarity_top_k=2).query(
     ...     "Who is the Eiffel Tower named after?"))  # from memory  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from ..errors import missing_extra
@@ -43,5 +44,11 @@ from .retriever import ClaraRetriever
 from .synthesizer import ClaraSynthesizer
 from .vector_store import ClaraVectorStore
 
-__all__ = ["ClaraEmbedding", "ClaraLLM", "ClaraReranker", "ClaraRetriever", "ClaraSynthesizer",
-           "ClaraVectorStore"]
+__all__ = [
+    "ClaraEmbedding",
+    "ClaraLLM",
+    "ClaraReranker",
+    "ClaraRetriever",
+    "ClaraSynthesizer",
+    "ClaraVectorStore",
+]

@@ -23,6 +23,7 @@ The registry is process-wide, keyed by the compressor's identity (a store knows 
 without a model), least recently used first out, bounded in entries and in bytes: it only
 has to bridge the moment between retrieval and generation.
 """
+
 from __future__ import annotations
 
 import re
@@ -77,14 +78,21 @@ class ContextRegistry:
     def _size(content: str, memory: torch.Tensor) -> int:
         return memory.numel() * memory.element_size() + len(content)
 
-    def register(self, identity: str | None, nodes: Sequence[BaseNode | NodeWithScore],
-                 memories: Sequence[torch.Tensor | None]) -> None:
+    def register(
+        self,
+        identity: str | None,
+        nodes: Sequence[BaseNode | NodeWithScore],
+        memories: Sequence[torch.Tensor | None],
+    ) -> None:
         """Record each node's LLM-rendered content with its ``(n_mem, H)`` memory (nodes
         without memory or content, and an unknown identity, are skipped)."""
         if not identity:
             return
-        fresh = [(llm_content(n), m.detach().to("cpu", copy=True))
-                 for n, m in zip(nodes, memories) if m is not None]
+        fresh = [
+            (llm_content(n), m.detach().to("cpu", copy=True))
+            for n, m in zip(nodes, memories)
+            if m is not None
+        ]
         with self._lock:
             for content, memory in fresh:
                 if not content:
@@ -97,7 +105,9 @@ class ContextRegistry:
                 self._bytes += self._size(content, memory)
                 head = _TOKEN.match(content).group()
                 self._heads.setdefault(identity, {}).setdefault(head, {})[content] = None
-            while self._items and (len(self._items) > self.max_items or self._bytes > self.max_bytes):
+            while self._items and (
+                len(self._items) > self.max_items or self._bytes > self.max_bytes
+            ):
                 self._evict()
 
     def _evict(self) -> None:
@@ -179,7 +189,10 @@ class ContextRegistry:
 REGISTRY = ContextRegistry()
 
 
-def register_nodes(identity: str | None, nodes: Sequence[BaseNode | NodeWithScore],
-                   memories: Sequence[torch.Tensor | None]) -> None:
+def register_nodes(
+    identity: str | None,
+    nodes: Sequence[BaseNode | NodeWithScore],
+    memories: Sequence[torch.Tensor | None],
+) -> None:
     """Let `ClaraLLM` recognise these nodes in a text synthesizer's context."""
     REGISTRY.register(identity, nodes, memories)

@@ -5,6 +5,7 @@ list-valued metadata field matches when any element does; anything else (OR, NOT
 nesting, range operators, two clauses on one key) is refused with a clear error rather
 than silently widened.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -55,7 +56,9 @@ def to_store_filters(filters: MetadataFilters | Mapping[str, Any] | None) -> dic
                 f"use one of {sorted(o.value for o in _OPS)}"
             )
         if item.key in out:
-            raise ValueError(f"two filters on {item.key!r}; combine them into one 'in'/'nin' filter")
+            raise ValueError(
+                f"two filters on {item.key!r}; combine them into one 'in'/'nin' filter"
+            )
         value = item.value
         if op in ("$in", "$nin") and not isinstance(value, list):
             value = [value]

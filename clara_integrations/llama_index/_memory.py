@@ -6,6 +6,7 @@ memory, survives every LlamaIndex container (NodeWithScore, Response.source_node
 vector-store query results) and needs no private side channel, so memory stored in
 *any* vector store that returns embeddings with its query results reaches the generator.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -23,7 +24,9 @@ def query_text(query: QueryBundle | str | None) -> str:
     return check_question(query.query_str if isinstance(query, QueryBundle) else query)
 
 
-def vector_to_memory(vector: Sequence[float] | torch.Tensor | None, model: Any) -> torch.Tensor | None:
+def vector_to_memory(
+    vector: Sequence[float] | torch.Tensor | None, model: Any
+) -> torch.Tensor | None:
     """A flattened memory (n_mem * H floats) as (n_mem, H) float32, or None if it is
     absent or has another width (e.g. an ordinary text embedding)."""
     if vector is None or len(vector) != model.n_mem * model.hidden_size:
@@ -67,5 +70,10 @@ def node_item(node: BaseNode | NodeWithScore, model: Any) -> Item:
     embeds, EMBED mode, so on-the-fly memory equals what `ClaraEmbedding` would have
     stored), and the memory it carries (None if it carries none)."""
     base = node.node if isinstance(node, NodeWithScore) else node
-    return Item(base.node_id, base.get_content(metadata_mode=MetadataMode.EMBED), base.metadata,
-                memory=vector_to_memory(base.embedding, model), source=base)
+    return Item(
+        base.node_id,
+        base.get_content(metadata_mode=MetadataMode.EMBED),
+        base.metadata,
+        memory=vector_to_memory(base.embedding, model),
+        source=base,
+    )

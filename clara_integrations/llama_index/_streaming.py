@@ -1,5 +1,6 @@
 """Streaming glue for `ClaraLLM`: the pipeline's streamer as (text, delta) pairs, and
 async iteration of a blocking iterator."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +15,9 @@ logger = logging.getLogger(__name__)
 _DONE = object()
 
 
-def stream_text(run: Callable[..., Any], tokenizer: Any, lock: Any = None) -> Iterator[tuple[str, str]]:
+def stream_text(
+    run: Callable[..., Any], tokenizer: Any, lock: Any = None
+) -> Iterator[tuple[str, str]]:
     """(text so far, delta) of ``run(streamer=..., stopping_criteria=...)``, through the
     pipeline's one streamer and hold-back rule. `lock` is accepted for compatibility and
     not needed: the model's `AdapterSet` lock serialises generation."""

@@ -1,4 +1,5 @@
 """`ClaraEmbedding`: CLaRa memory and query vectors as LlamaIndex embeddings."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """`ClaraLLM`: a LlamaIndex LLM whose generator answers from CLaRa memory tokens."""
+
 from __future__ import annotations
 
 import asyncio
@@ -113,11 +114,14 @@ class ClaraLLM(CustomLLM):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus mass when sampling.")
     context_window: int | None = Field(default=None, gt=0, description="Reported context window.")
     model_name: str | None = Field(default=None, description="Reported model name.")
-    generate_kwargs: dict[str, Any] = Field(default_factory=dict,
-                                            description="Extra transformers generate() arguments.")
+    generate_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra transformers generate() arguments."
+    )
     use_context_memory: bool = Field(
-        default=True, description="Answer text synthesizers' prompts from the memory of the "
-                                  "CLaRa nodes in their context instead of reading the text.")
+        default=True,
+        description="Answer text synthesizers' prompts from the memory of the "
+        "CLaRa nodes in their context instead of reading the text.",
+    )
 
     _pipeline: ClaraPipeline = PrivateAttr()
     _warned_text_context: bool = PrivateAttr(default=False)
@@ -130,7 +134,9 @@ class ClaraLLM(CustomLLM):
         if self.model_name is None:
             self.model_name = f"clara/{Path(str(model.config.decoder_model_name)).name}"
         if self.context_window is None:
-            self.context_window = int(getattr(model.decoder.config, "max_position_embeddings", 0) or 4096)
+            self.context_window = int(
+                getattr(model.decoder.config, "max_position_embeddings", 0) or 4096
+            )
 
     @classmethod
     def class_name(cls) -> str:
@@ -143,12 +149,20 @@ class ClaraLLM(CustomLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
-        return LLMMetadata(context_window=self.context_window, num_output=self.max_new_tokens,
-                           is_chat_model=True, model_name=self.model_name)
+        return LLMMetadata(
+            context_window=self.context_window,
+            num_output=self.max_new_tokens,
+            is_chat_model=True,
+            model_name=self.model_name,
+        )
 
     # ------------------------------------------------------------------ preparation
     def _generate_kwargs(self, call_kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        kwargs = {**self.generate_kwargs, **sampling_kwargs(self.temperature, self.top_p), **call_kwargs}
+        kwargs = {
+            **self.generate_kwargs,
+            **sampling_kwargs(self.temperature, self.top_p),
+            **call_kwargs,
+        }
         return int(kwargs.pop("max_new_tokens", self.max_new_tokens)), kwargs
 
     def memory_batch(self, memory: MemoryLike) -> torch.Tensor:
@@ -170,28 +184,38 @@ class ClaraLLM(CustomLLM):
                             f"node {i} carries no CLaRa memory in `embedding` (expected "
                             f"{self.model.n_mem * self.model.hidden_size} floats); retrieve it with "
                             "ClaraRetriever or ClaraVectorStore, or use ClaraSynthesizer, which "
-                            "compresses text on the fly")
+                            "compresses text on the fly"
+                        )
                 rows.append(torch.as_tensor(item, dtype=torch.float32).reshape(-1))
             if not rows:
                 raise ValueError("memory is empty; pass memory=None to chat without documents")
             memory = torch.stack(rows)
         return self._pipeline.memory_batch(memory)
 
-    def _generation(self, question: str | None, messages: list[dict[str, str]],
-                    memory: MemoryLike | None, call_kwargs: dict[str, Any]) -> Generation:
+    def _generation(
+        self,
+        question: str | None,
+        messages: list[dict[str, str]],
+        memory: MemoryLike | None,
+        call_kwargs: dict[str, Any],
+    ) -> Generation:
         """Validate and build the inputs now (errors raise at the call, not mid-stream)."""
         max_new, kwargs = self._generate_kwargs(call_kwargs)
         if memory is None:
             return self._pipeline.prepare_chat(messages, max_new_tokens=max_new, **kwargs)
-        return self._pipeline.prepare_answer(question, self.memory_batch(memory),
-                                             max_new_tokens=max_new, **kwargs)
+        return self._pipeline.prepare_answer(
+            question, self.memory_batch(memory), max_new_tokens=max_new, **kwargs
+        )
 
     @staticmethod
     def _info(gen: Generation) -> dict[str, int]:
         if not gen.num_documents:
             return {}  # plain chat
-        return {"prefill_tokens": gen.prompt_tokens, "num_documents": gen.num_documents,
-                "memory_tokens": gen.memory_tokens}
+        return {
+            "prefill_tokens": gen.prompt_tokens,
+            "num_documents": gen.num_documents,
+            "memory_tokens": gen.memory_tokens,
+        }
 
     def _run(self, gen: Generation) -> CompletionResponse:
         return CompletionResponse(text=gen.run().text, additional_kwargs=self._info(gen))
@@ -200,7 +224,9 @@ class ClaraLLM(CustomLLM):
         stream = gen.stream()
         try:
             for delta in stream:
-                yield CompletionResponse(text=stream.text, delta=delta, additional_kwargs=self._info(gen))
+                yield CompletionResponse(
+                    text=stream.text, delta=delta, additional_kwargs=self._info(gen)
+                )
         finally:
             stream.close()  # a consumer that stops early stops the generation
 
@@ -226,24 +252,32 @@ class ClaraLLM(CustomLLM):
         return self._run(self._prompt_generation(prompt, kwargs))
 
     @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
         """Like `complete`, yielding `CompletionResponse` deltas as tokens arrive."""
         return self._stream(self._prompt_generation(prompt, kwargs))
 
     @llm_completion_callback()
-    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
         return await asyncio.to_thread(self._run, self._prompt_generation(prompt, kwargs))
 
     @llm_completion_callback()
-    async def astream_complete(self, prompt: str, formatted: bool = False,
-                               **kwargs: Any) -> CompletionResponseAsyncGen:
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
         return astream_text(self._stream(self._prompt_generation(prompt, kwargs)))
 
     # ------------------------------------------------------------------ chat
     @staticmethod
     def _as_chat(response: CompletionResponse) -> ChatResponse:
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text),
-                            delta=response.delta, additional_kwargs=response.additional_kwargs)
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text),
+            delta=response.delta,
+            additional_kwargs=response.additional_kwargs,
+        )
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -261,7 +295,9 @@ class ClaraLLM(CustomLLM):
         return self._as_chat(response)
 
     @llm_chat_callback()
-    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
         chunks = (self._as_chat(r) for r in self._stream(self._chat_generation(messages, kwargs)))
         return astream_text(chunks)
 
@@ -272,9 +308,11 @@ class ClaraLLM(CustomLLM):
     # is exactly nodes a CLaRa component returned, answer from their memory instead (see
     # `_context` for why this is the hook, and the class docstring for the rules).
     def _text_fallback(self, reason: str) -> None:
-        message = ("ClaraLLM read the retrieved documents as plain text: %s. To answer from "
-                   "CLaRa memory, retrieve with ClaraRetriever / ClaraVectorStore / ClaraReranker, "
-                   "or pass response_synthesizer=ClaraSynthesizer(llm=...) to the query engine.")
+        message = (
+            "ClaraLLM read the retrieved documents as plain text: %s. To answer from "
+            "CLaRa memory, retrieve with ClaraRetriever / ClaraVectorStore / ClaraReranker, "
+            "or pass response_synthesizer=ClaraSynthesizer(llm=...) to the query engine."
+        )
         if not self._warned_text_context:
             self._warned_text_context = True
             logger.warning(message, reason)
@@ -303,7 +341,8 @@ class ClaraLLM(CustomLLM):
             return self._text_fallback(
                 "the context is not made only of whole nodes that a CLaRa component returned "
                 "(another retriever's nodes, text changed by a postprocessor, or a node cut "
-                "because the context exceeded the context window)")
+                "because the context exceeded the context window)"
+            )
         contents = [c for c, _ in matched]
         memories = [m for _, m in matched]
         if previous is not None:  # refine: answer again over the earlier nodes and these
@@ -314,7 +353,9 @@ class ClaraLLM(CustomLLM):
                 return self._text_fallback("the answer being refined was not generated from memory")
             contents = [*earlier, *contents]
             memories = [*earlier_memories, *memories]
-        logger.debug("ClaraLLM: answering a text synthesizer's prompt from %d nodes' memory", len(memories))
+        logger.debug(
+            "ClaraLLM: answering a text synthesizer's prompt from %d nodes' memory", len(memories)
+        )
         return _ContextPlan(question, tuple(contents), torch.stack([m.float() for m in memories]))
 
     def _remember(self, plan: _ContextPlan, answer: str) -> None:

@@ -1,4 +1,5 @@
 """`ClaraReranker`: rerank any retriever's nodes with CLaRa's query reasoner."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -69,23 +70,33 @@ class ClaraReranker(BaseNodePostprocessor):
         """The memory cache of compressed node texts."""
         return self._pipeline.cache
 
-    def _postprocess_nodes(self, nodes: list[NodeWithScore],
-                           query_bundle: QueryBundle | None = None) -> list[NodeWithScore]:
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
         query = query_text(query_bundle)
         model = self._pipeline.model
         model_name = str(model.config.decoder_model_name)
-        dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n,
-                                          model_name=model_name))
+        dispatcher.event(
+            ReRankStartEvent(
+                query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=model_name
+            )
+        )
         if not nodes:
             dispatcher.event(ReRankEndEvent(nodes=[]))
             return []
         with self.callback_manager.event(
             CBEventType.RERANKING,
-            payload={EventPayload.NODES: nodes, EventPayload.MODEL_NAME: model_name,
-                     EventPayload.QUERY_STR: query, EventPayload.TOP_K: self.top_n},
+            payload={
+                EventPayload.NODES: nodes,
+                EventPayload.MODEL_NAME: model_name,
+                EventPayload.QUERY_STR: query,
+                EventPayload.TOP_K: self.top_n,
+            },
         ) as event:
             items = self._pipeline.rerank(query, [node_item(n, model) for n in nodes], self.top_n)
-            out = [NodeWithScore(node=with_memory(i.source, i.memory), score=i.score) for i in items]
+            out = [
+                NodeWithScore(node=with_memory(i.source, i.memory), score=i.score) for i in items
+            ]
             # Lets ClaraLLM answer from memory behind LlamaIndex's text synthesizers.
             register_nodes(model.model_identity, out, [i.memory for i in items])
             event.on_end(payload={EventPayload.NODES: out})

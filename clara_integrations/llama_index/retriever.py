@@ -1,4 +1,5 @@
 """`ClaraRetriever`: the query reasoner searches a MemoryStore; nodes carry their memory."""
+
 from __future__ import annotations
 
 import asyncio
@@ -63,16 +64,28 @@ class ClaraRetriever(BaseRetriever):
         ['Paris is the capital of France.']
     """
 
-    def __init__(self, model: Any = None, store: Any = None, similarity_top_k: int = 5,
-                 candidate_pool: int | None = None,
-                 filters: MetadataFilters | Mapping[str, Any] | None = None,
-                 attach_memory: bool = True, callback_manager: CallbackManager | None = None,
-                 verbose: bool = False) -> None:
-        if isinstance(similarity_top_k, bool) or not isinstance(similarity_top_k, int) \
-                or similarity_top_k < 1:
-            raise ValueError(f"similarity_top_k must be a positive integer, got {similarity_top_k!r}")
+    def __init__(
+        self,
+        model: Any = None,
+        store: Any = None,
+        similarity_top_k: int = 5,
+        candidate_pool: int | None = None,
+        filters: MetadataFilters | Mapping[str, Any] | None = None,
+        attach_memory: bool = True,
+        callback_manager: CallbackManager | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if (
+            isinstance(similarity_top_k, bool)
+            or not isinstance(similarity_top_k, int)
+            or similarity_top_k < 1
+        ):
+            raise ValueError(
+                f"similarity_top_k must be a positive integer, got {similarity_top_k!r}"
+            )
         if candidate_pool is not None and (
-            isinstance(candidate_pool, bool) or not isinstance(candidate_pool, int)
+            isinstance(candidate_pool, bool)
+            or not isinstance(candidate_pool, int)
             or candidate_pool < similarity_top_k
         ):
             raise ValueError(
@@ -103,9 +116,12 @@ class ClaraRetriever(BaseRetriever):
         return self._pipeline.store
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        items = self._pipeline.retrieve(query_text(query_bundle), self.similarity_top_k,
-                                        self.candidate_pool, self._filters)
-        out = [NodeWithScore(node=item_to_node(i, self.attach_memory), score=i.score) for i in items]
+        items = self._pipeline.retrieve(
+            query_text(query_bundle), self.similarity_top_k, self.candidate_pool, self._filters
+        )
+        out = [
+            NodeWithScore(node=item_to_node(i, self.attach_memory), score=i.score) for i in items
+        ]
         # Lets ClaraLLM answer from memory behind LlamaIndex's text synthesizers.
         register_nodes(self.model.model_identity, out, [i.memory for i in items])
         return out

@@ -1,4 +1,5 @@
 """`ClaraSynthesizer`: hands retrieved nodes' memory, never their text, to `ClaraLLM`."""
+
 from __future__ import annotations
 
 import asyncio
@@ -78,10 +79,15 @@ class ClaraSynthesizer(BaseSynthesizer):
         >>> engine.query("Who is the Eiffel Tower named after?").response  # doctest: +SKIP
     """
 
-    def __init__(self, llm: ClaraLLM, callback_manager: CallbackManager | None = None,
-                 streaming: bool = False, compress_missing: bool = True,
-                 memory_lookup: Callable[[str], Sequence[float] | None] | None = None,
-                 cache_size: int = 1024) -> None:
+    def __init__(
+        self,
+        llm: ClaraLLM,
+        callback_manager: CallbackManager | None = None,
+        streaming: bool = False,
+        compress_missing: bool = True,
+        memory_lookup: Callable[[str], Sequence[float] | None] | None = None,
+        cache_size: int = 1024,
+    ) -> None:
         if not isinstance(llm, ClaraLLM):
             raise TypeError(
                 f"ClaraSynthesizer needs a ClaraLLM, got {type(llm).__name__}; for a text LLM "
@@ -97,7 +103,9 @@ class ClaraSynthesizer(BaseSynthesizer):
 
     def _update_prompts(self, prompts_dict: dict[str, Any]) -> None:
         if prompts_dict:
-            raise ValueError("ClaraSynthesizer has no editable prompts (CLaRa's prompt is fixed by training)")
+            raise ValueError(
+                "ClaraSynthesizer has no editable prompts (CLaRa's prompt is fixed by training)"
+            )
 
     # ------------------------------------------------------------------ memory
     def _lookup(self, item: Item) -> Item:
@@ -121,8 +129,11 @@ class ClaraSynthesizer(BaseSynthesizer):
                     "retrieve with ClaraRetriever / ClaraVectorStore, use a vector store that returns "
                     "embeddings with query results, pass memory_lookup=, or set compress_missing=True"
                 )
-            logger.info("ClaraSynthesizer: %d of %d nodes carry no memory; compressing their text",
-                        len(missing), len(items))
+            logger.info(
+                "ClaraSynthesizer: %d of %d nodes carry no memory; compressing their text",
+                len(missing),
+                len(items),
+            )
         return self._pipeline.memories(items)
 
     # ------------------------------------------------------------------ answering
@@ -131,7 +142,9 @@ class ClaraSynthesizer(BaseSynthesizer):
             return (r.delta or "" for r in self._llm.stream_complete(query_str, memory=memory))
         return self._llm.complete(query_str, memory=memory).text
 
-    async def _aanswer(self, query_str: str, memory: torch.Tensor) -> str | AsyncGenerator[str, None]:
+    async def _aanswer(
+        self, query_str: str, memory: torch.Tensor
+    ) -> str | AsyncGenerator[str, None]:
         if self._streaming:
             chunks = await self._llm.astream_complete(query_str, memory=memory)
 
@@ -145,12 +158,16 @@ class ClaraSynthesizer(BaseSynthesizer):
     def _chunk_memories(self, text_chunks: Sequence[str]) -> torch.Tensor:
         return self._pipeline.memories([Item(None, t) for t in text_chunks])
 
-    def get_response(self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any) -> Any:
+    def get_response(
+        self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any
+    ) -> Any:
         """Answer from `text_chunks` compressed into memory now (the generator still reads
         memory, not text). Query engines call `synthesize`, which uses stored memory."""
         return self._answer(query_str, self._chunk_memories(text_chunks))
 
-    async def aget_response(self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any) -> Any:
+    async def aget_response(
+        self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any
+    ) -> Any:
         memory = await asyncio.to_thread(self._chunk_memories, text_chunks)
         return await self._aanswer(query_str, memory)
 
@@ -166,9 +183,13 @@ class ClaraSynthesizer(BaseSynthesizer):
         return response
 
     @dispatcher.span
-    def synthesize(self, query: QueryTextType, nodes: list[NodeWithScore],
-                   additional_source_nodes: Sequence[NodeWithScore] | None = None,
-                   **response_kwargs: Any) -> RESPONSE_TYPE:
+    def synthesize(
+        self,
+        query: QueryTextType,
+        nodes: list[NodeWithScore],
+        additional_source_nodes: Sequence[NodeWithScore] | None = None,
+        **response_kwargs: Any,
+    ) -> RESPONSE_TYPE:
         dispatcher.event(SynthesizeStartEvent(query=query))
         if not nodes:
             return self._empty(query, asynchronous=False)
@@ -184,9 +205,13 @@ class ClaraSynthesizer(BaseSynthesizer):
         return response
 
     @dispatcher.span
-    async def asynthesize(self, query: QueryTextType, nodes: list[NodeWithScore],
-                          additional_source_nodes: Sequence[NodeWithScore] | None = None,
-                          **response_kwargs: Any) -> RESPONSE_TYPE:
+    async def asynthesize(
+        self,
+        query: QueryTextType,
+        nodes: list[NodeWithScore],
+        additional_source_nodes: Sequence[NodeWithScore] | None = None,
+        **response_kwargs: Any,
+    ) -> RESPONSE_TYPE:
         dispatcher.event(SynthesizeStartEvent(query=query))
         if not nodes:
             return self._empty(query, asynchronous=True)

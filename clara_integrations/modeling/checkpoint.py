@@ -10,6 +10,7 @@ Native format: `config.json` (the same keys plus `clara_format` and `clara_adapt
 one `<adapter>.safetensors` per adapter, and `new_token_embeddings.safetensors` holding
 only the rows of the tokens CLaRa added (the rest comes from the base model).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -20,8 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import NATIVE_FORMAT_VERSION, ClaraConfig
 from .._atomic import atomic_write
+from ..config import NATIVE_FORMAT_VERSION, ClaraConfig
 from ..errors import ClaraError
 
 __all__ = [
@@ -106,13 +107,19 @@ def read_checkpoint(folder: Path) -> CheckpointFiles:
     adapters = _torch_load(folder / ADAPTERS_PTH)
     for name, sd in adapters.items():
         if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise CheckpointCorruptError(f"{folder / ADAPTERS_PTH}: entry {name!r} is not a state dict")
+            raise CheckpointCorruptError(
+                f"{folder / ADAPTERS_PTH}: entry {name!r} is not a state dict"
+            )
     full = _torch_load(folder / FIRST_LAST_PTH)
     return CheckpointFiles(config, adapters, full_embeddings=full, released=True)
 
 
-def write_native(folder: Path, config: ClaraConfig, adapters: Mapping[str, Mapping[str, torch.Tensor]],
-                 new_rows: Mapping[str, torch.Tensor]) -> None:
+def write_native(
+    folder: Path,
+    config: ClaraConfig,
+    adapters: Mapping[str, Mapping[str, torch.Tensor]],
+    new_rows: Mapping[str, torch.Tensor],
+) -> None:
     """Native format; each file is replaced atomically, config.json last."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, sd in adapters.items():
@@ -125,11 +132,17 @@ def write_native(folder: Path, config: ClaraConfig, adapters: Mapping[str, Mappi
     atomic_write(folder / CONFIG_JSON, lambda p: ClaraConfig.model_validate(data).to_json_file(p))
 
 
-def write_released(folder: Path, config: ClaraConfig, adapters: Mapping[str, Mapping[str, torch.Tensor]],
-                   full_embeddings: Mapping[str, torch.Tensor]) -> None:
+def write_released(
+    folder: Path,
+    config: ClaraConfig,
+    adapters: Mapping[str, Mapping[str, torch.Tensor]],
+    full_embeddings: Mapping[str, torch.Tensor],
+) -> None:
     """Released format, loadable by the reference code (torch.save of tensor dicts)."""
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / ADAPTERS_PTH, lambda p: torch.save({k: dict(v) for k, v in adapters.items()}, p))
+    atomic_write(
+        folder / ADAPTERS_PTH, lambda p: torch.save({k: dict(v) for k, v in adapters.items()}, p)
+    )
     atomic_write(folder / FIRST_LAST_PTH, lambda p: torch.save(dict(full_embeddings), p))
     data = config.model_dump(mode="json")
     data.pop("clara_format", None)

@@ -6,6 +6,7 @@ first use converts it once into a safetensors folder in the user's cache; later 
 take seconds. The conversion writes to a private temporary folder and renames it into
 place, under a file lock, so concurrent first uses cannot leave a half-written cache.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -77,8 +78,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                              trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False
+    )
     # GGUF conversion names special tokens differently across transformers versions:
     # pin SmolLM2-Instruct's own choices.
     tokenizer.bos_token = "<|im_start|>"
@@ -117,8 +119,12 @@ def embedded_base_model_dir() -> Path:
     return target
 
 
-def resolve_base_model(name: str | os.PathLike[str], *, search_dirs: tuple[Path, ...] = (),
-                       allow_network: bool | None = None) -> str:
+def resolve_base_model(
+    name: str | os.PathLike[str],
+    *,
+    search_dirs: tuple[Path, ...] = (),
+    allow_network: bool | None = None,
+) -> str:
     """Where to load a base causal LM from.
 
     Order: an existing folder (as given, then relative to `search_dirs`); the embedded
@@ -143,8 +149,9 @@ def resolve_base_model(name: str | os.PathLike[str], *, search_dirs: tuple[Path,
     )
 
 
-def resolve_checkpoint(name: str | os.PathLike[str], subfolder: str | None = None, *,
-                       allow_network: bool | None = None) -> Path:
+def resolve_checkpoint(
+    name: str | os.PathLike[str], subfolder: str | None = None, *, allow_network: bool | None = None
+) -> Path:
     """Local folder of a CLaRa checkpoint: a folder, or a hub repo (with its `subfolder`,
     e.g. `compression-16`) downloaded when the network is allowed."""
     path = Path(name)

@@ -4,6 +4,7 @@ The reference loader decides per `training_stage` which adapters of the file it 
 (spec §6.2): those rules decide which weights produce the output, so `adapter_policy=
 "reference"` reproduces them, and `"all"` loads everything (its evaluation script's mode).
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,12 +69,15 @@ def _embedding_targets(model: ClaraModel) -> dict[str, torch.Tensor]:
     return targets
 
 
-def _record_changed_base_rows(model: ClaraModel, name: str, target: torch.Tensor,
-                              source: torch.Tensor) -> None:
+def _record_changed_base_rows(
+    model: ClaraModel, name: str, target: torch.Tensor, source: torch.Tensor
+) -> None:
     """Remember base-vocabulary rows a released checkpoint changed, so that our native
     format (which stores only new-token rows) can store these few rows as a patch."""
     n = model.base_vocab_size
-    changed = (target[:n] != source[:n].to(target.device, target.dtype)).any(dim=1).nonzero().flatten()
+    changed = (
+        (target[:n] != source[:n].to(target.device, target.dtype)).any(dim=1).nonzero().flatten()
+    )
     if changed.numel():
         model.base_row_patches[name] = changed.cpu()
 
@@ -101,7 +105,9 @@ def _load_embeddings(model: ClaraModel, files: CheckpointFiles) -> None:
         if f"{name}.patch_ids" in files.new_rows:
             ids = files.new_rows[f"{name}.patch_ids"].long()
             with torch.no_grad():
-                target[ids] = files.new_rows[f"{name}.patch_rows"].to(target.dtype).to(target.device)
+                target[ids] = (
+                    files.new_rows[f"{name}.patch_rows"].to(target.dtype).to(target.device)
+                )
             model.base_row_patches[name] = ids
 
 
@@ -109,8 +115,11 @@ def _kept_adapters(stage: str, stored: list[str], policy: str) -> tuple[list[str
     """(adapters to load from the file, fresh adapters created before them)."""
     if policy == "all":
         return stored, []
-    skip = {"stage1": {QUERY_ADAPTER}, "stage1_2": {QUERY_ADAPTER, DECODER_ADAPTER},
-            "stage2_reasoning": {DECODER_ADAPTER}}.get(stage, set())
+    skip = {
+        "stage1": {QUERY_ADAPTER},
+        "stage1_2": {QUERY_ADAPTER, DECODER_ADAPTER},
+        "stage2_reasoning": {DECODER_ADAPTER},
+    }.get(stage, set())
     fresh = [DECODER_ADAPTER] if stage in ("stage1_2", "stage2_reasoning") else []
     return [name for name in stored if name not in skip], fresh
 
@@ -118,7 +127,9 @@ def _kept_adapters(stage: str, stored: list[str], policy: str) -> tuple[list[str
 def apply_checkpoint(model: ClaraModel, files: CheckpointFiles, adapter_policy: str) -> None:
     """Restore embedding rows and adapters of `files` into `model` (built from its config)."""
     if adapter_policy not in ADAPTER_POLICIES:
-        raise ValueError(f"adapter_policy must be one of {ADAPTER_POLICIES}, got {adapter_policy!r}")
+        raise ValueError(
+            f"adapter_policy must be one of {ADAPTER_POLICIES}, got {adapter_policy!r}"
+        )
     config = model.config  # the file's config with the caller's overrides
     if (config.model_extra or {}).get("pure_inference"):
         adapter_policy = "all"
@@ -134,7 +145,9 @@ def apply_checkpoint(model: ClaraModel, files: CheckpointFiles, adapter_policy: 
     if skipped:
         logger.warning(
             "training_stage %r: the reference loader ignores %s in this checkpoint (%s); "
-            "pass adapter_policy='all' to use them", config.training_stage, skipped,
+            "pass adapter_policy='all' to use them",
+            config.training_stage,
+            skipped,
             "a fresh generator is used instead" if DECODER_ADAPTER in fresh else "not used",
         )
     for name in keep:
@@ -145,8 +158,11 @@ def apply_checkpoint(model: ClaraModel, files: CheckpointFiles, adapter_policy: 
             raise CheckpointCorruptError(f"adapters file, entry {name!r}: {exc}") from exc
         # Embedding copies inside an adapter dict are written too, last one wins (spec §6.2).
         for key in (k for k in state if k in EMBEDDING_KEYS):
-            target = model.decoder.get_input_embeddings().weight if key.startswith("model.") \
+            target = (
+                model.decoder.get_input_embeddings().weight
+                if key.startswith("model.")
                 else model.decoder.get_output_embeddings().weight
+            )
             _copy_rows(target, state[key], f"adapters file, {name}:{key}")
     if config.training_stage == "stage2" and QUERY_ADAPTER not in model.adapters:
         if ENCODER_ADAPTER in model.adapters:

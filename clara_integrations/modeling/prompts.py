@@ -3,6 +3,7 @@
 Trained checkpoints were tuned on exactly these strings, so they are part of the model:
 do not "fix" the grammar of the system prompts or add a space after ``Question:``.
 """
+
 from __future__ import annotations
 
 import random
@@ -70,7 +71,9 @@ def _render(
 
     def apply(msgs: list[dict[str, str]], add_generation_prompt: bool) -> str:
         return tokenizer.apply_chat_template(
-            msgs, tokenize=False, add_generation_prompt=add_generation_prompt,
+            msgs,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
             enable_thinking=False,
         )
 
@@ -88,7 +91,10 @@ def _render(
 
 
 def answer_prompt(
-    tokenizer: PreTrainedTokenizerBase, block: str, k: int, question: str,
+    tokenizer: PreTrainedTokenizerBase,
+    block: str,
+    k: int,
+    question: str,
     answer: str | None = None,
 ) -> tuple[str, str | None]:
     """Question answering over `k` memory slots (stage 1_2, stage 2 and inference)."""
@@ -105,8 +111,11 @@ def text_rag_prompt(tokenizer: PreTrainedTokenizerBase, question: str, docs: Seq
 
 
 def qa_pretraining_prompt(
-    tokenizer: PreTrainedTokenizerBase, block: str, k: int,
-    questions: Sequence[str], answers: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    block: str,
+    k: int,
+    questions: Sequence[str],
+    answers: Sequence[str],
 ) -> tuple[str, str]:
     """Stage-1 QA pretraining: the assistant writes every `Question: q\\nAnswer: a` line."""
     target = "\n".join(f"Question: {q}\nAnswer: {a}" for q, a in zip(questions, answers))
@@ -116,8 +125,12 @@ def qa_pretraining_prompt(
 
 
 def paraphrase_prompt(
-    tokenizer: PreTrainedTokenizerBase, block: str, k: int, answer: str | None = None,
-    template_index: int | None = None, rng: random.Random | None = None,
+    tokenizer: PreTrainedTokenizerBase,
+    block: str,
+    k: int,
+    answer: str | None = None,
+    template_index: int | None = None,
+    rng: random.Random | None = None,
 ) -> tuple[str, str | None]:
     """Stage-1 paraphrase prompt; the template is drawn like the reference's
     `random.choice` unless `template_index` pins it (for reproducible outputs)."""

@@ -3,13 +3,21 @@
 The order of the added tokens decides their ids, and the released checkpoints' embedding
 matrices have exactly one row per added token, so nothing here may be reordered.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-__all__ = ["AE_TOKEN", "ENC_TOKEN", "SEP_TOKEN", "SpecialTokens", "prepare_tokenizer", "reference_decode"]
+__all__ = [
+    "AE_TOKEN",
+    "ENC_TOKEN",
+    "SEP_TOKEN",
+    "SpecialTokens",
+    "prepare_tokenizer",
+    "reference_decode",
+]
 
 AE_TOKEN = "<AE>"
 ENC_TOKEN = "<ENC>"
@@ -92,15 +100,24 @@ def prepare_tokenizer(
 # 5.x skips it for BPE tokenizers. The reference's answers went through it, so we apply
 # the same replacements, in the same order, to stay byte-identical.
 _CLEANUP_REPLACEMENTS = (
-    (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-    (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
 )
 
 
 def reference_decode(tokenizer: PreTrainedTokenizerBase, token_ids) -> list[str]:
     """`batch_decode(skip_special_tokens=True)` plus the 4.x space clean-up when configured."""
-    texts = tokenizer.batch_decode(token_ids, skip_special_tokens=True,
-                                   clean_up_tokenization_spaces=False)
+    texts = tokenizer.batch_decode(
+        token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+    )
     if not tokenizer.init_kwargs.get("clean_up_tokenization_spaces", False):
         return texts
     for old, new in _CLEANUP_REPLACEMENTS:

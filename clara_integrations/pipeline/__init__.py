@@ -15,10 +15,11 @@ Example:
     >>> "".join(stream) == stream.answer.text
     True
 """
+
+from ..store.protocol import MemoryStoreProtocol
 from .cache import CompressionCache
 from .core import EMPTY_QUERY, ClaraPipeline, Item, check_question, search_store, upsert_store
 from .generation import CLEANUP_HOLD, Answer, AnswerStream, Generation, sampling_kwargs
-from ..store.protocol import MemoryStoreProtocol
 
 __all__ = [
     "CLEANUP_HOLD",

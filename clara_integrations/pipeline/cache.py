@@ -1,4 +1,5 @@
 """`CompressionCache`: memory of texts compressed on the fly, bounded, least recently used out."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,9 +35,13 @@ class CompressionCache:
         (1, 1)
     """
 
-    def __init__(self, max_items: int = 4096, max_bytes: int = 256 * 2**20, batch_size: int = 16) -> None:
+    def __init__(
+        self, max_items: int = 4096, max_bytes: int = 256 * 2**20, batch_size: int = 16
+    ) -> None:
         if max_items < 0 or max_bytes < 0:
-            raise ValueError(f"cache bounds must be >= 0, got max_items={max_items}, max_bytes={max_bytes}")
+            raise ValueError(
+                f"cache bounds must be >= 0, got max_items={max_items}, max_bytes={max_bytes}"
+            )
         self.max_items, self.max_bytes, self.batch_size = max_items, max_bytes, batch_size
         self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._bytes = 0
@@ -66,7 +71,9 @@ class CompressionCache:
                     found[key] = self._items[key]
         todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in found))
         if todo:  # compressed outside the guard: other threads keep reading the cache
-            fresh = model.compress_documents(todo, batch_size=self.batch_size, show_progress=False).cpu()
+            fresh = model.compress_documents(
+                todo, batch_size=self.batch_size, show_progress=False
+            ).cpu()
             with self._guard:
                 self.compressed += len(todo)
                 for text, memory in zip(todo, fresh):

@@ -8,6 +8,7 @@ state (the adapters are on linear layers, not on the embedding table). A second,
 process-wide lock around whole calls, as the LlamaIndex adapter used to take, adds
 nothing but a second lock order to reason about.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -19,17 +20,21 @@ import torch
 
 from ..modeling import ClaraModel, MissingAdapterError
 from ..modeling.adapters import QUERY_ADAPTER
+from ..store.protocol import MemoryStoreProtocol
 from .cache import CompressionCache
 from .generation import Answer, AnswerStream, Generation
-from ..store.protocol import MemoryStoreProtocol
 
 __all__ = ["EMPTY_QUERY", "ClaraPipeline", "Item", "check_question", "search_store", "upsert_store"]
 
 # One message for every adapter (the frameworks' tests and users grep for these words).
-EMPTY_QUERY = ("empty query: the question is empty (the query is empty or whitespace only); "
-               "pass a non-empty question")
-NO_QUERY_REASONER = (f"retrieval needs the query reasoner ({QUERY_ADAPTER!r}), which this "
-                     "checkpoint lacks; load an end-to-end (stage 2/3) CLaRa checkpoint")
+EMPTY_QUERY = (
+    "empty query: the question is empty (the query is empty or whitespace only); "
+    "pass a non-empty question"
+)
+NO_QUERY_REASONER = (
+    f"retrieval needs the query reasoner ({QUERY_ADAPTER!r}), which this "
+    "checkpoint lacks; load an end-to-end (stage 2/3) CLaRa checkpoint"
+)
 
 
 def check_question(question: Any) -> str:
@@ -82,8 +87,12 @@ class Item:
     source: Any = None
 
 
-def search_store(store: MemoryStoreProtocol, query_vector: torch.Tensor, k: int,
-                 filters: Mapping[str, Any] | None = None) -> list[Item]:
+def search_store(
+    store: MemoryStoreProtocol,
+    query_vector: torch.Tensor,
+    k: int,
+    filters: Mapping[str, Any] | None = None,
+) -> list[Item]:
     """`store`'s top `k` for a query vector ``(1, n_mem * H)``, best first, each with its
     stored memory and exact cosine (no model needed: for stores queried by vector).
 
@@ -108,8 +117,13 @@ def _split(store: MemoryStoreProtocol, ids: Sequence[str]) -> tuple[list[int], l
     return [j for j, p in enumerate(present) if p], [j for j, p in enumerate(present) if not p]
 
 
-def upsert_store(store: MemoryStoreProtocol, ids: Sequence[str], memories: torch.Tensor,
-                 texts: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> None:
+def upsert_store(
+    store: MemoryStoreProtocol,
+    ids: Sequence[str],
+    memories: torch.Tensor,
+    texts: Sequence[str],
+    metadata: Sequence[Mapping[str, Any]],
+) -> None:
     """Add nodes with their memories ``(N, n_mem, H)`` to `store`; ids already stored are
     replaced (no model needed).
 
@@ -123,11 +137,19 @@ def upsert_store(store: MemoryStoreProtocol, ids: Sequence[str], memories: torch
     """
     old, new = _split(store, ids)
     if old:
-        store.update([ids[j] for j in old], memories[old], texts=[texts[j] for j in old],
-                     metadata=[metadata[j] for j in old])
+        store.update(
+            [ids[j] for j in old],
+            memories[old],
+            texts=[texts[j] for j in old],
+            metadata=[metadata[j] for j in old],
+        )
     if new:
-        store.add(memories[new], texts=[texts[j] for j in new],
-                  metadata=[metadata[j] for j in new], ids=[ids[j] for j in new])
+        store.add(
+            memories[new],
+            texts=[texts[j] for j in new],
+            metadata=[metadata[j] for j in new],
+            ids=[ids[j] for j in new],
+        )
 
 
 class ClaraPipeline:
@@ -165,14 +187,22 @@ class ClaraPipeline:
         2
     """
 
-    def __init__(self, model: ClaraModel, store: MemoryStoreProtocol | None = None, *,
-                 cache: CompressionCache | None = None, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        model: ClaraModel,
+        store: MemoryStoreProtocol | None = None,
+        *,
+        cache: CompressionCache | None = None,
+        cache_size: int = 4096,
+    ) -> None:
         if not isinstance(model, ClaraModel):
             raise TypeError(f"model must be a ClaraModel, got {type(model).__name__}")
         if store is not None:
             if not isinstance(store, MemoryStoreProtocol):
-                raise TypeError("store must be a clara_integrations.store.MemoryStore (or implement "
-                                f"MemoryStoreProtocol), got {type(store).__name__}")
+                raise TypeError(
+                    "store must be a clara_integrations.store.MemoryStore (or implement "
+                    f"MemoryStoreProtocol), got {type(store).__name__}"
+                )
             store.check_model(model)  # StoreMismatchError names both fingerprints
         self.model = model
         self.store = store
@@ -213,16 +243,18 @@ class ClaraPipeline:
         self.require_query_reasoner()
         return self.model.encode_queries([question], show_progress=False)
 
-    def compress(self, texts: Sequence[str], batch_size: int = 16,
-                 show_progress: bool | None = False) -> torch.Tensor:
+    def compress(
+        self, texts: Sequence[str], batch_size: int = 16, show_progress: bool | None = False
+    ) -> torch.Tensor:
         """Memories ``(N, n_mem, H)`` of `texts`, compressed now (no cache: for indexing).
 
         Example:
             >>> ClaraPipeline(model).compress(["Paris is in France."]).shape[0]
             1
         """
-        return self.model.compress_documents(list(texts), batch_size=batch_size,
-                                             show_progress=show_progress)
+        return self.model.compress_documents(
+            list(texts), batch_size=batch_size, show_progress=show_progress
+        )
 
     def embed_query(self, question: str) -> list[float]:
         """`encode_query` as ``n_mem * H`` Python floats (a framework embedding).
@@ -233,8 +265,9 @@ class ClaraPipeline:
         """
         return self.encode_query(question)[0].float().cpu().tolist()
 
-    def embed_documents(self, texts: Sequence[str], batch_size: int = 16,
-                        show_progress: bool | None = False) -> list[list[float]]:
+    def embed_documents(
+        self, texts: Sequence[str], batch_size: int = 16, show_progress: bool | None = False
+    ) -> list[list[float]]:
         """Each text's memory flattened to ``n_mem * H`` floats (a framework embedding).
 
         Example:
@@ -249,8 +282,9 @@ class ClaraPipeline:
             raise ValueError("this ClaraPipeline has no store; give ClaraPipeline(model, store)")
         return self.store
 
-    def search(self, query_vector: torch.Tensor, k: int,
-               filters: Mapping[str, Any] | None = None) -> list[Item]:
+    def search(
+        self, query_vector: torch.Tensor, k: int, filters: Mapping[str, Any] | None = None
+    ) -> list[Item]:
         """`search_store` over this pipeline's store.
 
         Example:
@@ -261,8 +295,13 @@ class ClaraPipeline:
         """
         return search_store(self._need_store(), query_vector, k, filters)
 
-    def retrieve(self, question: str, k: int, candidate_pool: int | None = None,
-                 filters: Mapping[str, Any] | None = None) -> list[Item]:
+    def retrieve(
+        self,
+        question: str,
+        k: int,
+        candidate_pool: int | None = None,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[Item]:
         """The `k` documents for `question`, best first.
 
         The store returns ``max(k, candidate_pool)`` candidates; when that is more than
@@ -291,10 +330,13 @@ class ClaraPipeline:
             return items
         return self._select(q, items, torch.stack([i.memory for i in items]), k)
 
-    def _select(self, q: torch.Tensor, items: Sequence[Item], memories: torch.Tensor,
-                k: int) -> list[Item]:
+    def _select(
+        self, q: torch.Tensor, items: Sequence[Item], memories: torch.Tensor, k: int
+    ) -> list[Item]:
         """The top `k` of `items` by the reference selector; memories (N, n_mem, H)."""
-        candidates = memories.to(self.model.device, self.model.dtype).unsqueeze(0)  # (1, N, n_mem, H)
+        candidates = memories.to(self.model.device, self.model.dtype).unsqueeze(
+            0
+        )  # (1, N, n_mem, H)
         _, topk_idx, cosine = self.model.select(q, candidates, k)  # (1, k), (1, N)
         return [replace(items[i], score=float(cosine[0, i])) for i in topk_idx[0].tolist()]
 
@@ -343,14 +385,21 @@ class ClaraPipeline:
         todo = [j for j, row in enumerate(rows) if row is None]
         for j in todo:
             if not isinstance(items[j].text, str) or not items[j].text.strip():
-                raise ValueError(f"documents[{j}] has no stored memory and no text to compress "
-                                 "(empty page_content / node text)")
+                raise ValueError(
+                    f"documents[{j}] has no stored memory and no text to compress "
+                    "(empty page_content / node text)"
+                )
         if todo:
             for j, row in zip(todo, self.cache.get(self.model, [items[j].text for j in todo])):
                 rows[j] = row
         if not rows:
-            return torch.empty(0, self.model.n_mem, self.model.hidden_size,
-                               device=self.model.device, dtype=self.model.dtype)
+            return torch.empty(
+                0,
+                self.model.n_mem,
+                self.model.hidden_size,
+                device=self.model.device,
+                dtype=self.model.dtype,
+            )
         return torch.stack([r.to(self.model.device, self.model.dtype) for r in rows])
 
     def memory_batch(self, memory: torch.Tensor) -> torch.Tensor:
@@ -377,12 +426,20 @@ class ClaraPipeline:
             raise ValueError(
                 f"memory must be one ({n_mem}, {hidden}) block per document: the memory tensor "
                 f"must be (k, {n_mem}, {hidden}) or (k, {n_mem * hidden}) with k >= 1, "
-                f"got {tuple(memory.shape)}")
+                f"got {tuple(memory.shape)}"
+            )
         return mem.to(self.model.device, self.model.dtype)
 
     # ------------------------------------------------------------------ answering
-    def prepare_answer(self, question: str, memories: torch.Tensor, *, stop: Sequence[str] = (),
-                       max_new_tokens: int = 128, **generate_kwargs: Any) -> Generation:
+    def prepare_answer(
+        self,
+        question: str,
+        memories: torch.Tensor,
+        *,
+        stop: Sequence[str] = (),
+        max_new_tokens: int = 128,
+        **generate_kwargs: Any,
+    ) -> Generation:
         """Validate and build the generator's inputs for `question` over `memories`
         (k documents, rank order) now; run or stream the returned `Generation` later.
 
@@ -399,17 +456,35 @@ class ClaraPipeline:
         inputs = model.prepare_generation_inputs([question], mem)
 
         def run(**extra: Any) -> None:
-            model.generate_from_embeddings(inputs["inputs_embeds"], inputs["attention_mask"],
-                                           max_new_tokens=max_new, **generate_kwargs, **extra)
+            model.generate_from_embeddings(
+                inputs["inputs_embeds"],
+                inputs["attention_mask"],
+                max_new_tokens=max_new,
+                **generate_kwargs,
+                **extra,
+            )
 
         k = int(mem.shape[0])
-        return Generation(model.tokenizer, run, stop=stop, max_new_tokens=max_new,
-                          prompt_tokens=int(inputs["attention_mask"].shape[1]), num_documents=k,
-                          memory_tokens=k * model.n_mem)
+        return Generation(
+            model.tokenizer,
+            run,
+            stop=stop,
+            max_new_tokens=max_new,
+            prompt_tokens=int(inputs["attention_mask"].shape[1]),
+            num_documents=k,
+            memory_tokens=k * model.n_mem,
+        )
 
-    def answer(self, question: str, memories: torch.Tensor, *, stream: bool = False,
-               stop: Sequence[str] = (), max_new_tokens: int = 128,
-               **generate_kwargs: Any) -> Answer | AnswerStream:
+    def answer(
+        self,
+        question: str,
+        memories: torch.Tensor,
+        *,
+        stream: bool = False,
+        stop: Sequence[str] = (),
+        max_new_tokens: int = 128,
+        **generate_kwargs: Any,
+    ) -> Answer | AnswerStream:
         """The generator's answer to `question`, reading `memories` (k, n_mem, H) spliced
         into CLaRa's answer prompt (never the documents' text). Greedy unless
         `generate_kwargs` sample (see `sampling_kwargs`); `stop` strings end it early and
@@ -422,12 +497,19 @@ class ClaraPipeline:
             >>> "".join(streamed) == whole.text
             True
         """
-        gen = self.prepare_answer(question, memories, stop=stop, max_new_tokens=max_new_tokens,
-                                  **generate_kwargs)
+        gen = self.prepare_answer(
+            question, memories, stop=stop, max_new_tokens=max_new_tokens, **generate_kwargs
+        )
         return gen.stream() if stream else gen.run()
 
-    def prepare_chat(self, messages: Sequence[Mapping[str, str]], *, stop: Sequence[str] = (),
-                     max_new_tokens: int = 128, **generate_kwargs: Any) -> Generation:
+    def prepare_chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        stop: Sequence[str] = (),
+        max_new_tokens: int = 128,
+        **generate_kwargs: Any,
+    ) -> Generation:
         """Like `prepare_answer`, for the plain base chat model (chat template, no
         adapter, no memory) over ``{"role", "content"}`` messages.
 
@@ -452,9 +534,15 @@ class ClaraPipeline:
 
         return Generation(tok, run, stop=stop, max_new_tokens=max_new, prompt_tokens=prompt_tokens)
 
-    def chat(self, messages: Sequence[Mapping[str, str]], *, stream: bool = False,
-             stop: Sequence[str] = (), max_new_tokens: int = 128,
-             **generate_kwargs: Any) -> Answer | AnswerStream:
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        stream: bool = False,
+        stop: Sequence[str] = (),
+        max_new_tokens: int = 128,
+        **generate_kwargs: Any,
+    ) -> Answer | AnswerStream:
         """The base chat model's reply to `messages` (see `prepare_chat`, `answer`).
 
         Example:
@@ -462,12 +550,21 @@ class ClaraPipeline:
             >>> len(reply.token_ids) <= 2
             True
         """
-        gen = self.prepare_chat(messages, stop=stop, max_new_tokens=max_new_tokens, **generate_kwargs)
+        gen = self.prepare_chat(
+            messages, stop=stop, max_new_tokens=max_new_tokens, **generate_kwargs
+        )
         return gen.stream() if stream else gen.run()
 
     # ------------------------------------------------------------------ writing
-    def add_texts(self, texts: Sequence[str], metadata: Sequence[Mapping[str, Any]],
-                  ids: Sequence[str], *, batch_size: int = 16, show_progress: bool = False) -> None:
+    def add_texts(
+        self,
+        texts: Sequence[str],
+        metadata: Sequence[Mapping[str, Any]],
+        ids: Sequence[str],
+        *,
+        batch_size: int = 16,
+        show_progress: bool = False,
+    ) -> None:
         """Compress and store `texts` under `ids` (ids already stored are replaced).
 
         Example:
@@ -481,10 +578,19 @@ class ClaraPipeline:
         store = self._need_store()
         old, new = _split(store, ids)
         if new:  # the store compresses in chunks, with one progress bar
-            store.add_documents([texts[j] for j in new], self.model, metadata=[metadata[j] for j in new],
-                                ids=[ids[j] for j in new], batch_size=batch_size,
-                                show_progress=show_progress)
+            store.add_documents(
+                [texts[j] for j in new],
+                self.model,
+                metadata=[metadata[j] for j in new],
+                ids=[ids[j] for j in new],
+                batch_size=batch_size,
+                show_progress=show_progress,
+            )
         if old:
             memory = self.compress([texts[j] for j in old], batch_size, show_progress)
-            store.update([ids[j] for j in old], memory, texts=[texts[j] for j in old],
-                         metadata=[metadata[j] for j in old])
+            store.update(
+                [ids[j] for j in old],
+                memory,
+                texts=[texts[j] for j in old],
+                metadata=[metadata[j] for j in old],
+            )

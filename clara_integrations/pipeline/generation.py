@@ -17,6 +17,7 @@ character (a trailing U+FFFD) is held until its last byte arrives.
 Thread safety: no lock here. Generation runs in `ClaraModel.generate_*`, which holds the
 model's `AdapterSet` lock for the whole decode (see `ClaraPipeline`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,7 +59,11 @@ def sampling_kwargs(temperature: float, top_p: float | None = None) -> dict[str,
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:
         return {}
-    return {"do_sample": True, "temperature": temperature, **({"top_p": top_p} if top_p is not None else {})}
+    return {
+        "do_sample": True,
+        "temperature": temperature,
+        **({"top_p": top_p} if top_p is not None else {}),
+    }
 
 
 @dataclass(frozen=True)
@@ -116,9 +121,17 @@ class Generation:
         (True, 0)
     """
 
-    def __init__(self, tokenizer: Any, run: Callable[..., Any], *, stop: Sequence[str] = (),
-                 max_new_tokens: int | None = None, prompt_tokens: int = 0,
-                 num_documents: int = 0, memory_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        run: Callable[..., Any],
+        *,
+        stop: Sequence[str] = (),
+        max_new_tokens: int | None = None,
+        prompt_tokens: int = 0,
+        num_documents: int = 0,
+        memory_tokens: int = 0,
+    ) -> None:
         if isinstance(stop, str):
             stop = [stop]
         self.tokenizer = tokenizer
@@ -133,7 +146,7 @@ class Generation:
         """(the answer text of `ids`, whether a stop string cut it)."""
         text = reference_decode(self.tokenizer, [list(ids)])[0]
         cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        return (text[:min(cuts)], True) if cuts else (text, False)
+        return (text[: min(cuts)], True) if cuts else (text, False)
 
     def stable_text(self, ids: Sequence[int]) -> tuple[str, bool]:
         """The prefix of the answer that later tokens can no longer change or cut."""
@@ -141,13 +154,20 @@ class Generation:
         if stopped:
             return text, True
         end = min(len(text) - self.hold, len(text.rstrip("\ufffd")))  # \ufffd: split char
-        return text[:max(end, 0)], False
+        return text[: max(end, 0)], False
 
     def answer(self, ids: Sequence[int]) -> Answer:
         """The `Answer` for the generated `ids`."""
         text, stopped = self.decode(ids)
-        return Answer(text, tuple(ids), stopped, self.prompt_tokens, self.num_documents,
-                      self.memory_tokens, self.max_new_tokens)
+        return Answer(
+            text,
+            tuple(ids),
+            stopped,
+            self.prompt_tokens,
+            self.num_documents,
+            self.memory_tokens,
+            self.max_new_tokens,
+        )
 
     def execute(self, streamer: _Ids, cancel: threading.Event) -> None:
         """Decode (blocking), pushing ids to `streamer`; `cancel` stops at the next token."""
@@ -220,7 +240,7 @@ class AnswerStream:
                 if stopped:
                     cancel.set()
                 if piece.startswith(self.text) and len(piece) > len(self.text):
-                    delta, self.text = piece[len(self.text):], piece
+                    delta, self.text = piece[len(self.text) :], piece
                     yield delta
         finally:
             cancel.set()  # also when the consumer closed the stream early
@@ -229,11 +249,13 @@ class AnswerStream:
             raise failure[0]
         answer = gen.answer(ids.ids)
         if not answer.text.startswith(self.text):  # cannot happen with the known clean-up rules
-            logger.warning("streamed text diverged from the final decoding; the streamed text is kept")
+            logger.warning(
+                "streamed text diverged from the final decoding; the streamed text is kept"
+            )
             answer = replace(answer, text=self.text)
         self.answer = answer
         if len(answer.text) > len(self.text):
-            delta, self.text = answer.text[len(self.text):], answer.text
+            delta, self.text = answer.text[len(self.text) :], answer.text
             yield delta
 
 
@@ -264,8 +286,11 @@ class _Stop(StoppingCriteria):
     def __init__(self, generation: Generation, cancel: threading.Event) -> None:
         self.generation, self.cancel = generation, cancel
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
         # With inputs_embeds only, generate() passes just the generated ids (B = 1 here).
         done = self.cancel.is_set() or (
-            bool(self.generation.stops) and self.generation.decode(input_ids[0].tolist())[1])
+            bool(self.generation.stops) and self.generation.decode(input_ids[0].tolist())[1]
+        )
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)

@@ -18,8 +18,17 @@ from .._atomic import atomic_write_bytes as replace_atomic
 from .._atomic import fsync_dir, fsync_file, temp_name
 
 __all__ = [
-    "fsync_dir", "fsync_file", "hash_file", "is_created_file_name", "is_data_file_name", "link_or_copy",
-    "new_hasher", "replace_atomic", "temp_name", "unique_name", "write_file_durable",
+    "fsync_dir",
+    "fsync_file",
+    "hash_file",
+    "is_created_file_name",
+    "is_data_file_name",
+    "link_or_copy",
+    "new_hasher",
+    "replace_atomic",
+    "temp_name",
+    "unique_name",
+    "write_file_durable",
 ]
 
 logger = logging.getLogger(__name__)

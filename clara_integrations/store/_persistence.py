@@ -211,8 +211,7 @@ def _load_config(
     bad = set(runtime) - RUNTIME_FIELDS
     if bad:
         raise ValueError(
-            f"load() only overrides runtime settings {sorted(RUNTIME_FIELDS)}; "
-            f"got {sorted(bad)}"
+            f"load() only overrides runtime settings {sorted(RUNTIME_FIELDS)}; got {sorted(bad)}"
         )
     cfg = StoreConfig.model_validate({**m.config.model_dump(), **runtime})
     if model is not None:
@@ -220,8 +219,9 @@ def _load_config(
     return cfg
 
 
-def _open_version(home: Path, m: Manifest, cfg: StoreConfig, mmap: bool, verify: bool
-                  ) -> StoreState:
+def _open_version(
+    home: Path, m: Manifest, cfg: StoreConfig, mmap: bool, verify: bool
+) -> StoreState:
     res = Resources()
     try:
         res.rows = rows = empty_rows(cfg)
@@ -232,8 +232,7 @@ def _open_version(home: Path, m: Manifest, cfg: StoreConfig, mmap: bool, verify:
             rows.add_segment(piece)
         if rows.n_rows != m.n_rows:
             raise StoreCorruptError(
-                f"manifest {home / MANIFEST_NAME} lists {rows.n_rows} rows, "
-                f"expected {m.n_rows}",
+                f"manifest {home / MANIFEST_NAME} lists {rows.n_rows} rows, expected {m.n_rows}",
                 home / MANIFEST_NAME,
             )
         alive = _read_alive(home, m)
@@ -246,9 +245,20 @@ def _open_version(home: Path, m: Manifest, cfg: StoreConfig, mmap: bool, verify:
     except BaseException:
         res.close()
         raise
-    st = StoreState(cfg=cfg, uid=m.store_uid, db=db, db_file=m.db_file, rows=rows, home=home,
-                    work_dir=home, committed=m.generation, mmap=mmap, res=res, alive=alive,
-                    n_live=m.n_live)
+    st = StoreState(
+        cfg=cfg,
+        uid=m.store_uid,
+        db=db,
+        db_file=m.db_file,
+        rows=rows,
+        home=home,
+        work_dir=home,
+        committed=m.generation,
+        mmap=mmap,
+        res=res,
+        alive=alive,
+        n_live=m.n_live,
+    )
     if ann is not None:
         st.index.ann, st.index.trained_on, st.index.entry = ann, m.index.trained_on, m.index
     return st

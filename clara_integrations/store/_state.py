@@ -105,9 +105,18 @@ class StoreState:
         except BaseException:
             res.close()
             raise
-        state = cls(cfg=cfg, uid=uuid.uuid4().hex, db=db, db_file=db_file,
-                    rows=empty_rows(cfg), home=None, work_dir=scratch, committed=0, mmap=True,
-                    res=res)
+        state = cls(
+            cfg=cfg,
+            uid=uuid.uuid4().hex,
+            db=db,
+            db_file=db_file,
+            rows=empty_rows(cfg),
+            home=None,
+            work_dir=scratch,
+            committed=0,
+            mmap=True,
+            res=res,
+        )
         state.dirty = True  # a fresh store is unsaved until its first persist
         return state
 

@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["compile_filters", "index_pairs", "canonical_value"]
+__all__ = ["canonical_value", "compile_filters", "index_pairs"]
 
 _SCALARS = (str, int, float, bool, type(None))
 _OPERATORS = ("$eq", "$in", "$ne", "$nin")

@@ -164,7 +164,11 @@ class MemoryStore:
             3
         """
         state = persistence.load_state(
-            path, mmap=mmap, model=model, fingerprint=fingerprint, verify=verify,
+            path,
+            mmap=mmap,
+            model=model,
+            fingerprint=fingerprint,
+            verify=verify,
             runtime=runtime,
         )
         cfg = state.cfg
@@ -621,9 +625,7 @@ class MemoryStore:
         """
         with self._writing():
             target = persistence.persist_target(self._st, path)
-            persistence.persist(
-                self._st, target, overwrite=overwrite, show_progress=show_progress
-            )
+            persistence.persist(self._st, target, overwrite=overwrite, show_progress=show_progress)
             return target
 
     def compact(self, *, show_progress: bool = True) -> None:
@@ -695,7 +697,6 @@ class MemoryStore:
                 "generation": self._st.committed,
                 "disk_bytes": disk,
             }
-
 
 
 def _json(text: str) -> dict[str, Any]:

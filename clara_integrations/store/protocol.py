@@ -4,6 +4,7 @@
 to implement it too. Only these members are used; persistence (`persist`, `load`) is a
 backend's own business.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -50,8 +51,9 @@ class MemoryStoreProtocol(Protocol):
     def check_model(self, model: Any) -> None:
         """Raise `StoreMismatchError` unless `model` wrote (or can write) this memory."""
 
-    def search(self, query_vectors: torch.Tensor, k: int = 10,
-               filters: Mapping[str, Any] | None = None) -> list[list[Hit]]:
+    def search(
+        self, query_vectors: torch.Tensor, k: int = 10, filters: Mapping[str, Any] | None = None
+    ) -> list[list[Hit]]:
         """Top-`k` hits per query row ``(B, n_mem * H)``, best first."""
 
     def get_memories(self, ids: Sequence[str]) -> torch.Tensor:
@@ -60,20 +62,35 @@ class MemoryStoreProtocol(Protocol):
     def get_nodes(self, ids: Sequence[str]) -> list[Node]:
         """Id, text and metadata of `ids`, in order."""
 
-    def add(self, memories: torch.Tensor, texts: Sequence[str] | None = None,
-            metadata: Sequence[Mapping[str, Any] | None] | None = None,
-            ids: Sequence[str] | None = None) -> list[str]:
+    def add(
+        self,
+        memories: torch.Tensor,
+        texts: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[str]:
         """Add new nodes with their memories; returns their ids."""
 
-    def add_documents(self, texts: Sequence[str], model: Any,
-                      metadata: Sequence[Mapping[str, Any] | None] | None = None,
-                      ids: Sequence[str] | None = None, batch_size: int = 16, *,
-                      chunk_size: int = 1024, show_progress: bool = True) -> list[str]:
+    def add_documents(
+        self,
+        texts: Sequence[str],
+        model: Any,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        ids: Sequence[str] | None = None,
+        batch_size: int = 16,
+        *,
+        chunk_size: int = 1024,
+        show_progress: bool = True,
+    ) -> list[str]:
         """Compress `texts` with `model` and add them; returns their ids."""
 
-    def update(self, ids: Sequence[str], memories: torch.Tensor | None = None,
-               texts: Sequence[str] | None = None,
-               metadata: Sequence[Mapping[str, Any] | None] | None = None) -> None:
+    def update(
+        self,
+        ids: Sequence[str],
+        memories: torch.Tensor | None = None,
+        texts: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> None:
         """Replace memory, text and/or metadata of existing nodes."""
 
     def delete(self, ids: Sequence[str], *, missing_ok: bool = False) -> int:

@@ -1,4 +1,5 @@
 """Fixtures for the LangChain adapter tests: the fixture's documents in a float32 store."""
+
 from __future__ import annotations
 
 import inspect
@@ -33,8 +34,9 @@ def make_store(model, texts):
     from clara_integrations.store import MemoryStore
 
     store = MemoryStore.for_model(model, dtype=torch.float32)
-    store.add_documents(list(texts), model, ids=[str(i) for i in range(len(texts))],
-                        show_progress=False)
+    store.add_documents(
+        list(texts), model, ids=[str(i) for i in range(len(texts))], show_progress=False
+    )
     return store
 
 
@@ -58,7 +60,10 @@ def stage2_model(fixture_dir):
     vector-store suite asserts. Loaded separately, so `instruct_model` stays untouched."""
     from clara_integrations import ClaraModel
 
-    model = ClaraModel.from_pretrained(fixture_dir / "ckpt-instruct",
-                                       base_model=fixture_dir / "tiny-llama-base", dtype=torch.float32)
+    model = ClaraModel.from_pretrained(
+        fixture_dir / "ckpt-instruct",
+        base_model=fixture_dir / "tiny-llama-base",
+        dtype=torch.float32,
+    )
     model.adapters.copy("encoder_adapter", "query_reasoner_adapter")
     return model

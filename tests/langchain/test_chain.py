@@ -1,4 +1,5 @@
 """create_clara_rag_chain: reference parity, runnable protocol, text LLMs, bad input."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,12 @@ import pytest
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 
-from clara_integrations.langchain import ChatClara, ClaraRetriever, ClaraVectorStore, create_clara_rag_chain
+from clara_integrations.langchain import (
+    ChatClara,
+    ClaraRetriever,
+    ClaraVectorStore,
+    create_clara_rag_chain,
+)
 from clara_integrations.store import MemoryStore, StoreMismatchError
 
 # The fixture's reference outputs were generated greedily with 8 new tokens.
@@ -18,7 +24,9 @@ MAX_NEW_TOKENS = 8
 def chain(e2e_model, doc_store):
     k = e2e_model.config.generation_top_k
     retriever = ClaraRetriever(model=e2e_model, store=doc_store, k=k)
-    return create_clara_rag_chain(retriever, ChatClara(model=e2e_model, max_new_tokens=MAX_NEW_TOKENS))
+    return create_clara_rag_chain(
+        retriever, ChatClara(model=e2e_model, max_new_tokens=MAX_NEW_TOKENS)
+    )
 
 
 def test_chain_reproduces_reference_generate_from_questions(chain, reference):
@@ -29,7 +37,8 @@ def test_chain_reproduces_reference_generate_from_questions(chain, reference):
         assert set(out) == {"answer", "documents"}
         assert [int(d.id) for d in out["documents"]] == reference["e2e.topk_idx"][i]
         assert [d.page_content for d in out["documents"]] == [
-            reference["docs"][j] for j in reference["e2e.topk_idx"][i]]
+            reference["docs"][j] for j in reference["e2e.topk_idx"][i]
+        ]
         assert out["answer"] == reference["e2e.generate_from_questions"][i]
 
 
@@ -56,17 +65,24 @@ def test_chain_binds_the_retrievers_store_and_checks_it(e2e_model, doc_store):
     assert llm.store is None, "the caller's ChatClara must not be mutated"
     # Memory written by another compressor (same shapes, other identity): refused when
     # the chain is built, not silently read as noise.
-    foreign = MemoryStore(e2e_model.n_mem, e2e_model.hidden_size, model_identity="clara-0123456789abcdef")
-    retriever = ClaraRetriever.model_construct(model=e2e_model, store=foreign, k=2)  # bypass its own check
+    foreign = MemoryStore(
+        e2e_model.n_mem, e2e_model.hidden_size, model_identity="clara-0123456789abcdef"
+    )
+    retriever = ClaraRetriever.model_construct(
+        model=e2e_model, store=foreign, k=2
+    )  # bypass its own check
     with pytest.raises(StoreMismatchError, match="clara-0123456789abcdef"):
         create_clara_rag_chain(retriever, llm)
 
 
 def test_vector_store_retriever_feeds_stored_memory(e2e_model, reference):
-    vs = ClaraVectorStore.from_texts(reference["docs"], vs_embedding(e2e_model),
-                                     ids=[str(i) for i in range(5)], dtype="float32")
-    chain = create_clara_rag_chain(vs.as_retriever(search_kwargs={"k": 2}),
-                                   ChatClara(model=e2e_model, max_new_tokens=MAX_NEW_TOKENS))
+    vs = ClaraVectorStore.from_texts(
+        reference["docs"], vs_embedding(e2e_model), ids=[str(i) for i in range(5)], dtype="float32"
+    )
+    chain = create_clara_rag_chain(
+        vs.as_retriever(search_kwargs={"k": 2}),
+        ChatClara(model=e2e_model, max_new_tokens=MAX_NEW_TOKENS),
+    )
     out = chain.invoke(reference["questions"][1])
     assert [int(d.id) for d in out["documents"]] == reference["e2e.topk_idx"][1]
     assert out["answer"] == reference["e2e.generate_from_questions"][1]

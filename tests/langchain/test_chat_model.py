@@ -1,4 +1,5 @@
 """ChatClara: memory in, answers out; base chat without documents; streaming; stop; usage."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,14 +27,20 @@ def test_answers_from_memory_like_the_model(llm, e2e_model, doc_store, reference
     question = reference["questions"][0]
     docs = _docs(reference["e2e.topk_idx"][0], reference)
     expected = e2e_model.generate_from_compressed_documents_and_questions(
-        [question], doc_store.get_memories([d.id for d in docs]), max_new_tokens=8)[0]
+        [question], doc_store.get_memories([d.id for d in docs]), max_new_tokens=8
+    )[0]
     message = llm.invoke(question, documents=docs)
     assert isinstance(message, AIMessage)
     assert message.content == expected == reference["e2e.generate_from_questions"][0]
-    assert llm.invoke(question, documents=doc_store.get_memories([d.id for d in docs])).content == expected
+    assert (
+        llm.invoke(question, documents=doc_store.get_memories([d.id for d in docs])).content
+        == expected
+    )
 
 
-def test_generator_reads_memory_not_document_text(llm, e2e_model, doc_store, reference, monkeypatch):
+def test_generator_reads_memory_not_document_text(
+    llm, e2e_model, doc_store, reference, monkeypatch
+):
     """The documents' text never reaches the model: the prompt holds memory placeholders,
     the spliced embeddings are the stored memory rows, and tampering with the text (or
     forbidding compression) changes nothing."""
@@ -71,17 +78,29 @@ def test_documents_outside_the_store_are_compressed(e2e_model, reference):
     llm = ChatClara(model=e2e_model, max_new_tokens=8)  # no store
     question = reference["questions"][0]
     docs = [Document(page_content=reference["docs"][i]) for i in reference["e2e.topk_idx"][0]]
-    assert llm.invoke(question, documents=docs).content == reference["e2e.generate_from_questions"][0]
+    assert (
+        llm.invoke(question, documents=docs).content == reference["e2e.generate_from_questions"][0]
+    )
     with pytest.raises(ValueError, match="empty page_content"):
         llm.invoke(question, documents=[Document(page_content=" ")])
 
 
 def test_without_documents_it_is_the_base_chat_model(llm, e2e_model):
-    messages = [SystemMessage("Be brief."), HumanMessage("Hello"), AIMessage("Hi"), HumanMessage("How are you?")]
+    messages = [
+        SystemMessage("Be brief."),
+        HumanMessage("Hello"),
+        AIMessage("Hi"),
+        HumanMessage("How are you?"),
+    ]
     expected = e2e_model.generate_from_messages(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"},
-         {"role": "assistant", "content": "Hi"}, {"role": "user", "content": "How are you?"}],
-        max_new_tokens=8)
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi"},
+            {"role": "user", "content": "How are you?"},
+        ],
+        max_new_tokens=8,
+    )
     assert llm.invoke(messages).content == expected
     assert llm.invoke(messages, documents=[]).content == expected
 
@@ -120,7 +139,10 @@ def test_stop_sequences_and_max_tokens(llm, e2e_model):
     assert cut.content == "" and cut.response_metadata["finish_reason"] == "stop"
     assert cut.usage_metadata["output_tokens"] == 3
     assert "".join(c.content for c in llm.stream("Hello", stop=["\n\n\n"])) == ""
-    assert ChatClara(model=e2e_model, stop=["\n\n\n"]).invoke("Hello").usage_metadata["output_tokens"] == 3
+    assert (
+        ChatClara(model=e2e_model, stop=["\n\n\n"]).invoke("Hello").usage_metadata["output_tokens"]
+        == 3
+    )
     assert llm.invoke("Hello", max_tokens=3).content == "\n\n\n"
     assert llm.invoke("Hello", max_new_tokens=2).usage_metadata["output_tokens"] == 2
 
@@ -175,7 +197,10 @@ def test_standard_params_and_tracing(llm, e2e_model):
     params = chat._get_ls_params()
     assert params["ls_provider"] == "clara" and params["ls_max_tokens"] == 10
     assert params["ls_stop"] == ["x"] and params["ls_model_name"] == "clara/tiny-llama-base"
-    assert ChatClara(model=e2e_model, model_name="my-clara")._get_ls_params()["ls_model_name"] == "my-clara"
+    assert (
+        ChatClara(model=e2e_model, model_name="my-clara")._get_ls_params()["ls_model_name"]
+        == "my-clara"
+    )
 
 
 def test_concurrent_calls_are_safe(e2e_model, doc_store, reference):
@@ -195,9 +220,13 @@ def test_concurrent_calls_are_safe(e2e_model, doc_store, reference):
 
     serial = [scores(q) for q in questions] + [answer(q) for q in questions]
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(scores, q) for q in questions] + [pool.submit(answer, q) for q in questions]
+        futures = [pool.submit(scores, q) for q in questions] + [
+            pool.submit(answer, q) for q in questions
+        ]
         assert [f.result() for f in futures] == serial
-    assert retriever.batch(questions, config={"max_concurrency": 4}) == [retriever.invoke(q) for q in questions]
+    assert retriever.batch(questions, config={"max_concurrency": 4}) == [
+        retriever.invoke(q) for q in questions
+    ]
 
 
 def test_cache_keys_tell_memory_tensors_apart(llm, doc_store):

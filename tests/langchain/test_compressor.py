@@ -1,4 +1,5 @@
 """ClaraDocumentCompressor: reranks any retriever's documents by the query reasoner."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,7 +32,9 @@ class RerankingRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun):
         docs = self.base_retriever.invoke(query, config={"callbacks": run_manager.get_child()})
-        return list(self.base_compressor.compress_documents(docs, query, callbacks=run_manager.get_child()))
+        return list(
+            self.base_compressor.compress_documents(docs, query, callbacks=run_manager.get_child())
+        )
 
 
 def test_reranks_like_the_reference_selector(e2e_model, reference):
@@ -43,7 +46,9 @@ def test_reranks_like_the_reference_selector(e2e_model, reference):
         scores = [d.metadata["relevance_score"] for d in out]
         assert scores == sorted(scores, reverse=True)
     assert docs[0].metadata == {"i": 0}, "input documents must not be mutated"
-    everything = ClaraDocumentCompressor(model=e2e_model, top_n=None).compress_documents(docs, "Python?")
+    everything = ClaraDocumentCompressor(model=e2e_model, top_n=None).compress_documents(
+        docs, "Python?"
+    )
     assert sorted(d.metadata["i"] for d in everything) == list(range(5))
 
 
@@ -60,9 +65,12 @@ def test_uses_stored_memory_for_store_ids(e2e_model, doc_store, reference, monke
 
 
 def test_in_a_compression_retriever_and_chain(e2e_model, reference):
-    base = KeywordRetriever(docs=[Document(page_content=t, id=f"kw-{i}") for i, t in enumerate(reference["docs"])])
-    retriever = RerankingRetriever(base_retriever=base,
-                                   base_compressor=ClaraDocumentCompressor(model=e2e_model, top_n=2))
+    base = KeywordRetriever(
+        docs=[Document(page_content=t, id=f"kw-{i}") for i, t in enumerate(reference["docs"])]
+    )
+    retriever = RerankingRetriever(
+        base_retriever=base, base_compressor=ClaraDocumentCompressor(model=e2e_model, top_n=2)
+    )
     question = reference["questions"][0]
     docs = retriever.invoke(question)
     assert [d.id for d in docs] == [f"kw-{i}" for i in reference["e2e.topk_idx"][0]]
@@ -70,7 +78,9 @@ def test_in_a_compression_retriever_and_chain(e2e_model, reference):
     assert _find_store(retriever) is None  # documents are then compressed from text
     from clara_integrations.langchain import ChatClara
 
-    out = create_clara_rag_chain(retriever, ChatClara(model=e2e_model, max_new_tokens=8)).invoke(question)
+    out = create_clara_rag_chain(retriever, ChatClara(model=e2e_model, max_new_tokens=8)).invoke(
+        question
+    )
     assert out["answer"] == reference["e2e.generate_from_questions"][0]
 
 
@@ -78,11 +88,16 @@ def test_in_langchains_contextual_compression_retriever(e2e_model, reference):
     """The real thing (package langchain-classic, a dev dependency)."""
     from langchain_classic.retrievers import ContextualCompressionRetriever
 
-    base = KeywordRetriever(docs=[Document(page_content=t, id=f"kw-{i}") for i, t in enumerate(reference["docs"])])
+    base = KeywordRetriever(
+        docs=[Document(page_content=t, id=f"kw-{i}") for i, t in enumerate(reference["docs"])]
+    )
     retriever = ContextualCompressionRetriever(
-        base_compressor=ClaraDocumentCompressor(model=e2e_model, top_n=2), base_retriever=base)
+        base_compressor=ClaraDocumentCompressor(model=e2e_model, top_n=2), base_retriever=base
+    )
     for i, question in enumerate(reference["questions"]):
-        assert [d.id for d in retriever.invoke(question)] == [f"kw-{j}" for j in reference["e2e.topk_idx"][i]]
+        assert [d.id for d in retriever.invoke(question)] == [
+            f"kw-{j}" for j in reference["e2e.topk_idx"][i]
+        ]
 
 
 def test_bad_input(e2e_model):
@@ -100,7 +115,9 @@ def test_bad_input(e2e_model):
 
 def test_scores_are_cosines(e2e_model, reference):
     docs = [Document(page_content=t) for t in reference["docs"]]
-    out = ClaraDocumentCompressor(model=e2e_model, top_n=5).compress_documents(docs, reference["questions"][0])
+    out = ClaraDocumentCompressor(model=e2e_model, top_n=5).compress_documents(
+        docs, reference["questions"][0]
+    )
     q = e2e_model.encode_queries([reference["questions"][0]])
     memory = e2e_model.compress_documents(reference["docs"]).flatten(1)
     cosine = torch.nn.functional.cosine_similarity(q, memory)

@@ -1,10 +1,9 @@
 """The public surface of clara_integrations.langchain is pinned, and optional."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
-
-import pytest
 
 import clara_integrations.langchain as lc
 
@@ -40,4 +39,3 @@ def test_langchain_is_optional_and_its_absence_names_the_extra():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "pip install clara-integrations[langchain]" in out.stdout
-

@@ -1,4 +1,5 @@
 """ClaraRetriever: documents, scores, overrides, reranking, runnable protocol, bad input."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,9 +27,13 @@ def test_documents_carry_text_metadata_id_and_score(e2e_model, doc_store, refere
 
 def test_k_and_filters_per_call_and_in_constructor(e2e_model, reference):
     store = MemoryStore.for_model(e2e_model, dtype=torch.float32)
-    store.add_documents(reference["docs"], e2e_model, ids=[str(i) for i in range(5)],
-                        metadata=[{"topic": "plants"}] * 3 + [{"topic": "other"}] * 2,
-                        show_progress=False)
+    store.add_documents(
+        reference["docs"],
+        e2e_model,
+        ids=[str(i) for i in range(5)],
+        metadata=[{"topic": "plants"}] * 3 + [{"topic": "other"}] * 2,
+        show_progress=False,
+    )
     retriever = ClaraRetriever(model=e2e_model, store=store, k=4, filters={"topic": "plants"})
     question = reference["questions"][1]
     assert {d.metadata["topic"] for d in retriever.invoke(question)} == {"plants"}
@@ -76,7 +81,9 @@ def test_mismatched_store_and_model_is_a_clear_error(e2e_model):
     wrong_shape = MemoryStore(n_mem=2, hidden_size=e2e_model.hidden_size)
     with pytest.raises(StoreMismatchError, match="n_mem=2"):
         ClaraRetriever(model=e2e_model, store=wrong_shape)
-    other = MemoryStore(e2e_model.n_mem, e2e_model.hidden_size, model_identity="clara-0123456789abcdef")
+    other = MemoryStore(
+        e2e_model.n_mem, e2e_model.hidden_size, model_identity="clara-0123456789abcdef"
+    )
     with pytest.raises(StoreMismatchError, match="clara-0123456789abcdef"):
         ClaraRetriever(model=e2e_model, store=other)
     with pytest.raises(Exception, match="MemoryStore"):

@@ -16,6 +16,7 @@ a ClaraVectorStore over a CLaRa model whose query reasoner is the stage-2 initia
 (a copy of the compressor), so the suite's exact-match ranking holds for real CLaRa
 vectors instead of the suite's fake embeddings.
 """
+
 from __future__ import annotations
 
 from typing import Any

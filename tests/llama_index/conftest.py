@@ -1,9 +1,14 @@
 """Fixtures for the LlamaIndex adapters: the parity fixture's documents in a float32 store."""
+
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 # The fixture README: reference generations used greedy decoding and 8 new tokens.
 REFERENCE_MAX_NEW_TOKENS = 8
@@ -24,9 +29,15 @@ def documents(reference) -> list:
     Metadata stays out of the embedded text so memory equals the reference's."""
     from llama_index.core import Document
 
-    return [Document(id_=doc_id(i), text=t, metadata={"i": i, "half": "first" if i < 2 else "second"},
-                     excluded_embed_metadata_keys=["i", "half"])
-            for i, t in enumerate(reference["docs"])]
+    return [
+        Document(
+            id_=doc_id(i),
+            text=t,
+            metadata={"i": i, "half": "first" if i < 2 else "second"},
+            excluded_embed_metadata_keys=["i", "half"],
+        )
+        for i, t in enumerate(reference["docs"])
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -39,9 +50,15 @@ def store32(e2e_model, reference):
 
     store = MemoryStore.for_model(e2e_model, dtype=torch.float32)
     docs = reference["docs"]
-    store.add_documents(docs, e2e_model, ids=[doc_id(i) for i in range(len(docs))],
-                        metadata=[{"i": i, "half": "first" if i < len(docs) // 2 else "second"}
-                                  for i in range(len(docs))], show_progress=False)
+    store.add_documents(
+        docs,
+        e2e_model,
+        ids=[doc_id(i) for i in range(len(docs))],
+        metadata=[
+            {"i": i, "half": "first" if i < len(docs) // 2 else "second"} for i in range(len(docs))
+        ],
+        show_progress=False,
+    )
     return store
 
 

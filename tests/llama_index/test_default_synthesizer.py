@@ -1,6 +1,7 @@
 """`index.as_query_engine(llm=ClaraLLM(...))` with no response_synthesizer: LlamaIndex
 builds its default text synthesizer, and ClaraLLM still answers from memory (the nodes'
 text never reaches the decoder); contexts it cannot account for are read as text."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,7 +36,10 @@ class GenerationSpy:
     def __init__(self, model, monkeypatch):
         self.memory_calls: list[torch.Tensor] = []
         self.text_calls = 0
-        from_embeddings, from_messages = model.generate_from_embeddings, model.generate_from_messages
+        from_embeddings, from_messages = (
+            model.generate_from_embeddings,
+            model.generate_from_messages,
+        )
 
         def embeddings(inputs_embeds, attention_mask, *args, **kwargs):
             self.memory_calls.append(inputs_embeds.detach().clone())
@@ -62,8 +66,10 @@ def spy(e2e_model, monkeypatch):
 def index(e2e_model, reference):
     vector_store = ClaraVectorStore(model=e2e_model, dtype=torch.float32)
     return VectorStoreIndex.from_documents(
-        documents(reference), storage_context=StorageContext.from_defaults(vector_store=vector_store),
-        embed_model=ClaraEmbedding(e2e_model))
+        documents(reference),
+        storage_context=StorageContext.from_defaults(vector_store=vector_store),
+        embed_model=ClaraEmbedding(e2e_model),
+    )
 
 
 def clara_llm(model, **kwargs) -> ClaraLLM:
@@ -83,7 +89,9 @@ def generator_input(model, question, memory) -> torch.Tensor:
 def test_as_query_engine_answers_from_memory(index, e2e_model, reference, doc_memory, spy, caplog):
     model, tok = e2e_model, e2e_model.tokenizer
     question = reference["questions"][0]
-    engine = index.as_query_engine(llm=clara_llm(model), similarity_top_k=K)  # no response_synthesizer
+    engine = index.as_query_engine(
+        llm=clara_llm(model), similarity_top_k=K
+    )  # no response_synthesizer
     decoder = DecoderSpy(model)
     try:
         with caplog.at_level(logging.WARNING, logger="clara_integrations.llama_index"):
@@ -105,7 +113,10 @@ def test_as_query_engine_answers_from_memory(index, e2e_model, reference, doc_me
     torch.testing.assert_close(decoder.spliced[0, positions], want, rtol=0, atol=0)
     # ... and no token that only the documents contain was ever embedded.
     allowed = set(prompt_ids) | set(tok(question, add_special_tokens=False)["input_ids"])
-    doc_only = set().union(*(tok(d, add_special_tokens=False)["input_ids"] for d in reference["docs"])) - allowed
+    doc_only = (
+        set().union(*(tok(d, add_special_tokens=False)["input_ids"] for d in reference["docs"]))
+        - allowed
+    )
     assert doc_only and not (doc_only & set().union(*map(set, decoder.embedded)))
     # ClaraSynthesizer over the same nodes: the same generator input, the same answer.
     synthesized = ClaraSynthesizer(llm=clara_llm(model)).synthesize(question, response.source_nodes)
@@ -115,12 +126,18 @@ def test_as_query_engine_answers_from_memory(index, e2e_model, reference, doc_me
 
 def test_streaming_query_answers_from_memory(index, e2e_model, reference, doc_memory, spy):
     question = reference["questions"][1]
-    response = index.as_query_engine(llm=clara_llm(e2e_model), similarity_top_k=K, streaming=True).query(question)
+    response = index.as_query_engine(
+        llm=clara_llm(e2e_model), similarity_top_k=K, streaming=True
+    ).query(question)
     text = "".join(response.response_gen)
     assert ranks(response) == reference["e2e.topk_idx"][1]
     assert spy.text_calls == 0 and len(spy.memory_calls) == 1
-    assert torch.equal(spy.memory_calls[0], generator_input(e2e_model, question, doc_memory[ranks(response)]))
-    synthesized = ClaraSynthesizer(llm=clara_llm(e2e_model)).synthesize(question, response.source_nodes)
+    assert torch.equal(
+        spy.memory_calls[0], generator_input(e2e_model, question, doc_memory[ranks(response)])
+    )
+    synthesized = ClaraSynthesizer(llm=clara_llm(e2e_model)).synthesize(
+        question, response.source_nodes
+    )
     assert text == synthesized.response == reference["e2e.generate_from_questions"][1]
 
 
@@ -138,50 +155,72 @@ def test_async_queries_answer_from_memory(index, e2e_model, reference, doc_memor
     answers, streamed, text = asyncio.run(run())
     assert [ranks(a) for a in answers] == reference["e2e.topk_idx"]
     assert [a.response for a in answers] == reference["e2e.generate_from_questions"]
-    assert text == reference["e2e.generate_from_questions"][0] and ranks(streamed) == reference["e2e.topk_idx"][0]
+    assert (
+        text == reference["e2e.generate_from_questions"][0]
+        and ranks(streamed) == reference["e2e.topk_idx"][0]
+    )
     assert spy.text_calls == 0 and len(spy.memory_calls) == 3
-    expected = [generator_input(e2e_model, q, doc_memory[t])
-                for q, t in zip([*questions, questions[0]], [*reference["e2e.topk_idx"], reference["e2e.topk_idx"][0]])]
+    expected = [
+        generator_input(e2e_model, q, doc_memory[t])
+        for q, t in zip(
+            [*questions, questions[0]], [*reference["e2e.topk_idx"], reference["e2e.topk_idx"][0]]
+        )
+    ]
     for got in spy.memory_calls:  # the two plain queries ran concurrently: any order
         assert any(torch.equal(got, want) for want in expected)
     assert torch.equal(spy.memory_calls[-1], expected[-1])
 
 
-@pytest.mark.parametrize(("mode", "streaming", "ks"), [
-    ("refine", False, [1, 2]),          # one node per call; each refine re-answers over all so far
-    ("refine", True, [1, 2]),
-    ("tree_summarize", False, [2]),
-    ("simple_summarize", False, [2]),
-    ("accumulate", False, [1, 1]),      # one answer per node, by design of the mode
-])
+@pytest.mark.parametrize(
+    ("mode", "streaming", "ks"),
+    [
+        ("refine", False, [1, 2]),  # one node per call; each refine re-answers over all so far
+        ("refine", True, [1, 2]),
+        ("tree_summarize", False, [2]),
+        ("simple_summarize", False, [2]),
+        ("accumulate", False, [1, 1]),  # one answer per node, by design of the mode
+    ],
+)
 def test_other_response_modes(index, e2e_model, reference, doc_memory, spy, mode, streaming, ks):
     question = reference["questions"][0]
-    response = index.as_query_engine(llm=clara_llm(e2e_model), similarity_top_k=K, response_mode=mode,
-                                     streaming=streaming).query(question)
+    response = index.as_query_engine(
+        llm=clara_llm(e2e_model), similarity_top_k=K, response_mode=mode, streaming=streaming
+    ).query(question)
     if streaming:
         "".join(response.response_gen)
     topk = ranks(response)
     assert spy.text_calls == 0
-    assert spy.prefills == [generator_input(e2e_model, question, doc_memory[topk[:k]]).shape[1] for k in ks]
+    assert spy.prefills == [
+        generator_input(e2e_model, question, doc_memory[topk[:k]]).shape[1] for k in ks
+    ]
     if mode != "accumulate":  # the final answer is the one over all k nodes, in order
-        assert torch.equal(spy.memory_calls[-1], generator_input(e2e_model, question, doc_memory[topk]))
+        assert torch.equal(
+            spy.memory_calls[-1], generator_input(e2e_model, question, doc_memory[topk])
+        )
 
 
 def test_clara_retriever_and_reranker_nodes_answer_from_memory(e2e_model, store32, reference, spy):
     question = reference["questions"][1]
     # ClaraRetriever in a default RetrieverQueryEngine (memory found even when not attached).
     for attach in (True, False):
-        retriever = ClaraRetriever(model=e2e_model, store=store32, similarity_top_k=K, attach_memory=attach)
+        retriever = ClaraRetriever(
+            model=e2e_model, store=store32, similarity_top_k=K, attach_memory=attach
+        )
         RetrieverQueryEngine.from_args(retriever, llm=clara_llm(e2e_model)).query(question)
     # Any retriever's nodes (SimpleVectorStore returns no memory), reranked by ClaraReranker.
     docs = [Document(text=f"{t} (reranked copy)") for t in reference["docs"]]
     simple = VectorStoreIndex.from_documents(docs, embed_model=ClaraEmbedding(e2e_model))
-    engine = simple.as_query_engine(llm=clara_llm(e2e_model), similarity_top_k=5,
-                                    node_postprocessors=[ClaraReranker(model=e2e_model, top_n=K)])
+    engine = simple.as_query_engine(
+        llm=clara_llm(e2e_model),
+        similarity_top_k=5,
+        node_postprocessors=[ClaraReranker(model=e2e_model, top_n=K)],
+    )
     response = engine.query(question)
     assert len(response.source_nodes) == K
     assert spy.text_calls == 0 and len(spy.memory_calls) == 3
-    memory = torch.stack([torch.tensor(n.node.embedding).reshape(e2e_model.n_mem, -1) for n in response.source_nodes])
+    memory = torch.stack(
+        [torch.tensor(n.node.embedding).reshape(e2e_model.n_mem, -1) for n in response.source_nodes]
+    )
     assert torch.equal(spy.memory_calls[-1], generator_input(e2e_model, question, memory))
 
 
@@ -190,13 +229,17 @@ def test_context_it_cannot_account_for_is_read_as_text(e2e_model, reference, spy
     simple = VectorStoreIndex.from_documents(docs, embed_model=ClaraEmbedding(e2e_model))
     llm = ClaraLLM(model=e2e_model, max_new_tokens=2)
     with caplog.at_level(logging.WARNING, logger="clara_integrations.llama_index.llm"):
-        response = simple.as_query_engine(llm=llm, similarity_top_k=K).query(reference["questions"][0])
+        response = simple.as_query_engine(llm=llm, similarity_top_k=K).query(
+            reference["questions"][0]
+        )
     assert isinstance(response.response, str)
     assert TEXT_WARNING in caplog.text and "ClaraSynthesizer" in caplog.text
     assert spy.text_calls == 1 and not spy.memory_calls
 
 
-def test_only_whole_registered_contexts_answer_from_memory(index, e2e_model, reference, doc_memory, spy):
+def test_only_whole_registered_contexts_answer_from_memory(
+    index, e2e_model, reference, doc_memory, spy
+):
     question = reference["questions"][0]
     nodes = index.as_retriever(similarity_top_k=K).retrieve(question)
     contents = [n.node.get_content(metadata_mode=MetadataMode.LLM) for n in nodes]
@@ -206,18 +249,23 @@ def test_only_whole_registered_contexts_answer_from_memory(index, e2e_model, ref
     llm = ClaraLLM(model=e2e_model, max_new_tokens=2)
     answer = llm.predict(qa, context_str="\n".join(contents), query_str=question)  # memory, k=2
     assert spy.prefills == [generator_input(e2e_model, question, doc_memory[topk]).shape[1]]
-    for context in (contents[0] + "\n\nA sentence no retriever returned.",  # extra text
-                    contents[0][:-4],                                          # a node cut short
-                    ""):
+    for context in (
+        contents[0] + "\n\nA sentence no retriever returned.",  # extra text
+        contents[0][:-4],  # a node cut short
+        "",
+    ):
         llm.predict(qa, context_str=context, query_str=question)
     llm.predict(refine, query_str=question, existing_answer="not ours", context_msg=contents[1])
     ClaraLLM(model=e2e_model, max_new_tokens=2, use_context_memory=False).predict(
-        qa, context_str=contents[0], query_str=question)
+        qa, context_str=contents[0], query_str=question
+    )
     llm.predict(PromptTemplate("Say {word}."), word="hi")  # not a retrieval prompt at all
     assert spy.text_calls == 6 and len(spy.memory_calls) == 1
     # A refine of an answer it gave from memory re-answers over the earlier and new nodes.
     llm.predict(refine, query_str=question, existing_answer=answer, context_msg=contents[0])
-    assert torch.equal(spy.memory_calls[-1], generator_input(e2e_model, question, doc_memory[[*topk, topk[0]]]))
+    assert torch.equal(
+        spy.memory_calls[-1], generator_input(e2e_model, question, doc_memory[[*topk, topk[0]]])
+    )
 
 
 # ---------------------------------------------------------------------- the registry
@@ -232,7 +280,9 @@ def _values(matched) -> list[int] | None:
 def test_registry_splits_a_context_into_registered_nodes():
     registry = ContextRegistry()
     texts = ["Alpha beta.", "Alpha beta gamma.", "Delta\n\nepsilon.", "a b", "a", "b c"]
-    registry.register("m", [TextNode(text=t) for t in texts], [_memory(i) for i in range(len(texts))])
+    registry.register(
+        "m", [TextNode(text=t) for t in texts], [_memory(i) for i in range(len(texts))]
+    )
     match = lambda context: _values(registry.match("m", context))  # noqa: E731
     assert match("Alpha beta.\n\nDelta\n\nepsilon.") == [0, 2]
     assert match("  Alpha beta gamma.\nAlpha beta.  ") == [1, 0]  # any whitespace between/around
@@ -249,16 +299,24 @@ def test_registry_is_bounded_and_skips_nodes_without_memory():
     registry = ContextRegistry(max_items=2)
     nodes = [TextNode(text=t) for t in ("one", "two", "three")]
     registry.register("m", nodes, [_memory(1), _memory(2), _memory(3)])
-    assert len(registry) == 2 and registry.match("m", "one") is None and _values(registry.match("m", "two three")) == [2, 3]
+    assert (
+        len(registry) == 2
+        and registry.match("m", "one") is None
+        and _values(registry.match("m", "two three")) == [2, 3]
+    )
     assert registry.get("m", ["one"]) is None and len(registry.get("m", ["two", "three"])) == 2
-    registry.register("m", [NodeWithScore(node=nodes[2], score=1.0)], [_memory(4)])  # replaced, not added
+    registry.register(
+        "m", [NodeWithScore(node=nodes[2], score=1.0)], [_memory(4)]
+    )  # replaced, not added
     assert len(registry) == 2 and _values(registry.match("m", "three")) == [4]
     registry.register("m", [TextNode(text="four"), TextNode(text="  ")], [None, _memory(5)])
     registry.register(None, [TextNode(text="five")], [_memory(6)])
     assert len(registry) == 2
     per_entry = _memory(0).numel() * 4 + len("three")
     by_bytes = ContextRegistry(max_bytes=2 * per_entry)
-    by_bytes.register("m", [TextNode(text=t) for t in ("three", "seven", "eight")], [_memory(i) for i in range(3)])
+    by_bytes.register(
+        "m", [TextNode(text=t) for t in ("three", "seven", "eight")], [_memory(i) for i in range(3)]
+    )
     assert len(by_bytes) == 2 and by_bytes.nbytes == 2 * per_entry
     by_bytes.clear()
     assert len(by_bytes) == 0 and by_bytes.nbytes == 0

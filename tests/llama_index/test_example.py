@@ -1,4 +1,5 @@
 """The example script runs on the fixture model and prints the reference's retrievals."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -9,7 +10,9 @@ import sys
 from tests.conftest import REPO_ROOT, TINY_BASE
 
 EXAMPLE = REPO_ROOT / "examples" / "llama_index_query_engine.py"
-LINE = re.compile(r"^\[(?P<section>[\w-]+)\] q(?P<j>\d+) sources=(?P<sources>\S+) answer=(?P<answer>.*)$")
+LINE = re.compile(
+    r"^\[(?P<section>[\w-]+)\] q(?P<j>\d+) sources=(?P<sources>\S+) answer=(?P<answer>.*)$"
+)
 
 
 def example_module():
@@ -22,14 +25,27 @@ def example_module():
 def test_example_runs_and_retrieves_like_the_model(e2e_model, fixture_dir):
     example = example_module()
     out = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--checkpoint", str(fixture_dir / "ckpt-e2e"),
-         "--base-model", str(TINY_BASE), "--max-new-tokens", "8"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=True,
+        [
+            sys.executable,
+            str(EXAMPLE),
+            "--checkpoint",
+            str(fixture_dir / "ckpt-e2e"),
+            "--base-model",
+            str(TINY_BASE),
+            "--max-new-tokens",
+            "8",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     ).stdout
     results = [m.groupdict() for m in map(LINE.match, out.splitlines()) if m]
     # What the model's own reference path (generate_from_questions) does with these docs.
     answers, topk = e2e_model.generate_from_questions(
-        example.QUESTIONS, documents=[example.DOCS] * len(example.QUESTIONS), max_new_tokens=8)
+        example.QUESTIONS, documents=[example.DOCS] * len(example.QUESTIONS), max_new_tokens=8
+    )
     sections = ("store", "stream", "index", "simple", "text-llm")
     assert sorted({r["section"] for r in results}) == sorted(sections)
     for r in results:

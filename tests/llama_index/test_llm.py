@@ -1,4 +1,5 @@
 """ClaraLLM: memory and plain generation, every sync/stream/async form, metadata, errors."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,40 +30,62 @@ def memory(doc_memory):
 def test_complete_with_memory_is_the_reference_generation(llm, e2e_model, reference, memory):
     question = reference["questions"][0]
     response = llm.complete(question, memory=memory)
-    assert response.text == e2e_model.generate_from_compressed_documents_and_questions(
-        [question], memory, max_new_tokens=N_NEW)[0]
+    assert (
+        response.text
+        == e2e_model.generate_from_compressed_documents_and_questions(
+            [question], memory, max_new_tokens=N_NEW
+        )[0]
+    )
     prefill = e2e_model.prepare_generation_inputs([question], memory)["attention_mask"].shape[1]
-    assert response.additional_kwargs == {"prefill_tokens": prefill, "num_documents": 2,
-                                          "memory_tokens": 2 * e2e_model.n_mem}
+    assert response.additional_kwargs == {
+        "prefill_tokens": prefill,
+        "num_documents": 2,
+        "memory_tokens": 2 * e2e_model.n_mem,
+    }
 
 
 def test_memory_accepts_tensors_vectors_and_nodes(llm, reference, memory):
     question = reference["questions"][0]
     want = llm.complete(question, memory=memory).text
     nodes = [NodeWithScore(node=TextNode(text="x", embedding=m.flatten().tolist())) for m in memory]
-    for form in (memory.flatten(1), [m for m in memory], [m.flatten().tolist() for m in memory], nodes,
-                 [n.node for n in nodes]):
+    for form in (
+        memory.flatten(1),
+        [m for m in memory],
+        [m.flatten().tolist() for m in memory],
+        nodes,
+        [n.node for n in nodes],
+    ):
         assert llm.complete(question, memory=form).text == want
     assert llm.memory_batch(memory[0]).shape == (1, *memory.shape[1:])
 
 
 def test_without_memory_it_is_the_base_chat_model(llm, e2e_model):
     assert llm.complete("Say hello.").text == e2e_model.generate_from_messages(
-        [{"role": "user", "content": "Say hello."}], max_new_tokens=N_NEW)
-    messages = [ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
-                ChatMessage(role=MessageRole.USER, content="Hi!")]
+        [{"role": "user", "content": "Say hello."}], max_new_tokens=N_NEW
+    )
+    messages = [
+        ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
+        ChatMessage(role=MessageRole.USER, content="Hi!"),
+    ]
     chat = llm.chat(messages)
     assert chat.message.role == MessageRole.ASSISTANT
     assert chat.message.content == e2e_model.generate_from_messages(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}], max_new_tokens=N_NEW)
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}],
+        max_new_tokens=N_NEW,
+    )
 
 
 def test_chat_with_memory_answers_the_last_user_message(llm, reference, memory):
     question = reference["questions"][1]
-    messages = [ChatMessage(role=MessageRole.USER, content="earlier turn"),
-                ChatMessage(role=MessageRole.ASSISTANT, content="ok"),
-                ChatMessage(role=MessageRole.USER, content=question)]
-    assert llm.chat(messages, memory=memory).message.content == llm.complete(question, memory=memory).text
+    messages = [
+        ChatMessage(role=MessageRole.USER, content="earlier turn"),
+        ChatMessage(role=MessageRole.ASSISTANT, content="ok"),
+        ChatMessage(role=MessageRole.USER, content=question),
+    ]
+    assert (
+        llm.chat(messages, memory=memory).message.content
+        == llm.complete(question, memory=memory).text
+    )
 
 
 def test_streaming_and_async_forms_agree(llm, reference, memory):
@@ -78,7 +101,9 @@ def test_streaming_and_async_forms_agree(llm, reference, memory):
         b = "".join([c.delta async for c in await llm.astream_complete(question, memory=memory)])
         c = (await llm.achat(chat_msgs, memory=memory)).message.content
         d = "".join([c.delta async for c in await llm.astream_chat(chat_msgs, memory=memory)])
-        e, f = await asyncio.gather(llm.acomplete(question, memory=memory), llm.acomplete("Say hello."))
+        e, f = await asyncio.gather(
+            llm.acomplete(question, memory=memory), llm.acomplete("Say hello.")
+        )
         return [a, b, c, d, e.text], f.text
 
     texts, plain = asyncio.run(run())
@@ -101,7 +126,10 @@ def test_metadata(llm, e2e_model):
     assert meta.num_output == N_NEW
     assert meta.model_name == "clara/tiny-llama-base"
     assert meta.is_chat_model
-    assert ClaraLLM(model=e2e_model, model_name="mine", context_window=512).metadata.context_window == 512
+    assert (
+        ClaraLLM(model=e2e_model, model_name="mine", context_window=512).metadata.context_window
+        == 512
+    )
 
 
 def test_sampling_when_temperature_is_positive(e2e_model, reference, memory):
@@ -131,7 +159,9 @@ def test_bad_input(llm, e2e_model, memory):
 
 def test_stream_deltas_survive_the_reference_space_cleanup(e2e_model):
     tok = e2e_model.tokenizer
-    ids = tok("Hello , world . I 'm fine ! Isn 't it ? é à ü 日本", add_special_tokens=False)["input_ids"]
+    ids = tok("Hello , world . I 'm fine ! Isn 't it ? é à ü 日本", add_special_tokens=False)[
+        "input_ids"
+    ]
 
     def run(streamer, stopping_criteria):
         streamer.put(torch.empty(1, 0, dtype=torch.long))  # the prompt (empty with inputs_embeds)

@@ -1,5 +1,6 @@
 """Acceptance: CLaRa inside LlamaIndex query engines (parity, drop-in, memory not text,
 streaming, async, instrumentation)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,11 +19,16 @@ from tests.llama_index.conftest import REFERENCE_MAX_NEW_TOKENS, DecoderSpy
 
 def reference_engine(model, store, n_docs, **synth_kwargs):
     """The reference setting: all documents are candidates, k = generation_top_k, greedy."""
-    retriever = ClaraRetriever(model=model, store=store, similarity_top_k=model.config.generation_top_k,
-                               candidate_pool=n_docs)
+    retriever = ClaraRetriever(
+        model=model,
+        store=store,
+        similarity_top_k=model.config.generation_top_k,
+        candidate_pool=n_docs,
+    )
     llm = ClaraLLM(model=model, max_new_tokens=REFERENCE_MAX_NEW_TOKENS, temperature=0.0)
-    return RetrieverQueryEngine(retriever=retriever,
-                                response_synthesizer=ClaraSynthesizer(llm=llm, **synth_kwargs))
+    return RetrieverQueryEngine(
+        retriever=retriever, response_synthesizer=ClaraSynthesizer(llm=llm, **synth_kwargs)
+    )
 
 
 def source_indices(response) -> list[int]:
@@ -31,8 +37,9 @@ def source_indices(response) -> list[int]:
 
 def test_query_engine_matches_reference_generate_from_questions(e2e_model, store32, reference):
     engine = reference_engine(e2e_model, store32, len(reference["docs"]))
-    for question, answer, topk in zip(reference["questions"], reference["e2e.generate_from_questions"],
-                                      reference["e2e.topk_idx"]):
+    for question, answer, topk in zip(
+        reference["questions"], reference["e2e.generate_from_questions"], reference["e2e.topk_idx"]
+    ):
         response = engine.query(question)
         assert source_indices(response) == topk
         assert response.response == answer
@@ -45,7 +52,9 @@ def test_retriever_is_a_drop_in_for_any_text_llm(e2e_model, store32, reference):
     engine = RetrieverQueryEngine.from_args(retriever, llm=MockLLM(max_tokens=5))
     response = engine.query(reference["questions"][1])
     assert source_indices(response) == reference["e2e.topk_idx"][1]
-    assert [n.node.text for n in response.source_nodes] == [reference["docs"][i] for i in reference["e2e.topk_idx"][1]]
+    assert [n.node.text for n in response.source_nodes] == [
+        reference["docs"][i] for i in reference["e2e.topk_idx"][1]
+    ]
     assert response.response  # MockLLM answered from the retrieved text
 
 
@@ -73,7 +82,10 @@ def test_generator_reads_memory_not_text(e2e_model, store32, reference, doc_memo
     torch.testing.assert_close(spy.spliced[0, positions], want, rtol=0, atol=0)
     # No token that only the documents contain was ever embedded (query encoding included).
     allowed = set(prompt_ids) | set(tok(question, add_special_tokens=False)["input_ids"])
-    doc_only = set().union(*(tok(d, add_special_tokens=False)["input_ids"] for d in reference["docs"])) - allowed
+    doc_only = (
+        set().union(*(tok(d, add_special_tokens=False)["input_ids"] for d in reference["docs"]))
+        - allowed
+    )
     seen = set().union(*map(set, spy.embedded))
     assert doc_only and not (doc_only & seen)
 
@@ -117,10 +129,14 @@ class _Events(BaseEventHandler):
 def test_instrumentation_and_callbacks_fire(e2e_model, store32, reference):
     debug = LlamaDebugHandler()
     callbacks = CallbackManager([debug])
-    retriever = ClaraRetriever(model=e2e_model, store=store32, similarity_top_k=2, callback_manager=callbacks)
+    retriever = ClaraRetriever(
+        model=e2e_model, store=store32, similarity_top_k=2, callback_manager=callbacks
+    )
     llm = ClaraLLM(model=e2e_model, max_new_tokens=2)
-    engine = RetrieverQueryEngine(retriever=retriever,
-                                  response_synthesizer=ClaraSynthesizer(llm=llm, callback_manager=callbacks))
+    engine = RetrieverQueryEngine(
+        retriever=retriever,
+        response_synthesizer=ClaraSynthesizer(llm=llm, callback_manager=callbacks),
+    )
     root = get_dispatcher()
     handler = _Events(names=[])
     root.add_event_handler(handler)
@@ -128,8 +144,16 @@ def test_instrumentation_and_callbacks_fire(e2e_model, store32, reference):
         engine.query(reference["questions"][0])
     finally:
         root.event_handlers.remove(handler)
-    for name in ("QueryStartEvent", "RetrievalStartEvent", "RetrievalEndEvent", "SynthesizeStartEvent",
-                 "LLMCompletionStartEvent", "LLMCompletionEndEvent", "SynthesizeEndEvent", "QueryEndEvent"):
+    for name in (
+        "QueryStartEvent",
+        "RetrievalStartEvent",
+        "RetrievalEndEvent",
+        "SynthesizeStartEvent",
+        "LLMCompletionStartEvent",
+        "LLMCompletionEndEvent",
+        "SynthesizeEndEvent",
+        "QueryEndEvent",
+    ):
         assert name in handler.names, name
     for kind in (CBEventType.RETRIEVE, CBEventType.SYNTHESIZE, CBEventType.LLM):
         assert debug.get_event_pairs(kind), kind

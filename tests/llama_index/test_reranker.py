@@ -1,11 +1,12 @@
 """ClaraReranker: reranks another retriever's nodes, compresses unseen text once."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
-from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from clara_integrations import MissingAdapterError
@@ -32,8 +33,10 @@ def test_reranks_by_the_query_reasoner_and_caches(e2e_model, reference, text_nod
     debug = LlamaDebugHandler()
     reranker = ClaraReranker(model=e2e_model, top_n=2, callback_manager=CallbackManager([debug]))
     for question, topk in zip(reference["questions"], reference["e2e.topk_idx"]):
-        out = reranker.postprocess_nodes([NodeWithScore(node=n, score=0.0) for n in text_nodes],
-                                         query_bundle=QueryBundle(question))
+        out = reranker.postprocess_nodes(
+            [NodeWithScore(node=n, score=0.0) for n in text_nodes],
+            query_bundle=QueryBundle(question),
+        )
         assert [n.node.node_id for n in out] == [f"t{i}" for i in topk]
         assert out[0].score >= out[1].score
     assert reranker.cache.compressed == len(text_nodes)  # second question: all cache hits
@@ -45,8 +48,10 @@ def test_reranks_by_the_query_reasoner_and_caches(e2e_model, reference, text_nod
 
 def test_uses_memory_already_on_nodes(e2e_model, reference, doc_memory, text_nodes):
     reranker = ClaraReranker(model=e2e_model, top_n=5)
-    carried = [NodeWithScore(node=n.model_copy(update={"embedding": m.flatten().tolist()}))
-               for n, m in zip(text_nodes, doc_memory)]
+    carried = [
+        NodeWithScore(node=n.model_copy(update={"embedding": m.flatten().tolist()}))
+        for n, m in zip(text_nodes, doc_memory)
+    ]
     out = reranker.postprocess_nodes(carried, query_str=reference["questions"][0])
     assert len(out) == 5 and reranker.cache.compressed == 0
 
@@ -54,10 +59,15 @@ def test_uses_memory_already_on_nodes(e2e_model, reference, doc_memory, text_nod
 def test_bm25_style_pipeline_answers_from_memory(e2e_model, reference, text_nodes):
     llm = ClaraLLM(model=e2e_model, max_new_tokens=8)
     engine = RetrieverQueryEngine.from_args(
-        ListRetriever(text_nodes), llm=llm, node_postprocessors=[ClaraReranker(model=e2e_model, top_n=2)],
-        response_synthesizer=ClaraSynthesizer(llm=llm, compress_missing=False))
+        ListRetriever(text_nodes),
+        llm=llm,
+        node_postprocessors=[ClaraReranker(model=e2e_model, top_n=2)],
+        response_synthesizer=ClaraSynthesizer(llm=llm, compress_missing=False),
+    )
     response = engine.query(reference["questions"][1])
-    assert [n.node.node_id for n in response.source_nodes] == [f"t{i}" for i in reference["e2e.topk_idx"][1]]
+    assert [n.node.node_id for n in response.source_nodes] == [
+        f"t{i}" for i in reference["e2e.topk_idx"][1]
+    ]
     assert response.response == reference["e2e.generate_from_questions"][1]
 
 

@@ -1,4 +1,5 @@
 """ClaraRetriever: nodes, scores, memory, candidate pool, filters, errors, async."""
+
 from __future__ import annotations
 
 import asyncio
@@ -24,7 +25,9 @@ def test_nodes_carry_text_metadata_cosine_and_memory(e2e_model, store32, referen
         assert n.node.text == reference["docs"][i]
         assert n.node.metadata["i"] == i
         assert n.score == pytest.approx(cos[i], abs=1e-5)
-        assert torch.equal(torch.tensor(n.node.embedding).reshape(doc_memory[i].shape), doc_memory[i])
+        assert torch.equal(
+            torch.tensor(n.node.embedding).reshape(doc_memory[i].shape), doc_memory[i]
+        )
 
 
 def test_candidate_pool_uses_the_selector(e2e_model, store32, reference):
@@ -36,10 +39,14 @@ def test_candidate_pool_uses_the_selector(e2e_model, store32, reference):
 
 def test_filters_dict_and_metadata_filters(e2e_model, store32, reference):
     question = reference["questions"][1]
-    as_dict = ClaraRetriever(model=e2e_model, store=store32, similarity_top_k=5, filters={"half": "first"})
+    as_dict = ClaraRetriever(
+        model=e2e_model, store=store32, similarity_top_k=5, filters={"half": "first"}
+    )
     ours = [n.node.metadata["i"] for n in as_dict.retrieve(question)]
     assert ours and all(i < len(reference["docs"]) // 2 for i in ours)
-    li = MetadataFilters(filters=[MetadataFilter(key="i", value=[0, 3], operator=FilterOperator.IN)])
+    li = MetadataFilters(
+        filters=[MetadataFilter(key="i", value=[0, 3], operator=FilterOperator.IN)]
+    )
     as_li = ClaraRetriever(model=e2e_model, store=store32, similarity_top_k=5, filters=li)
     assert sorted(n.node.metadata["i"] for n in as_li.retrieve(question)) == [0, 3]
     bad = MetadataFilters(filters=[MetadataFilter(key="i", value=2, operator=FilterOperator.GT)])
@@ -48,8 +55,9 @@ def test_filters_dict_and_metadata_filters(e2e_model, store32, reference):
 
 
 def test_attach_memory_off_gives_plain_nodes(e2e_model, store32, reference):
-    nodes = ClaraRetriever(model=e2e_model, store=store32, similarity_top_k=1,
-                           attach_memory=False).retrieve(reference["questions"][0])
+    nodes = ClaraRetriever(
+        model=e2e_model, store=store32, similarity_top_k=1, attach_memory=False
+    ).retrieve(reference["questions"][0])
     assert nodes[0].node.embedding is None
 
 
@@ -69,10 +77,14 @@ def test_empty_query_raises(e2e_model, store32):
 
 def test_construction_errors(e2e_model, instruct_model, store32):
     with pytest.raises(StoreMismatchError, match="another space"):
-        ClaraRetriever(model=e2e_model, store=MemoryStore.for_model(e2e_model, model_identity="clara-other"))
+        ClaraRetriever(
+            model=e2e_model, store=MemoryStore.for_model(e2e_model, model_identity="clara-other")
+        )
     with pytest.raises(StoreMismatchError, match="n_mem"):
-        ClaraRetriever(model=e2e_model, store=MemoryStore(n_mem=e2e_model.n_mem + 1,
-                                                          hidden_size=e2e_model.hidden_size))
+        ClaraRetriever(
+            model=e2e_model,
+            store=MemoryStore(n_mem=e2e_model.n_mem + 1, hidden_size=e2e_model.hidden_size),
+        )
     with pytest.raises(MissingAdapterError, match="query reasoner"):
         ClaraRetriever(model=instruct_model, store=MemoryStore.for_model(instruct_model))
     with pytest.raises(ValueError, match="similarity_top_k"):
@@ -83,4 +95,6 @@ def test_construction_errors(e2e_model, instruct_model, store32):
 
 def test_empty_store_returns_nothing(e2e_model):
     store = MemoryStore.for_model(e2e_model)
-    assert ClaraRetriever(model=e2e_model, store=store, candidate_pool=8).retrieve("anything?") == []
+    assert (
+        ClaraRetriever(model=e2e_model, store=store, candidate_pool=8).retrieve("anything?") == []
+    )

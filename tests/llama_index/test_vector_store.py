@@ -1,5 +1,6 @@
 """ClaraEmbedding + ClaraVectorStore inside VectorStoreIndex, and CLaRa memory in
 another LlamaIndex vector store (SimpleVectorStore)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,13 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryMode,
 )
 
-from clara_integrations.llama_index import ClaraEmbedding, ClaraLLM, ClaraRetriever, ClaraSynthesizer, ClaraVectorStore
+from clara_integrations.llama_index import (
+    ClaraEmbedding,
+    ClaraLLM,
+    ClaraRetriever,
+    ClaraSynthesizer,
+    ClaraVectorStore,
+)
 from clara_integrations.store import MemoryStore, StoreMismatchError
 from tests.llama_index.conftest import REFERENCE_MAX_NEW_TOKENS, documents
 
@@ -29,14 +36,19 @@ def embed(e2e_model):
 def index(e2e_model, embed, reference):
     vector_store = ClaraVectorStore(model=e2e_model, dtype=torch.float32)
     return VectorStoreIndex.from_documents(
-        documents(reference), storage_context=StorageContext.from_defaults(vector_store=vector_store),
-        embed_model=embed)
+        documents(reference),
+        storage_context=StorageContext.from_defaults(vector_store=vector_store),
+        embed_model=embed,
+    )
 
 
 def reference_engine(index, model, **synth_kwargs):
     llm = ClaraLLM(model=model, max_new_tokens=REFERENCE_MAX_NEW_TOKENS)
-    return index.as_query_engine(llm=llm, similarity_top_k=model.config.generation_top_k,
-                                 response_synthesizer=ClaraSynthesizer(llm=llm, **synth_kwargs))
+    return index.as_query_engine(
+        llm=llm,
+        similarity_top_k=model.config.generation_top_k,
+        response_synthesizer=ClaraSynthesizer(llm=llm, **synth_kwargs),
+    )
 
 
 def ranks(response) -> list[int]:
@@ -44,11 +56,15 @@ def ranks(response) -> list[int]:
 
 
 def test_embedding_is_memory_and_query_vector(e2e_model, embed, reference, doc_memory):
-    torch.testing.assert_close(torch.tensor(embed.get_text_embedding(reference["docs"][0])), doc_memory[0].flatten())
+    torch.testing.assert_close(
+        torch.tensor(embed.get_text_embedding(reference["docs"][0])), doc_memory[0].flatten()
+    )
     batch = embed.get_text_embedding_batch(reference["docs"][:3])
     torch.testing.assert_close(torch.tensor(batch), doc_memory[:3].flatten(1))
     q = embed.get_query_embedding(reference["questions"][0])
-    torch.testing.assert_close(torch.tensor(q), e2e_model.encode_queries(reference["questions"][:1])[0])
+    torch.testing.assert_close(
+        torch.tensor(q), e2e_model.encode_queries(reference["questions"][:1])[0]
+    )
     assert asyncio.run(embed.aget_query_embedding(reference["questions"][0])) == q
     with pytest.raises(ValueError, match="empty query"):
         embed.get_query_embedding(" ")
@@ -56,14 +72,17 @@ def test_embedding_is_memory_and_query_vector(e2e_model, embed, reference, doc_m
 
 def test_index_answers_from_stored_memory(index, e2e_model, reference, doc_memory):
     engine = reference_engine(index, e2e_model, compress_missing=False)
-    for question, answer, topk in zip(reference["questions"], reference["e2e.generate_from_questions"],
-                                      reference["e2e.topk_idx"]):
+    for question, answer, topk in zip(
+        reference["questions"], reference["e2e.generate_from_questions"], reference["e2e.topk_idx"]
+    ):
         response = engine.query(question)
         assert ranks(response) == topk
         assert response.response == answer
         node = response.source_nodes[0].node
         assert node.ref_doc_id == f"doc-{topk[0]}"
-        assert torch.equal(torch.tensor(node.embedding).reshape(doc_memory[0].shape), doc_memory[topk[0]])
+        assert torch.equal(
+            torch.tensor(node.embedding).reshape(doc_memory[0].shape), doc_memory[topk[0]]
+        )
 
 
 def test_filters_delete_upsert_and_get(index, e2e_model, reference):
@@ -76,9 +95,13 @@ def test_filters_delete_upsert_and_get(index, e2e_model, reference):
 
     index.delete_ref_doc("doc-3")
     assert len(vector_store.client) == 4
-    assert 3 not in [n.node.metadata["i"] for n in index.as_retriever(similarity_top_k=5).retrieve(question)]
+    assert 3 not in [
+        n.node.metadata["i"] for n in index.as_retriever(similarity_top_k=5).retrieve(question)
+    ]
 
-    node = vector_store.get_nodes(filters=MetadataFilters(filters=[MetadataFilter(key="i", value=4)]))[0]
+    node = vector_store.get_nodes(
+        filters=MetadataFilters(filters=[MetadataFilter(key="i", value=4)])
+    )[0]
     node.text = "Python is a snake."
     vector_store.add([node])  # same id: replaced, not duplicated
     assert len(vector_store.client) == 4
@@ -93,17 +116,25 @@ def test_filters_delete_upsert_and_get(index, e2e_model, reference):
 
 def test_persist_and_reload(index, e2e_model, embed, reference, tmp_path):
     question = reference["questions"][0]
-    before = [(n.node.node_id, n.score) for n in index.as_retriever(similarity_top_k=3).retrieve(question)]
+    before = [
+        (n.node.node_id, n.score) for n in index.as_retriever(similarity_top_k=3).retrieve(question)
+    ]
     index.storage_context.persist(persist_dir=tmp_path)
     index.vector_store.client.close()  # release the directory's writer lock
     reloaded = ClaraVectorStore.from_persist_dir(tmp_path, model=e2e_model)
     again = VectorStoreIndex.from_vector_store(reloaded, embed_model=embed)
-    after = [(n.node.node_id, n.score) for n in again.as_retriever(similarity_top_k=3).retrieve(question)]
+    after = [
+        (n.node.node_id, n.score) for n in again.as_retriever(similarity_top_k=3).retrieve(question)
+    ]
     assert [i for i, _ in after] == [i for i, _ in before]
     assert [s for _, s in after] == pytest.approx([s for _, s in before], abs=1e-6)
     # The same store also serves ClaraRetriever directly, nodes restored whole.
-    nodes = ClaraRetriever(model=e2e_model, store=reloaded.client, similarity_top_k=3).retrieve(question)
-    assert [(n.node.node_id, n.node.ref_doc_id is not None) for n in nodes] == [(i, True) for i, _ in before]
+    nodes = ClaraRetriever(model=e2e_model, store=reloaded.client, similarity_top_k=3).retrieve(
+        question
+    )
+    assert [(n.node.node_id, n.node.ref_doc_id is not None) for n in nodes] == [
+        (i, True) for i, _ in before
+    ]
 
 
 def test_vector_store_errors(e2e_model, index):
@@ -116,9 +147,13 @@ def test_vector_store_errors(e2e_model, index):
     with pytest.raises(ValueError, match="node_ids"):
         vector_store.query(VectorStoreQuery(query_embedding=[0.1] * width, node_ids=["a"]))
     with pytest.raises(ValueError, match="query mode"):
-        vector_store.query(VectorStoreQuery(query_embedding=[0.1] * width, mode=VectorStoreQueryMode.MMR))
+        vector_store.query(
+            VectorStoreQuery(query_embedding=[0.1] * width, mode=VectorStoreQueryMode.MMR)
+        )
     with pytest.raises(StoreMismatchError):
-        ClaraVectorStore(store=MemoryStore.for_model(e2e_model, model_identity="clara-other"), model=e2e_model)
+        ClaraVectorStore(
+            store=MemoryStore.for_model(e2e_model, model_identity="clara-other"), model=e2e_model
+        )
     with pytest.raises(ValueError, match="needs a MemoryStore"):
         ClaraVectorStore()
 

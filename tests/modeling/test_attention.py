@@ -1,4 +1,5 @@
 """Left padding must not leave a query row with nothing to attend to (NaN on CUDA SDPA)."""
+
 from __future__ import annotations
 
 import torch
@@ -8,9 +9,16 @@ from clara_integrations.modeling.attention import SAFE_SDPA, sdpa_mask_without_e
 
 
 def _left_padded_masks():
-    attention_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)  # as transformers passes it
-    kwargs = dict(batch_size=2, q_length=5, kv_length=5, attention_mask=attention_mask,
-                  allow_is_causal_skip=False)
+    attention_mask = torch.tensor(
+        [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool
+    )  # as transformers passes it
+    kwargs = dict(
+        batch_size=2,
+        q_length=5,
+        kv_length=5,
+        attention_mask=attention_mask,
+        allow_is_causal_skip=False,
+    )
     return sdpa_mask(**kwargs), sdpa_mask_without_empty_rows(**kwargs)
 
 

@@ -1,4 +1,5 @@
 """Checkpoint round trips (native and released format) and damaged files."""
+
 from __future__ import annotations
 
 import shutil
@@ -14,7 +15,9 @@ QUESTIONS = ["Where is the Eiffel Tower?"]
 
 
 def _weights(model):
-    out = {f"{n}/{k}": v for n in model.adapters.names for k, v in model.adapters.state_dict(n).items()}
+    out = {
+        f"{n}/{k}": v for n in model.adapters.names for k, v in model.adapters.state_dict(n).items()
+    }
     out["embed"] = model.decoder.get_input_embeddings().weight.detach().cpu().clone()
     return out
 
@@ -32,7 +35,9 @@ def _assert_same_model(a, b):
 @pytest.mark.parametrize("official", [False, True])
 def test_round_trip_is_exact(e2e_model, tmp_path, official):
     e2e_model.save_pretrained(tmp_path / "ckpt", official_format=official)
-    reloaded = ClaraModel.from_pretrained(tmp_path / "ckpt", base_model=TINY_BASE, dtype=torch.float32)
+    reloaded = ClaraModel.from_pretrained(
+        tmp_path / "ckpt", base_model=TINY_BASE, dtype=torch.float32
+    )
     _assert_same_model(e2e_model, reloaded)
     files = {p.name for p in (tmp_path / "ckpt").iterdir()}
     if official:
@@ -55,8 +60,9 @@ def test_native_checkpoint_is_small(e2e_model, tmp_path):
 
 
 def test_config_overrides_and_base_override(fixture_dir):
-    model = ClaraModel.from_pretrained(fixture_dir / "ckpt-e2e", base_model=TINY_BASE,
-                                       dtype=torch.float32, generation_top_k=3)
+    model = ClaraModel.from_pretrained(
+        fixture_dir / "ckpt-e2e", base_model=TINY_BASE, dtype=torch.float32, generation_top_k=3
+    )
     assert model.config.generation_top_k == 3
     assert model.config.decoder_model_name == str(TINY_BASE)
     with pytest.raises(ValueError, match="unknown config keys"):
@@ -124,12 +130,20 @@ def test_adapter_policy_rules(ckpt_copy, caplog):
     (ckpt_copy / "config.json").write_text(json.dumps(config))
     ref = ClaraModel.from_pretrained(ckpt_copy, base_model=TINY_BASE, dtype=torch.float32)
     assert ref.adapters.names == ["decoder_adapter", "encoder_adapter"]
-    assert all(float(v.abs().sum()) == 0 for k, v in ref.adapters.state_dict("decoder_adapter").items()
-               if "lora_B" in k)  # fresh adapter: B = 0, an exact no-op
+    assert all(
+        float(v.abs().sum()) == 0
+        for k, v in ref.adapters.state_dict("decoder_adapter").items()
+        if "lora_B" in k
+    )  # fresh adapter: B = 0, an exact no-op
     assert "adapter_policy='all'" in caplog.text
-    everything = ClaraModel.from_pretrained(ckpt_copy, base_model=TINY_BASE, dtype=torch.float32,
-                                            adapter_policy="all")
-    assert everything.adapters.names == ["decoder_adapter", "encoder_adapter", "query_reasoner_adapter"]
+    everything = ClaraModel.from_pretrained(
+        ckpt_copy, base_model=TINY_BASE, dtype=torch.float32, adapter_policy="all"
+    )
+    assert everything.adapters.names == [
+        "decoder_adapter",
+        "encoder_adapter",
+        "query_reasoner_adapter",
+    ]
 
 
 def test_stage2_copies_encoder_into_missing_query_reasoner(fixture_dir, tmp_path):
@@ -141,7 +155,10 @@ def test_stage2_copies_encoder_into_missing_query_reasoner(fixture_dir, tmp_path
     config["training_stage"] = "stage2"
     (target / "config.json").write_text(json.dumps(config))
     model = ClaraModel.from_pretrained(target, base_model=TINY_BASE, dtype=torch.float32)
-    enc, query = model.adapters.state_dict("encoder_adapter"), model.adapters.state_dict("query_reasoner_adapter")
+    enc, query = (
+        model.adapters.state_dict("encoder_adapter"),
+        model.adapters.state_dict("query_reasoner_adapter"),
+    )
     assert enc.keys() == query.keys() and all(torch.equal(enc[k], query[k]) for k in enc)
 
 

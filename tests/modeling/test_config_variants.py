@@ -1,5 +1,6 @@
 """The other configuration the reference supports: one shared <MEM> token, sep=False,
 untied input/output embeddings, three documents per question."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,12 @@ import torch
 from clara_integrations import ClaraConfig, ClaraModel
 from tests.conftest import TINY_BASE
 
-DOCS = ["Weldenia is a plant genus.", "The Eiffel Tower is in Paris.", "Python is a language.",
-        "Alsobia grows in Mexico."]
+DOCS = [
+    "Weldenia is a plant genus.",
+    "The Eiffel Tower is in Paris.",
+    "Python is a language.",
+    "Alsobia grows in Mexico.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +33,10 @@ def untied_base(tmp_path_factory):
     # The tied checkpoint has no lm_head weight: give the untied base its own copy.
     base = AutoModelForCausalLM.from_pretrained(target)
     torch.manual_seed(1)
-    base.lm_head.weight = torch.nn.Parameter(base.model.embed_tokens.weight.detach().clone()
-                                             + 0.01 * torch.randn_like(base.lm_head.weight))
+    base.lm_head.weight = torch.nn.Parameter(
+        base.model.embed_tokens.weight.detach().clone()
+        + 0.01 * torch.randn_like(base.lm_head.weight)
+    )
     base.save_pretrained(target)
     return target
 
@@ -37,11 +44,24 @@ def untied_base(tmp_path_factory):
 @pytest.fixture(scope="module")
 def variant(untied_base):
     torch.manual_seed(0)
-    config = ClaraConfig(decoder_model_name=str(untied_base), doc_max_length=64, compr_rate=16,
-                         different_mem_tokens=False, sep=False, lora=True, lora_r=4,
-                         generation_top_k=3, training_stage="stage2", compr_model_name=None)
-    model = ClaraModel.from_base(untied_base, config, dtype=torch.float32,
-                                 adapters=["decoder_adapter", "encoder_adapter", "query_reasoner_adapter"])
+    config = ClaraConfig(
+        decoder_model_name=str(untied_base),
+        doc_max_length=64,
+        compr_rate=16,
+        different_mem_tokens=False,
+        sep=False,
+        lora=True,
+        lora_r=4,
+        generation_top_k=3,
+        training_stage="stage2",
+        compr_model_name=None,
+    )
+    model = ClaraModel.from_base(
+        untied_base,
+        config,
+        dtype=torch.float32,
+        adapters=["decoder_adapter", "encoder_adapter", "query_reasoner_adapter"],
+    )
     with torch.no_grad():  # make every adapter matter, as the fixture does
         for name, p in model.decoder.named_parameters():
             if "lora_B" in name:
@@ -65,12 +85,16 @@ def test_untied_lm_head_rows_round_trip_in_both_formats(variant, tmp_path, untie
             first_last = torch.load(folder / "decoder_first_last_layers.pth", weights_only=True)
             assert set(first_last) == {"model.embed_tokens.weight", "lm_head.weight"}
         reloaded = ClaraModel.from_pretrained(folder, base_model=untied_base, dtype=torch.float32)
-        assert torch.equal(reloaded.decoder.get_output_embeddings().weight,
-                           variant.decoder.get_output_embeddings().weight)
-        answers, idx = reloaded.generate_from_questions(["Where is the tower?"], documents=[DOCS],
-                                                        max_new_tokens=4)
-        expected = variant.generate_from_questions(["Where is the tower?"], documents=[DOCS],
-                                                   max_new_tokens=4)
+        assert torch.equal(
+            reloaded.decoder.get_output_embeddings().weight,
+            variant.decoder.get_output_embeddings().weight,
+        )
+        answers, idx = reloaded.generate_from_questions(
+            ["Where is the tower?"], documents=[DOCS], max_new_tokens=4
+        )
+        expected = variant.generate_from_questions(
+            ["Where is the tower?"], documents=[DOCS], max_new_tokens=4
+        )
         assert (answers, idx.tolist()) == (expected[0], expected[1].tolist())
 
 
@@ -82,9 +106,9 @@ def test_three_documents_without_sep_follow_reference_overlap(variant):
     n = variant.n_mem
     embeds = inputs["inputs_embeds"][0]
     for j in range(3):  # slot j starts at first + j * n_mem (no room for <SEP>)
-        assert torch.equal(embeds[first + j * n: first + (j + 1) * n], memories[j])
+        assert torch.equal(embeds[first + j * n : first + (j + 1) * n], memories[j])
     # The prompt still has k * (n_mem + 1) memory/sep tokens; the last n_mem + ... keep
     # their token embeddings (reference quirk).
-    tail = embeds[first + 3 * n: first + 3 * (n + 1)]
-    token_rows = variant.decoder.get_input_embeddings()(ids[first + 3 * n: first + 3 * (n + 1)])
+    tail = embeds[first + 3 * n : first + 3 * (n + 1)]
+    token_rows = variant.decoder.get_input_embeddings()(ids[first + 3 * n : first + 3 * (n + 1)])
     assert torch.equal(tail, token_rows)

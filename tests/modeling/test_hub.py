@@ -1,4 +1,5 @@
 """Model-name resolution and the embedded default base model."""
+
 from __future__ import annotations
 
 import os
@@ -14,15 +15,19 @@ from tests.conftest import REPO_ROOT, TINY_BASE
 
 def test_local_folder_wins(tmp_path):
     assert hub.resolve_base_model(TINY_BASE) == str(TINY_BASE)
-    assert hub.resolve_base_model("tiny-llama-base", search_dirs=(TINY_BASE.parent,)) == str(TINY_BASE.parent / "tiny-llama-base")
+    assert hub.resolve_base_model("tiny-llama-base", search_dirs=(TINY_BASE.parent,)) == str(
+        TINY_BASE.parent / "tiny-llama-base"
+    )
 
 
 def test_hub_id_needs_network_opt_in(monkeypatch):
     monkeypatch.delenv("CLARA_ALLOW_NETWORK", raising=False)
     with pytest.raises(FileNotFoundError, match="allow_network=True"):
         hub.resolve_base_model("mistralai/Mistral-7B-Instruct-v0.2")
-    assert hub.resolve_base_model("mistralai/Mistral-7B-Instruct-v0.2", allow_network=True) == \
-        "mistralai/Mistral-7B-Instruct-v0.2"
+    assert (
+        hub.resolve_base_model("mistralai/Mistral-7B-Instruct-v0.2", allow_network=True)
+        == "mistralai/Mistral-7B-Instruct-v0.2"
+    )
     monkeypatch.setenv("CLARA_ALLOW_NETWORK", "1")
     assert hub.network_allowed() is True
     with pytest.raises(FileNotFoundError, match="network use is off"):
@@ -51,14 +56,24 @@ def test_checkpoint_subfolder(tmp_path):
 def test_concurrent_first_use_converts_once(tmp_path):
     code = "from clara_integrations.modeling.hub import embedded_base_model_dir; print(embedded_base_model_dir())"
     env = {**os.environ, "CLARA_CACHE_DIR": str(tmp_path)}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO_ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=600)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert outputs[0] == outputs[1]
     folder = Path(outputs[0])
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in folder.iterdir()
+    }
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
@@ -69,8 +84,11 @@ def test_embedded_default_compresses():
     from clara_integrations import ClaraModel
 
     model = ClaraModel.from_base(dtype=torch.float32)
-    assert (model.tokenizer.bos_token, model.tokenizer.eos_token, model.tokenizer.pad_token) == \
-        ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    assert (model.tokenizer.bos_token, model.tokenizer.eos_token, model.tokenizer.pad_token) == (
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|im_end|>",
+    )
     memory = model.compress_documents(["Paris is the capital of France.", "Water boils at 100 C."])
     assert memory.shape == (2, 8, 576)
     assert torch.isfinite(memory).all()

@@ -1,4 +1,5 @@
 """Bad input: clear errors naming the problem, empty inputs give empty results."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,7 +18,9 @@ def test_empty_inputs_give_empty_results(e2e_model):
     assert e2e_model.generate_from_text([], []) == []
 
 
-@pytest.mark.parametrize("bad, index", [(["ok", ""], 1), (["ok", "   "], 1), ([None, "ok"], 0), ([3], 0)])
+@pytest.mark.parametrize(
+    "bad, index", [(["ok", ""], 1), (["ok", "   "], 1), ([None, "ok"], 0), ([3], 0)]
+)
 def test_bad_document_names_its_index(e2e_model, bad, index):
     with pytest.raises(ValueError, match=f"document {index}"):
         e2e_model.compress_documents(bad)
@@ -80,7 +83,7 @@ def test_prefill_is_prompt_plus_memory_slots(e2e_model):
     assert sum(t in mem_ids for t in prompt_ids) == 2 * e2e_model.n_mem
     for j in range(2):  # each slot holds the memory vectors, not token embeddings
         start = prompt_ids.index(e2e_model.special.mem_token_ids[0]) + j * (e2e_model.n_mem + 1)
-        assert torch.equal(inputs["inputs_embeds"][0, start:start + e2e_model.n_mem], memories[j])
+        assert torch.equal(inputs["inputs_embeds"][0, start : start + e2e_model.n_mem], memories[j])
 
 
 def test_concurrent_calls_give_serial_results(e2e_model):
@@ -89,8 +92,12 @@ def test_concurrent_calls_give_serial_results(e2e_model):
     serial_docs = e2e_model.compress_documents(DOCS)
     serial_queries = e2e_model.encode_queries(["Where?", "Who?"])
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(e2e_model.compress_documents, DOCS) if i % 2 else
-                   pool.submit(e2e_model.encode_queries, ["Where?", "Who?"]) for i in range(8)]
+        futures = [
+            pool.submit(e2e_model.compress_documents, DOCS)
+            if i % 2
+            else pool.submit(e2e_model.encode_queries, ["Where?", "Who?"])
+            for i in range(8)
+        ]
         results = [f.result() for f in futures]
     for i, result in enumerate(results):
         assert torch.equal(result, serial_docs if i % 2 else serial_queries)

@@ -1,4 +1,5 @@
 """Input layouts: packing with reference positions, memory splicing arithmetic."""
+
 from __future__ import annotations
 
 import torch
@@ -8,9 +9,16 @@ from clara_integrations.modeling.tokens import SpecialTokens
 
 
 def _special(n_mem=2):
-    return SpecialTokens(mem_tokens=tuple(f"<MEM{i}>" for i in range(n_mem)),
-                         mem_token_ids=tuple(100 + i for i in range(n_mem)), ae_id=90, enc_id=91,
-                         sep_id=92, bos="<s>", eos="</s>", pad_id=0)
+    return SpecialTokens(
+        mem_tokens=tuple(f"<MEM{i}>" for i in range(n_mem)),
+        mem_token_ids=tuple(100 + i for i in range(n_mem)),
+        ae_id=90,
+        enc_id=91,
+        sep_id=92,
+        bos="<s>",
+        eos="</s>",
+        pad_id=0,
+    )
 
 
 def test_packed_positions_reproduce_reference_positions():
@@ -23,7 +31,9 @@ def test_packed_positions_reproduce_reference_positions():
     for b in range(2):
         real_packed = packed.attention_mask[b].bool()
         real_padded = padded.attention_mask[b].bool()
-        assert packed.input_ids[b][real_packed].tolist() == padded.input_ids[b][real_padded].tolist()
+        assert (
+            packed.input_ids[b][real_packed].tolist() == padded.input_ids[b][real_padded].tolist()
+        )
         reference_positions = torch.arange(padded.input_ids.shape[1])[real_padded]
         assert packed.position_ids[b][real_packed].tolist() == reference_positions.tolist()
     assert packed.input_ids[:, -2:].tolist() == [[100, 101], [100, 101]]

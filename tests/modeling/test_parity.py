@@ -3,6 +3,7 @@
 Tolerances (README): memory and query vectors 1e-4 absolute, first-step logits 1e-3,
 top-k indices and greedy text exact.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ def test_reference_padding_gives_same_vectors(instruct_model, ref, ref_tensors):
 
 
 def test_mse_auxiliary_loss(instruct_model, ref):
-    _, mse = instruct_model.encode_texts(ref["docs"], "encoder_adapter", batch_size=16,
-                                         with_mse=True, reference_padding=True)
+    _, mse = instruct_model.encode_texts(
+        ref["docs"], "encoder_adapter", batch_size=16, with_mse=True, reference_padding=True
+    )
     assert mse.item() == pytest.approx(ref["instruct.mse"], abs=1e-5)
 
 
@@ -69,22 +71,29 @@ def test_prompts_verbatim(instruct_model, e2e_model, ref):
 
 def test_generate_from_text(instruct_model, ref):
     docs = ref["docs"]
-    answers = instruct_model.generate_from_text(ref["questions"], [docs[0:2], docs[3:5]],
-                                                max_new_tokens=8)
+    answers = instruct_model.generate_from_text(
+        ref["questions"], [docs[0:2], docs[3:5]], max_new_tokens=8
+    )
     assert answers == ref["instruct.generate_from_text"]
 
 
 def test_generate_from_questions(e2e_model, ref):
     answers, topk = e2e_model.generate_from_questions(
-        ref["questions"], documents=[ref["docs"], ref["docs"]], max_new_tokens=8)
+        ref["questions"], documents=[ref["docs"], ref["docs"]], max_new_tokens=8
+    )
     assert topk.tolist() == ref["e2e.topk_idx"]
     assert answers == ref["e2e.generate_from_questions"]
 
 
 def _first_step_logits(model, questions, memories):
     inputs = model.prepare_generation_inputs(questions, memories)
-    out = model.generate_from_embeddings(inputs["inputs_embeds"], inputs["attention_mask"], 1,
-                                         output_logits=True, return_dict_in_generate=True)
+    out = model.generate_from_embeddings(
+        inputs["inputs_embeds"],
+        inputs["attention_mask"],
+        1,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     return out.logits[0]
 
 
@@ -118,12 +127,14 @@ def test_parity_on_cuda(fixture_dir, ref, ref_tensors):
     from clara_integrations import ClaraModel
     from tests.conftest import TINY_BASE
 
-    model = ClaraModel.from_pretrained(fixture_dir / "ckpt-e2e", base_model=TINY_BASE,
-                                       device="cuda", dtype=torch.float32)
+    model = ClaraModel.from_pretrained(
+        fixture_dir / "ckpt-e2e", base_model=TINY_BASE, device="cuda", dtype=torch.float32
+    )
     memory = model.compress_documents(ref["docs"]).cpu()
     assert (memory - ref_tensors["e2e.doc_embeddings"]).abs().max().item() <= VECTOR_TOL
-    answers, topk = model.generate_from_questions(ref["questions"], documents=[ref["docs"]] * 2,
-                                                  max_new_tokens=8)
+    answers, topk = model.generate_from_questions(
+        ref["questions"], documents=[ref["docs"]] * 2, max_new_tokens=8
+    )
     assert topk.tolist() == ref["e2e.topk_idx"] and answers == ref["e2e.generate_from_questions"]
 
 
@@ -131,7 +142,9 @@ def test_bfloat16_runs_and_stays_close(fixture_dir, ref, ref_tensors):
     from clara_integrations import ClaraModel
     from tests.conftest import TINY_BASE
 
-    model = ClaraModel.from_pretrained(fixture_dir / "ckpt-e2e", base_model=TINY_BASE, dtype=torch.bfloat16)
+    model = ClaraModel.from_pretrained(
+        fixture_dir / "ckpt-e2e", base_model=TINY_BASE, dtype=torch.bfloat16
+    )
     memory = model.compress_documents(ref["docs"])
     assert memory.dtype == torch.bfloat16
     # bf16 differs from the float32 reference at rounding level only.

@@ -1,4 +1,5 @@
 """A base folder whose config.json has `auto_map` never runs its code or asks on stdin."""
+
 from __future__ import annotations
 
 import builtins
@@ -13,8 +14,11 @@ import torch
 from clara_integrations import ClaraConfig, ClaraModel
 from clara_integrations.modeling.adapters import ENCODER_ADAPTER
 
-AUTO_MAP = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM",
-            "AutoTokenizer": [None, "tokenization_x.XTokenizerFast"]}
+AUTO_MAP = {
+    "AutoConfig": "configuration_x.XConfig",
+    "AutoModelForCausalLM": "modeling_x.XForCausalLM",
+    "AutoTokenizer": [None, "tokenization_x.XTokenizerFast"],
+}
 
 
 def _copy_with_auto_map(tiny_base, folder, **changes):
@@ -51,7 +55,10 @@ def prompts(monkeypatch):
     monkeypatch.setattr(builtins, "input", no_input)
     # The auto classes import the function by name: patch every module that holds it.
     for name, module in list(sys.modules.items()):
-        if name.startswith("transformers.") and getattr(module, "resolve_trust_remote_code", None) is original:
+        if (
+            name.startswith("transformers.")
+            and getattr(module, "resolve_trust_remote_code", None) is original
+        ):
             monkeypatch.setattr(module, "resolve_trust_remote_code", spy)
     return SimpleNamespace(asked=asked, resolved=resolved)
 

@@ -1,4 +1,5 @@
 """Straight-through differentiable top-k (spec §3.3)."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,7 +24,10 @@ def test_backward_uses_sequential_masked_softmax():
     z = logits.detach() / 0.5
     manual = z.clone().requires_grad_(True)
     p0 = torch.softmax(manual, -1)
-    p1 = torch.softmax(manual + torch.log(torch.tensor([1.0, 1e-8, 1.0]) + 1e-8 * torch.tensor([1.0, 0.0, 1.0])), -1)
+    p1 = torch.softmax(
+        manual + torch.log(torch.tensor([1.0, 1e-8, 1.0]) + 1e-8 * torch.tensor([1.0, 0.0, 1.0])),
+        -1,
+    )
     ((p0 + p1) @ values).sum().backward()
     assert torch.allclose(logits.grad, manual.grad / 0.5, atol=1e-6)
     assert logits.grad.abs().sum() > 0

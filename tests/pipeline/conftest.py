@@ -1,4 +1,5 @@
 """Helpers shared by the pipeline tests and the framework parity test."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """ClaraPipeline on the tiny fixture: retrieve, rerank, memories and their cache, answer,
 streaming with stop strings, errors, and the store protocol."""
+
 from __future__ import annotations
 
 import threading
@@ -46,7 +47,9 @@ def test_retrieve_ranks_by_cosine_and_carries_stored_memory(pipeline, e2e_model,
     question = reference["questions"][0]
     items = pipeline.retrieve(question, k=3)
     q = e2e_model.encode_queries([question])
-    cos = torch.nn.functional.cosine_similarity(q, store.get_memories([str(i) for i in range(5)]).flatten(1))
+    cos = torch.nn.functional.cosine_similarity(
+        q, store.get_memories([str(i) for i in range(5)]).flatten(1)
+    )
     assert [i.id for i in items] == [str(j) for j in cos.argsort(descending=True)[:3].tolist()]
     for item in items:
         assert item.score == pytest.approx(float(cos[int(item.id)]), abs=1e-5)
@@ -61,7 +64,9 @@ def test_candidate_pool_is_the_reference_selector(pipeline, reference):
         plain = pipeline.retrieve(question, k=2)
         assert [i.id for i in plain] == [i.id for i in pooled]
         assert [i.score for i in plain] == pytest.approx([i.score for i in pooled], abs=1e-5)
-    assert len(pipeline.retrieve(reference["questions"][0], k=2, candidate_pool=1)) == 2  # pool < k: k
+    assert (
+        len(pipeline.retrieve(reference["questions"][0], k=2, candidate_pool=1)) == 2
+    )  # pool < k: k
     assert pipeline.retrieve(reference["questions"][0], k=2, filters={"missing": "x"}) == []
 
 
@@ -86,7 +91,9 @@ def test_memories_stored_carried_or_compressed(pipeline, e2e_model, store, refer
     out = pipeline.memories([Item("1", "text not read"), Item("x", "text", memory=carried)])
     assert torch.equal(out[0], store.get_memories(["1"])[0]) and torch.equal(out[1], carried)
     monkeypatch.undo()
-    fresh = pipeline.memories([Item("not-in-store", reference["docs"][2]), Item(None, reference["docs"][2])])
+    fresh = pipeline.memories(
+        [Item("not-in-store", reference["docs"][2]), Item(None, reference["docs"][2])]
+    )
     torch.testing.assert_close(fresh, e2e_model.compress_documents([reference["docs"][2]] * 2))
     with pytest.raises(ValueError, match="no stored memory and no text"):
         pipeline.memories([Item(None, " ")])
@@ -125,16 +132,19 @@ def test_cache_is_keyed_by_text_and_model_identity_and_bounded():
 
 
 def test_answer_is_the_reference_generation(pipeline, e2e_model, reference):
-    for question, topk, want in zip(reference["questions"], reference["e2e.topk_idx"],
-                                    reference["e2e.generate_from_questions"]):
+    for question, topk, want in zip(
+        reference["questions"], reference["e2e.topk_idx"], reference["e2e.generate_from_questions"]
+    ):
         items = pipeline.retrieve(question, k=2, candidate_pool=5)
         assert [int(i.id) for i in items] == topk
         memories = pipeline.memories(items)
         answer = pipeline.answer(question, memories, max_new_tokens=N_NEW)
         assert answer.text == want
         assert answer.num_documents == 2 and answer.memory_tokens == 2 * e2e_model.n_mem
-        assert answer.prompt_tokens == e2e_model.prepare_generation_inputs([question], memories)[
-            "attention_mask"].shape[1]
+        assert (
+            answer.prompt_tokens
+            == e2e_model.prepare_generation_inputs([question], memories)["attention_mask"].shape[1]
+        )
         assert answer.finish_reason == "length" and len(answer.token_ids) == N_NEW
         stream = pipeline.answer(question, memories, stream=True, max_new_tokens=N_NEW)
         assert "".join(stream) == want == stream.text == stream.answer.text
@@ -145,7 +155,9 @@ def test_answer_is_the_reference_generation(pipeline, e2e_model, reference):
 
 def test_stop_strings_whole_and_streamed(pipeline):
     chat = [{"role": "user", "content": "Hello"}]
-    assert pipeline.chat(chat, max_new_tokens=N_NEW).text == "\n" * N_NEW  # the tiny model's greedy text
+    assert (
+        pipeline.chat(chat, max_new_tokens=N_NEW).text == "\n" * N_NEW
+    )  # the tiny model's greedy text
     cut = pipeline.chat(chat, stop=["\n\n\n"], max_new_tokens=N_NEW)
     assert cut.text == "" and cut.stopped and cut.finish_reason == "stop"
     assert len(cut.token_ids) == 3  # decoding stopped as soon as the stop string appeared
@@ -155,12 +167,18 @@ def test_stop_strings_whole_and_streamed(pipeline):
     assert two.text == "\n\n" and two.finish_reason == "length"
 
 
-@pytest.mark.parametrize(("text", "stop"), [
-    ("abc d 'm fine", "c d'm"),   # the clean-up (" 'm" -> "'m") completes a stop that starts earlier
-    ("Paris is nice. Yes it is.", " nice"),
-    ("It isn 't ok , right ?", "ok,"),
-    ("Hello , world . I 'm fine ! é à ü 日本", "zz"),
-])
+@pytest.mark.parametrize(
+    ("text", "stop"),
+    [
+        (
+            "abc d 'm fine",
+            "c d'm",
+        ),  # the clean-up (" 'm" -> "'m") completes a stop that starts earlier
+        ("Paris is nice. Yes it is.", " nice"),
+        ("It isn 't ok , right ?", "ok,"),
+        ("Hello , world . I 'm fine ! é à ü 日本", "zz"),
+    ],
+)
 def test_hold_back_never_streams_what_a_later_token_changes_or_cuts(e2e_model, text, stop):
     gen = Generation(e2e_model.tokenizer, _no_compression, stop=[stop])
     assert gen.hold == CLEANUP_HOLD + len(stop) - 1
@@ -183,7 +201,10 @@ def test_streaming_via_a_fake_run_and_errors_reach_the_consumer(e2e_model):
 
     stream = Generation(tok, run).stream()
     deltas = list(stream)
-    assert "".join(deltas) == stream.answer.text == Generation(tok, run).decode(ids)[0] and len(deltas) > 3
+    assert (
+        "".join(deltas) == stream.answer.text == Generation(tok, run).decode(ids)[0]
+        and len(deltas) > 3
+    )
 
     def boom(streamer, stopping_criteria):
         raise RuntimeError("boom")
@@ -198,8 +219,13 @@ def test_closing_a_stream_stops_the_generation(pipeline, reference):
     next(stream, None)
     stream.close()  # joins the worker: the model is free again
     done = threading.Event()
-    threading.Thread(target=lambda: (pipeline.chat([{"role": "user", "content": "Hi"}], max_new_tokens=2),
-                                     done.set()), daemon=True).start()
+    threading.Thread(
+        target=lambda: (
+            pipeline.chat([{"role": "user", "content": "Hi"}], max_new_tokens=2),
+            done.set(),
+        ),
+        daemon=True,
+    ).start()
     assert done.wait(60)
 
 
@@ -249,8 +275,16 @@ class _Forwarding:
         return node_id in self._inner
 
     def __getattr__(self, name):  # check_model, search, get_memories, get_nodes, add, ...
-        if name in ("check_model", "search", "get_memories", "get_nodes", "add", "add_documents",
-                    "update", "delete"):
+        if name in (
+            "check_model",
+            "search",
+            "get_memories",
+            "get_nodes",
+            "add",
+            "add_documents",
+            "update",
+            "delete",
+        ):
             return getattr(self._inner, name)
         raise AttributeError(name)
 
@@ -264,18 +298,24 @@ def test_any_store_implementing_the_protocol(e2e_model, store, reference):
     assert len(other) == 5
     question = reference["questions"][1]
     ours = [(i.id, i.score) for i in pipeline.retrieve(question, k=3)]
-    assert ours == [(i.id, i.score) for i in ClaraPipeline(e2e_model, store).retrieve(question, k=3)]
+    assert ours == [
+        (i.id, i.score) for i in ClaraPipeline(e2e_model, store).retrieve(question, k=3)
+    ]
     from clara_integrations.langchain import ClaraRetriever
 
-    assert [d.id for d in ClaraRetriever(model=e2e_model, store=other, k=3).invoke(question)] == [i for i, _ in ours]
+    assert [d.id for d in ClaraRetriever(model=e2e_model, store=other, k=3).invoke(question)] == [
+        i for i, _ in ours
+    ]
 
 
 def test_the_pipeline_imports_no_framework():
     import subprocess
     import sys
 
-    code = ("import sys, clara_integrations.pipeline\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('llama_index', 'langchain_core', 'langchain')]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys, clara_integrations.pipeline\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('llama_index', 'langchain_core', 'langchain')]\n"
+        "assert not bad, bad\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -41,9 +41,7 @@ def _ids(path):
 
 def _run_child(code: str) -> None:
     """Run ``code`` in a fresh interpreter (another process writing the same store)."""
-    subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], check=True, cwd=REPO, timeout=120
-    )
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, cwd=REPO, timeout=120)
 
 
 # --------------------------------------------------------------------- 1. stale handles
