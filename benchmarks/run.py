@@ -8,6 +8,7 @@ Each benchmark is its own module (`benchmarks.<name>`), run here in a subprocess
 one's memory or threads do not disturb the next; each writes
 `benchmarks/results/<name>.json`, from which the tables and PNG charts (same folder) are made.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,15 @@ import torch
 
 from benchmarks import charts
 from benchmarks._paths import RESULTS, ROOT
-BENCHMARKS = ("compress_throughput", "answer_latency", "retrieval_quality", "answer_quality",
-              "store_scale", "training_throughput")
+
+BENCHMARKS = (
+    "compress_throughput",
+    "answer_latency",
+    "retrieval_quality",
+    "answer_quality",
+    "store_scale",
+    "training_throughput",
+)
 
 
 def run(name: str, quick: bool) -> None:
@@ -40,8 +48,11 @@ def run(name: str, quick: bool) -> None:
 def record(name: str, command: str, seconds: float) -> None:
     path = RESULTS / "commands.json"
     runs = json.loads(path.read_text()) if path.is_file() else {}
-    runs[name] = {"command": command, "seconds": round(seconds),
-                  "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    runs[name] = {
+        "command": command,
+        "seconds": round(seconds),
+        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(runs, indent=2) + "\n")
 
@@ -60,8 +71,9 @@ def _chart(path: Path | None) -> list[str]:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-        ["| " + " | ".join(row) + " |" for row in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(row) + " |" for row in rows
+    ]
 
 
 def _versions() -> str:
@@ -76,107 +88,202 @@ def _versions() -> str:
 
 
 def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    ):
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
 def _header(commands: dict[str, dict]) -> list[str]:
-    lines = ["# Benchmarks", "",
-             f"Machine: {_cpu()} ({platform.machine()}, {os.cpu_count()} CPUs), {torch.get_num_threads()} "
-             f"torch threads, Python {platform.python_version()}, torch {torch.__version__}, {_versions()}.",
-             "", "Produced by `python -m benchmarks.run` (each benchmark in its own process, one after "
-             "another); the command, wall time and end of each table's run "
-             "(`benchmarks/results/commands.json`):", ""]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Machine: {_cpu()} ({platform.machine()}, {os.cpu_count()} CPUs), {torch.get_num_threads()} "
+        f"torch threads, Python {platform.python_version()}, torch {torch.__version__}, {_versions()}.",
+        "",
+        "Produced by `python -m benchmarks.run` (each benchmark in its own process, one after "
+        "another); the command, wall time and end of each table's run "
+        "(`benchmarks/results/commands.json`):",
+        "",
+    ]
+
     def wall(seconds: int | None) -> str:
         return "wall time not recorded" if seconds is None else f"{seconds} s"
 
-    return lines + ([f"- {name}: `{commands[name]['command']}` ({wall(commands[name]['seconds'])}, finished "
-                     f"{commands[name]['finished']})" for name in BENCHMARKS if name in commands]
-                    or ["- (no record of the runs)"])
+    return lines + (
+        [
+            f"- {name}: `{commands[name]['command']}` ({wall(commands[name]['seconds'])}, finished "
+            f"{commands[name]['finished']})"
+            for name in BENCHMARKS
+            if name in commands
+        ]
+        or ["- (no record of the runs)"]
+    )
 
 
 def _compress_section(c: dict) -> list[str]:
-    lines = ["## Compression throughput (ours vs the reference)", "",
-             f"Ratios first: ours is **{c['speedup']:.2f}x** the padded layout and "
-             f"**{c.get('speedup_vs_reference_forward', float('nan')):.2f}x** the reference's whole "
-             f"forward (padded rows + causal-LM logits), medians of {c.get('repeats', '?')} "
-             f"interleaved repeats, {c['threads']} threads.", ""]
-    lines += _table(["documents", "mean tokens", "ours docs/s", "padded layout docs/s",
-                     "reference forward docs/s", "max abs diff"],
-                    [[str(c["documents"]), f"{c['mean_tokens']:.0f}", f"{c['ours_docs_per_s']:.2f}",
-                      f"{c['reference_layout_docs_per_s']:.2f}",
-                      f"{c.get('reference_forward_docs_per_s', float('nan')):.2f}", f"{c['max_abs_diff']:.1e}"]])
-    lines += ["", "The padded layout runs our forward on rows padded to doc_max_length + 3 (what "
-              "padding alone costs); the reference forward also computes vocabulary logits for "
-              "every position, which it never uses. Mean ~90-token documents bound the padding "
-              "gain near (259 + 8) / (90 + 11) = 2.6x."]
+    lines = [
+        "## Compression throughput (ours vs the reference)",
+        "",
+        f"Ratios first: ours is **{c['speedup']:.2f}x** the padded layout and "
+        f"**{c.get('speedup_vs_reference_forward', float('nan')):.2f}x** the reference's whole "
+        f"forward (padded rows + causal-LM logits), medians of {c.get('repeats', '?')} "
+        f"interleaved repeats, {c['threads']} threads.",
+        "",
+    ]
+    lines += _table(
+        [
+            "documents",
+            "mean tokens",
+            "ours docs/s",
+            "padded layout docs/s",
+            "reference forward docs/s",
+            "max abs diff",
+        ],
+        [
+            [
+                str(c["documents"]),
+                f"{c['mean_tokens']:.0f}",
+                f"{c['ours_docs_per_s']:.2f}",
+                f"{c['reference_layout_docs_per_s']:.2f}",
+                f"{c.get('reference_forward_docs_per_s', float('nan')):.2f}",
+                f"{c['max_abs_diff']:.1e}",
+            ]
+        ],
+    )
+    lines += [
+        "",
+        "The padded layout runs our forward on rows padded to doc_max_length + 3 (what "
+        "padding alone costs); the reference forward also computes vocabulary logits for "
+        "every position, which it never uses. Mean ~90-token documents bound the padding "
+        "gain near (259 + 8) / (90 + 11) = 2.6x.",
+    ]
     return lines + _chart(charts.compress_chart(c, RESULTS))
 
 
 def _latency_section(a: dict) -> list[str]:
-    lines = ["## Answer latency: CLaRa (memory) vs text RAG, same base, k = 5", "",
-             f"Ratios first: prefill **{a['prefill_ratio']:.1f}x** fewer tokens, time to first token "
-             f"**{a['ttft_speedup']:.1f}x** (target 8x), 32 new tokens **{a['total_speedup']:.1f}x** "
-             f"({a['questions']} questions x {a['repeats']} repeats, medians).", ""]
-    lines += _table(["", "prefill tokens", "TTFT s", "32 tokens s"],
-                    [[label, f"{a[key]['prefill']:.0f}", f"{a[key]['ttft']:.3f}", f"{a[key]['total']:.3f}"]
-                     for label, key in (("CLaRa", "clara"), ("text RAG", "text_rag"))])
-    lines += ["", "Time to first token gains less than the token count: the prompt's fixed part "
-              "(template and question, ~70 tokens) is read by both, and CLaRa's generator is a LoRA "
-              "adapter whose extra matrix products cost ~20 % of a 135M model's prefill on a CPU "
-              "(text RAG runs the bare base). Decoding 32 tokens is dominated by per-token cost, "
-              "which memory does not shrink, so the total gains less still."]
+    lines = [
+        "## Answer latency: CLaRa (memory) vs text RAG, same base, k = 5",
+        "",
+        f"Ratios first: prefill **{a['prefill_ratio']:.1f}x** fewer tokens, time to first token "
+        f"**{a['ttft_speedup']:.1f}x** (target 8x), 32 new tokens **{a['total_speedup']:.1f}x** "
+        f"({a['questions']} questions x {a['repeats']} repeats, medians).",
+        "",
+    ]
+    lines += _table(
+        ["", "prefill tokens", "TTFT s", "32 tokens s"],
+        [
+            [label, f"{a[key]['prefill']:.0f}", f"{a[key]['ttft']:.3f}", f"{a[key]['total']:.3f}"]
+            for label, key in (("CLaRa", "clara"), ("text RAG", "text_rag"))
+        ],
+    )
+    lines += [
+        "",
+        "Time to first token gains less than the token count: the prompt's fixed part "
+        "(template and question, ~70 tokens) is read by both, and CLaRa's generator is a LoRA "
+        "adapter whose extra matrix products cost ~20 % of a 135M model's prefill on a CPU "
+        "(text RAG runs the bare base). Decoding 32 tokens is dominated by per-token cost, "
+        "which memory does not shrink, so the total gains less still.",
+    ]
     return lines + _chart(charts.latency_chart(a, RESULTS))
 
 
 def _retrieval_section(r: dict) -> list[str]:
     rankers = list(next(iter(r.values())))
     means = {name: sum(r[s][name]["recall@5"] for s in r) / len(r) for name in rankers}
-    lines = ["## Retrieval quality (recall@k among each question's candidates, held-out questions)", "",
-             "Ratios first, mean recall@5 over the sets: " +
-             ", ".join(f"{name} **{value:.3f}**" for name, value in means.items()) + ".", ""]
-    lines += _table(["set", "ranker", "R@1", "R@2", "R@5", "questions"],
-                    [[dataset, label, f"{sc['recall@1']:.3f}", f"{sc['recall@2']:.3f}", f"{sc['recall@5']:.3f}",
-                      str(sc["questions"])] for dataset, by_ranker in r.items() for label, sc in by_ranker.items()])
-    lines += ["", "Questions are the part of each set the shipped checkpoint was not trained on "
-              "(`training/recipes/default_data.py`). `clara-default` is the shipped checkpoint, itself "
-              "the output of the training module's four stages ending with e2e (8 steps); "
-              "`clara-default+e2eN` is what the training module's e2e stage makes of it in N more "
-              "steps of 4 training questions, run by this benchmark. CLaRa loses to both baselines: "
-              "MiniLM was trained on about a billion sentence pairs and BM25 matches the question's "
-              "words, while the shipped query reasoner saw ~160 questions for a few CPU minutes "
-              "(`clara_integrations/assets/README.md`); the paper's retrieval gains come from full "
-              "e2e training on GPUs, which a CPU cannot reproduce."]
+    lines = [
+        "## Retrieval quality (recall@k among each question's candidates, held-out questions)",
+        "",
+        "Ratios first, mean recall@5 over the sets: "
+        + ", ".join(f"{name} **{value:.3f}**" for name, value in means.items())
+        + ".",
+        "",
+    ]
+    lines += _table(
+        ["set", "ranker", "R@1", "R@2", "R@5", "questions"],
+        [
+            [
+                dataset,
+                label,
+                f"{sc['recall@1']:.3f}",
+                f"{sc['recall@2']:.3f}",
+                f"{sc['recall@5']:.3f}",
+                str(sc["questions"]),
+            ]
+            for dataset, by_ranker in r.items()
+            for label, sc in by_ranker.items()
+        ],
+    )
+    lines += [
+        "",
+        "Questions are the part of each set the shipped checkpoint was not trained on "
+        "(`training/recipes/default_data.py`). `clara-default` is the shipped checkpoint, itself "
+        "the output of the training module's four stages ending with e2e (8 steps); "
+        "`clara-default+e2eN` is what the training module's e2e stage makes of it in N more "
+        "steps of 4 training questions, run by this benchmark. CLaRa loses to both baselines: "
+        "MiniLM was trained on about a billion sentence pairs and BM25 matches the question's "
+        "words, while the shipped query reasoner saw ~160 questions for a few CPU minutes "
+        "(`clara_integrations/assets/README.md`); the paper's retrieval gains come from full "
+        "e2e training on GPUs, which a CPU cannot reproduce.",
+    ]
     for name in (n for n in rankers if "+e2e" in n and n.split("+e2e")[0] in means):
         change = means[name] - means[name.split("+e2e")[0]]
-        why = ("" if change > 0 else ": the e2e stage teaches the query reasoner only through the "
-               "generator's next-token loss, a noisy signal from a weak 135M generator with 4 questions "
-               "per step, so a few more steps need not improve retrieval")
-        lines += ["", f"Here the extra e2e steps {'raised' if change > 0 else 'lowered'} mean recall@5 by "
-                  f"{abs(change):.3f}{why}."]
+        why = (
+            ""
+            if change > 0
+            else ": the e2e stage teaches the query reasoner only through the "
+            "generator's next-token loss, a noisy signal from a weak 135M generator with 4 questions "
+            "per step, so a few more steps need not improve retrieval"
+        )
+        lines += [
+            "",
+            f"Here the extra e2e steps {'raised' if change > 0 else 'lowered'} mean recall@5 by "
+            f"{abs(change):.3f}{why}.",
+        ]
     return lines + _chart(charts.retrieval_chart(r, RESULTS))
 
 
 def _answer_quality_section(q: dict) -> list[str]:
     sets = q["sets"]
-    mean = {who: sum(sets[s]["retrieved"][who]["f1"] for s in sets) / len(sets) for who in ("clara", "text_rag")}
-    lines = [f"## Answer quality: CLaRa from memory vs the base model from text (k = {q['k']})", "",
-             f"Ratios first, mean F1 over the sets with retrieved documents: CLaRa **{mean['clara']:.3f}**, "
-             f"text RAG **{mean['text_rag']:.3f}**.", ""]
-    lines += _table(["set", "documents", "questions", "CLaRa EM", "CLaRa F1", "text RAG EM", "text RAG F1"],
-                    [[dataset, setting, str(by["questions"]), f"{by[setting]['clara']['em']:.3f}",
-                      f"{by[setting]['clara']['f1']:.3f}", f"{by[setting]['text_rag']['em']:.3f}",
-                      f"{by[setting]['text_rag']['f1']:.3f}"]
-                     for dataset, by in sets.items() for setting in ("gold", "retrieved")])
-    lines += ["", "Both read the same documents: `gold` = gold passages first, `retrieved` = "
-              "CLaRa's top k. Text RAG is SmolLM2-135M-Instruct with no adapter reading the text; "
-              "CLaRa is the same base reading 8 memory vectors per document through its generator "
-              "adapter. Both are poor, a 135M model being small for multi-hop QA; CLaRa is behind "
-              "where the answer must be copied from the text (SQuAD, clara_qa) because an hour of CPU "
-              "training teaches the generator little about reading memory, and ahead on 2Wiki's "
-              "yes/no questions, where its short answers match exactly."]
+    mean = {
+        who: sum(sets[s]["retrieved"][who]["f1"] for s in sets) / len(sets)
+        for who in ("clara", "text_rag")
+    }
+    lines = [
+        f"## Answer quality: CLaRa from memory vs the base model from text (k = {q['k']})",
+        "",
+        f"Ratios first, mean F1 over the sets with retrieved documents: CLaRa **{mean['clara']:.3f}**, "
+        f"text RAG **{mean['text_rag']:.3f}**.",
+        "",
+    ]
+    lines += _table(
+        ["set", "documents", "questions", "CLaRa EM", "CLaRa F1", "text RAG EM", "text RAG F1"],
+        [
+            [
+                dataset,
+                setting,
+                str(by["questions"]),
+                f"{by[setting]['clara']['em']:.3f}",
+                f"{by[setting]['clara']['f1']:.3f}",
+                f"{by[setting]['text_rag']['em']:.3f}",
+                f"{by[setting]['text_rag']['f1']:.3f}",
+            ]
+            for dataset, by in sets.items()
+            for setting in ("gold", "retrieved")
+        ],
+    )
+    lines += [
+        "",
+        "Both read the same documents: `gold` = gold passages first, `retrieved` = "
+        "CLaRa's top k. Text RAG is SmolLM2-135M-Instruct with no adapter reading the text; "
+        "CLaRa is the same base reading 8 memory vectors per document through its generator "
+        "adapter. Both are poor, a 135M model being small for multi-hop QA; CLaRa is behind "
+        "where the answer must be copied from the text (SQuAD, clara_qa) because an hour of CPU "
+        "training teaches the generator little about reading memory, and ahead on 2Wiki's "
+        "yes/no questions, where its short answers match exactly.",
+    ]
     return lines + _chart(charts.answer_quality_chart(q, RESULTS))
 
 
@@ -184,29 +291,109 @@ def _store_section(s: dict) -> list[str]:
     kinds = [k for k in ("flat", "hnsw", "ivfpq") if s.get(k)]
     lines = [f"## Store scale ({s.get('n')} documents of 8 x 576, float16)", ""]
     if "flat" in kinds and "hnsw" in kinds:
-        lines += [f"Ratios first: HNSW answers **{s['flat']['p50_ms'] / s['hnsw']['p50_ms']:.0f}x** faster "
-                  f"than exact search at p50 (recall@10 {s['hnsw'].get('recall_at_10', float('nan')):.3f}).", ""]
+        lines += [
+            f"Ratios first: HNSW answers **{s['flat']['p50_ms'] / s['hnsw']['p50_ms']:.0f}x** faster "
+            f"than exact search at p50 (recall@10 {s['hnsw'].get('recall_at_10', float('nan')):.3f}).",
+            "",
+        ]
     lines += [f"Disk per document: {s['build']['disk_bytes_per_doc']:.0f} bytes.", ""]
     rows = []
     for kind in kinds:
         v, rec = s[kind], s[kind].get("recall_at_10")
-        rows.append([kind, f"{v['load_seconds']:.2f}", f"{v['rss_after_load']['VmRSS'] / 2**30:.2f}",
-                     f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}", "exact" if rec is None else f"{rec:.3f}"])
-    lines += _table(["index", "load s", "RSS after load GiB", "p50 ms", "p99 ms", "recall@10"], rows)
+        rows.append(
+            [
+                kind,
+                f"{v['load_seconds']:.2f}",
+                f"{v['rss_after_load']['VmRSS'] / 2**30:.2f}",
+                f"{v['p50_ms']:.1f}",
+                f"{v['p99_ms']:.1f}",
+                "exact" if rec is None else f"{rec:.3f}",
+            ]
+        )
+    lines += _table(
+        ["index", "load s", "RSS after load GiB", "p50 ms", "p99 ms", "recall@10"], rows
+    )
     return lines + _chart(charts.store_chart(s, RESULTS))
 
 
 def _training_section(t: dict) -> list[str]:
-    lines = [f"## Training throughput (CPU, {t['threads']} threads, 2 examples per step, float32)", ""]
-    lines += _table(["base", "stage", "s/step", "tokens/s"],
-                    [[base, stage, f"{v['s_per_step']:.2f}", f"{v['tokens_per_s']:.0f}"]
-                     for base, stages in t["bases"].items() for stage, v in stages.items()])
+    bases = t["bases"]
+    if not all("stages" in b for b in bases.values()):  # results from before the fast step
+        lines = [
+            f"## Training throughput (CPU, {t['threads']} threads, 2 examples per step, float32)",
+            "",
+        ]
+        lines += _table(
+            ["base", "stage", "s/step", "tokens/s"],
+            [
+                [base, stage, f"{v['s_per_step']:.2f}", f"{v['tokens_per_s']:.0f}"]
+                for base, stages in bases.items()
+                for stage, v in stages.items()
+            ],
+        )
+        return lines + _chart(charts.training_chart(t, RESULTS))
+    first = next(iter(bases.values()))
+    lines = [
+        f"## Training throughput (CPU, {t['threads']} threads): fast step vs `--legacy-step`",
+        "",
+        f"Same global batch ({first['train_batch_size']} examples per optimiser step) for both, "
+        f"{first['rounds']} interleaved rounds of {first['steps']} step(s) per stage (the tiny base: "
+        "more steps); the wall time of a stage call, memory cache and set-up included, in its "
+        "least disturbed round. "
+        f"The fast step here: {first['fast_precision']} autocast, micro-batch chosen by "
+        "`--micro-batch-tokens`; the legacy step: float32, micro batch 2. On a shared machine "
+        "compare the ratios, which were measured side by side. Tokens are those the examples "
+        "represent (documents, candidates, questions, decoder rows), the same count for both. "
+        "*ceiling* is the share of one plain LoRA fwd+bwd+AdamW step of the base at the fast "
+        "step's shape (micro-batch x tokens with gradient per example, same precision) that the "
+        "stage's tokens with gradient per second reach; above 100% where the plain step's "
+        "full-vocabulary logits cost more than the stage's work.",
+        "",
+    ]
+    rows = []
+    for base, b in bases.items():
+        for stage, v in b["stages"].items():
+            old, new = v["legacy"], v["fast"]
+            rows.append(
+                [
+                    base,
+                    stage,
+                    f"{old['examples_per_s']:.3g}",
+                    f"{new['examples_per_s']:.3g}",
+                    f"**{v['speedup']:.1f}x**",
+                    f"{old['tokens_per_s']:.0f}",
+                    f"{new['tokens_per_s']:.0f}",
+                    f"{new['micro_batch_size']} x {new['grad_accum']}",
+                    f"{old['ceiling_share']:.0%} / {new['ceiling_share']:.0%}",
+                ]
+            )
+    lines += _table(
+        [
+            "base",
+            "stage",
+            "legacy ex/s",
+            "fast ex/s",
+            "speedup",
+            "legacy tokens/s",
+            "fast tokens/s",
+            "fast micro x accum",
+            "ceiling legacy / fast",
+        ],
+        rows,
+    )
+    if t.get("command"):
+        lines += ["", f"`{t['command']}`"]
     return lines + _chart(charts.training_chart(t, RESULTS))
 
 
-SECTIONS = (("compress_throughput", _compress_section), ("answer_latency", _latency_section),
-            ("retrieval_quality", _retrieval_section), ("answer_quality", _answer_quality_section),
-            ("store_scale", _store_section), ("training_throughput", _training_section))
+SECTIONS = (
+    ("compress_throughput", _compress_section),
+    ("answer_latency", _latency_section),
+    ("retrieval_quality", _retrieval_section),
+    ("answer_quality", _answer_quality_section),
+    ("store_scale", _store_section),
+    ("training_throughput", _training_section),
+)
 
 
 def render() -> str:
@@ -219,10 +406,16 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run these only (others: last results)")
-    parser.add_argument("--render-only", action="store_true", help="rewrite BENCHMARKS.md from results")
+    parser.add_argument(
+        "--only", nargs="*", choices=BENCHMARKS, help="run these only (others: last results)"
+    )
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite BENCHMARKS.md from results"
+    )
     args = parser.parse_args(argv)
     if not args.render_only:
         for name in args.only or BENCHMARKS:

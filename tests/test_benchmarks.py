@@ -1,4 +1,5 @@
 """The README's benchmark commands run (tiny sizes, results into a temporary folder)."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,15 @@ from tests.conftest import FIXTURE, REPO_ROOT
 
 def _run(args, results):
     env = {**os.environ, "CLARA_BENCH_RESULTS": str(results)}
-    subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, env=env, check=True,
-                   capture_output=True, text=True, timeout=900)
+    subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.mark.slow
@@ -24,27 +32,64 @@ def test_benchmark_commands_write_results(tmp_path):
     _run(["benchmarks.answer_latency", "--questions", "1", "--repeats", "1"], tmp_path)
     latency = json.loads((tmp_path / "answer_latency.json").read_text())
     assert latency["clara"]["prefill"] < latency["text_rag"]["prefill"]
-    _run(["benchmarks.retrieval_quality", "--questions", "2", "--checkpoint", f"fixture={FIXTURE / 'ckpt-e2e'}",
-          "--e2e-steps", "1", "--e2e-base", str(FIXTURE / "tiny-llama-base")], tmp_path)
+    _run(
+        [
+            "benchmarks.retrieval_quality",
+            "--questions",
+            "2",
+            "--checkpoint",
+            f"fixture={FIXTURE / 'ckpt-e2e'}",
+            "--e2e-steps",
+            "1",
+            "--e2e-base",
+            str(FIXTURE / "tiny-llama-base"),
+        ],
+        tmp_path,
+    )
     quality = json.loads((tmp_path / "retrieval_quality.json").read_text())
     assert set(quality["squad"]) == {"fixture", "fixture+e2e1", "bm25", "minilm"}
-    _run(["benchmarks.answer_quality", "--questions", "1", "--checkpoint", str(FIXTURE / "ckpt-e2e")],
-         tmp_path)
+    _run(
+        [
+            "benchmarks.answer_quality",
+            "--questions",
+            "1",
+            "--checkpoint",
+            str(FIXTURE / "ckpt-e2e"),
+        ],
+        tmp_path,
+    )
     answers = json.loads((tmp_path / "answer_quality.json").read_text())
     for setting in ("gold", "retrieved"):
         scores = answers["sets"]["nq"][setting]
         assert 0.0 <= scores["clara"]["f1"] <= 1.0 and 0.0 <= scores["text_rag"]["f1"] <= 1.0
     _run(["benchmarks.store_scale", "--n", "2000", "--dir", str(tmp_path / "store")], tmp_path)
     _run(["benchmarks.training_throughput", "--bases", "tiny", "--steps", "2"], tmp_path)
-    throughput = json.loads((tmp_path / "training_throughput.json").read_text())["bases"]["tiny"]
+    throughput = json.loads((tmp_path / "training_throughput.json").read_text())["bases"]["tiny"][
+        "stages"
+    ]
     assert set(throughput) == {"compress", "instruct", "retrieval", "e2e"}
-    assert all(v["s_per_step"] > 0 and v["tokens_per_s"] > 0 for v in throughput.values())
+    assert all(
+        v[path]["s_per_step"] > 0 and v[path]["tokens_per_s"] > 0 and v["speedup"] > 0
+        for v in throughput.values()
+        for path in ("legacy", "fast")
+    )
     _run(["benchmarks.run", "--render-only"], tmp_path)
     rendered = (tmp_path / "BENCHMARKS.md").read_text()
-    for section in ("## Compression throughput", "## Answer latency", "## Retrieval quality",
-                    "## Answer quality", "## Store scale", "## Training throughput"):
+    for section in (
+        "## Compression throughput",
+        "## Answer latency",
+        "## Retrieval quality",
+        "## Answer quality",
+        "## Store scale",
+        "## Training throughput",
+    ):
         assert section in rendered
-    for chart in ("compress_throughput", "answer_latency", "retrieval_quality", "answer_quality",
-                  "training_throughput"):
+    for chart in (
+        "compress_throughput",
+        "answer_latency",
+        "retrieval_quality",
+        "answer_quality",
+        "training_throughput",
+    ):
         assert (tmp_path / f"{chart}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"]({chart}.png)" in rendered

@@ -6,6 +6,7 @@ Example:
     >>> index.top("cat", 2)
     [0, 2]
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -32,8 +33,9 @@ class BM25:
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every document for `query`, ``[n_documents]`` float32."""
-        tokens = bm25s.tokenize([query], stopwords=_STOPWORDS, return_ids=False,
-                                      show_progress=False)[0]
+        tokens = bm25s.tokenize(
+            [query], stopwords=_STOPWORDS, return_ids=False, show_progress=False
+        )[0]
         if not tokens or not self.n_documents:
             return np.zeros(self.n_documents, dtype=np.float32)
         return np.asarray(self._retriever.get_scores(tokens), dtype=np.float32)

@@ -15,6 +15,7 @@ process; ``LATEST`` (itself replaced atomically) names the newest complete check
 Sharded optimisers (FSDP, DeepSpeed ZeRO) keep one shard per rank; for those the
 optimiser state is saved with `Accelerator.save_state` inside the same folder instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,18 +82,29 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             tensors[f"cuda.{i}"] = s
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state()
-    meta = {"python": [version, list(internal), gauss],
-            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]),
-                      float(np_state[4])]}
+    meta = {
+        "python": [version, list(internal), gauss],
+        "numpy": [
+            np_state[0],
+            np_state[1].tolist(),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
+    }
     return tensors, meta
 
 
 def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")),
-                                      key=lambda k: int(k.split(".")[1]))]
+    cuda = [
+        tensors[k]
+        for k in sorted(
+            (k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1])
+        )
+    ]
     if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = meta["numpy"]
@@ -120,8 +132,9 @@ class CheckpointManager:
         path = self.root / pointer.read_text(encoding="utf-8").strip()
         return path if (path / "trainer_state.json").is_file() else None
 
-    def save(self, name: str, model: ClaraModel, optimizer: Any, scheduler: Any,
-             state: dict[str, Any]) -> Path:
+    def save(
+        self, name: str, model: ClaraModel, optimizer: Any, scheduler: Any, state: dict[str, Any]
+    ) -> Path:
         """Write checkpoint `name` atomically; every process must call this. Without an
         optimizer (the end of a stage) only the model, RNG and trainer state are saved."""
         acc = self.accelerator
@@ -167,18 +180,23 @@ class CheckpointManager:
     def _check_finite_weights(self, name: str, model: ClaraModel) -> None:
         # The last line of defence: whatever went wrong upstream, LATEST must only ever name
         # finite weights. Only trainable tensors can have changed since the model was loaded.
-        bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        bad = [
+            n
+            for n, p in model.named_parameters()
+            if p.requires_grad and not torch.isfinite(p).all()
+        ]
         flag = torch.tensor(float(bool(bad)), device=self.accelerator.device)
         if self.accelerator.num_processes > 1:
             flag = self.accelerator.reduce(flag, "sum")  # every rank stops, none waits forever
         if flag.item() > 0:
             raise NonFiniteError(
                 f"refusing to save checkpoint {name}: trainable weights hold NaN/inf "
-                f"({', '.join(bad[:3]) or 'on another process'}); {self.describe_latest()}")
+                f"({', '.join(bad[:3]) or 'on another process'}); {self.describe_latest()}"
+            )
 
     def _prune(self, keep_name: str) -> None:
         done = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for old in [p for p in done if p.name != keep_name][:-(self.keep - 1) or None]:
+        for old in [p for p in done if p.name != keep_name][: -(self.keep - 1) or None]:
             shutil.rmtree(old, ignore_errors=True)
 
     @staticmethod
@@ -193,8 +211,12 @@ class CheckpointManager:
             acc.load_state(str(path / "accelerate"))
         else:
             meta = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
-            optimizer.load_state_dict(_optimizer_from_files(load_file(str(path / "optimizer.safetensors")), meta))
-            scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text(encoding="utf-8")))
+            optimizer.load_state_dict(
+                _optimizer_from_files(load_file(str(path / "optimizer.safetensors")), meta)
+            )
+            scheduler.load_state_dict(
+                json.loads((path / "scheduler.json").read_text(encoding="utf-8"))
+            )
         rank_file = path / f"rng-{acc.process_index}.safetensors"
         if not rank_file.is_file():  # resumed on more processes than were saved
             rank_file = path / "rng-0.safetensors"

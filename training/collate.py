@@ -9,6 +9,7 @@ The paraphrase template of a stage-1 row is drawn from an RNG seeded by the row'
 in the stage's schedule, not from the global `random` module, so a resumed run and a
 multi-process run draw the same templates as an uninterrupted single-process run.
 """
+
 from __future__ import annotations
 
 import random
@@ -29,8 +30,10 @@ __all__ = ["IGNORE_INDEX", "Collator", "ScheduledDataset"]
 
 IGNORE_INDEX = -100
 # Length checks use the longest paraphrase template (the worst case of the random draw).
-_LONGEST_TEMPLATE = max(range(len(prompts.PARAPHRASE_INSTRUCTIONS)),
-                        key=lambda i: len(prompts.PARAPHRASE_INSTRUCTIONS[i]))
+_LONGEST_TEMPLATE = max(
+    range(len(prompts.PARAPHRASE_INSTRUCTIONS)),
+    key=lambda i: len(prompts.PARAPHRASE_INSTRUCTIONS[i]),
+)
 
 
 class ScheduledDataset(torch.utils.data.Dataset):
@@ -65,19 +68,29 @@ class Collator:
     doc_max_length: int
     seed: int = 42
 
-    def render(self, ex: Example, position: int, template_index: int | None = None) -> tuple[str, str]:
+    def render(
+        self, ex: Example, position: int, template_index: int | None = None
+    ) -> tuple[str, str]:
         """(prompt, full text with target) of one example."""
         block = self.special.memory_block
         if self.stage == "compress" and ex.data_type == "paraphrase":
             rng = random.Random(f"{self.seed}:paraphrase:{position}")
-            prompt, full = prompts.paraphrase_prompt(self.tokenizer, block, self.k, answer=ex.target,
-                                                     template_index=template_index, rng=rng)
+            prompt, full = prompts.paraphrase_prompt(
+                self.tokenizer,
+                block,
+                self.k,
+                answer=ex.target,
+                template_index=template_index,
+                rng=rng,
+            )
         elif self.stage == "compress":
-            prompt, full = prompts.qa_pretraining_prompt(self.tokenizer, block, self.k,
-                                                         ex.questions, ex.targets)
+            prompt, full = prompts.qa_pretraining_prompt(
+                self.tokenizer, block, self.k, ex.questions, ex.targets
+            )
         else:
-            prompt, full = prompts.answer_prompt(self.tokenizer, block, self.k, ex.question,
-                                                 ex.target)
+            prompt, full = prompts.answer_prompt(
+                self.tokenizer, block, self.k, ex.question, ex.target
+            )
         assert full is not None
         return prompt, full
 
@@ -96,11 +109,29 @@ class Collator:
         prompt, full = self.render(ex, 0, _LONGEST_TEMPLATE)
         n_full, n_prompt = self._n_tokens(full), self._n_tokens(prompt)
         if n_full > self.max_len:
-            raise DataError(f"{ex.origin}: {n_full} decoder tokens, more than --max-len "
-                            f"{self.max_len}; skipped")
+            raise DataError(
+                f"{ex.origin}: {n_full} decoder tokens, more than --max-len {self.max_len}; skipped"
+            )
         if n_full <= n_prompt:
             raise DataError(f"{ex.origin}: empty target")
         return n_full
+
+    def label_tokens(self, ex: Example, position: int) -> int:
+        """Target tokens of `ex` at schedule `position` (what its next-token loss averages
+        over; 0 for retrieval). Matches the labels of `__call__`."""
+        if self.stage == "retrieval":
+            return 0
+        prompt, full = self.render(ex, position)
+        return max(min(self._n_tokens(full), self.max_len) - self._n_tokens(prompt), 0)
+
+    def grad_tokens(self, ex: Example) -> int:
+        """Tokens of `ex` that the fast step runs with gradient: documents and decoder
+        (stages 1-2), question and decoder (e2e; candidates come from the memory cache),
+        question (retrieval). For micro-batch sizing and length bucketing."""
+        if self.stage in ("compress", "instruct"):
+            return self.encoder_tokens(ex.docs) + self.check(ex)
+        question = self.encoder_tokens([ex.question])
+        return question if self.stage == "retrieval" else question + self.check(ex)
 
     def encoder_tokens(self, texts: Sequence[str]) -> int:
         """Tokens the compressor/query reasoner reads for `texts` (reference layout)."""
@@ -109,31 +140,43 @@ class Collator:
 
     def _decoder_batch(self, items: Sequence[tuple[int, Example]]) -> dict[str, torch.Tensor]:
         rendered = [self.render(ex, pos) for pos, ex in items]
-        enc = self.tokenizer([full for _, full in rendered], add_special_tokens=False,
-                             padding="longest", truncation=True, max_length=self.max_len,
-                             return_tensors="pt")
+        enc = self.tokenizer(
+            [full for _, full in rendered],
+            add_special_tokens=False,
+            padding="longest",
+            truncation=True,
+            max_length=self.max_len,
+            return_tensors="pt",
+        )
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T), left padded
         labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
         for row, (prompt, _) in enumerate(rendered):
             first = int(mask[row].argmax())  # first attended position
-            labels[row, :first + self._n_tokens(prompt)] = IGNORE_INDEX
+            labels[row, : first + self._n_tokens(prompt)] = IGNORE_INDEX
         return {"dec_input_ids": ids, "dec_attention_mask": mask, "labels": labels}
 
     def __call__(self, items: Sequence[tuple[int, Example]]) -> dict[str, Any]:
         examples = [ex for _, ex in items]
-        batch: dict[str, Any] = {"stage": self.stage, "k": self.k,
-                                 "positions": [pos for pos, _ in items]}
+        batch: dict[str, Any] = {
+            "stage": self.stage,
+            "k": self.k,
+            "positions": [pos for pos, _ in items],
+        }
         if self.stage in ("compress", "instruct"):
             batch["enc_texts"] = [d for ex in examples for d in ex.docs]
             enc_tokens = self.encoder_tokens(batch["enc_texts"])
         else:
             n = len(examples[0].docs)
             if any(len(ex.docs) != n for ex in examples):
-                raise ValueError("every example of a micro-batch needs the same number of candidates")
+                raise ValueError(
+                    "every example of a micro-batch needs the same number of candidates"
+                )
             batch["questions"] = [ex.question for ex in examples]
             batch["cand_texts"] = [d for ex in examples for d in ex.docs]
             batch["n_cand"] = n
-            enc_tokens = self.encoder_tokens(batch["cand_texts"]) + self.encoder_tokens(batch["questions"])
+            enc_tokens = self.encoder_tokens(batch["cand_texts"]) + self.encoder_tokens(
+                batch["questions"]
+            )
         if self.stage == "retrieval":
             pos_mask = torch.zeros(len(examples), batch["n_cand"], dtype=torch.bool)
             for row, ex in enumerate(examples):

@@ -21,6 +21,7 @@ JSON, holds a lone surrogate (an unpaired ``\\ud800``-``\\udfff`` escape, which 
 can encode) or lacks a field is skipped and reported as ``file:line: why``
 (`summarize_issues` makes one warning of them); ``strict`` raises at the first instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -112,7 +113,9 @@ def doc_text(doc: Any) -> str:
     if isinstance(doc, dict) and isinstance(doc.get("text"), str):
         title = doc.get("title") or ""
         return f"{title}\n{doc['text']}" if title else doc["text"]
-    raise TypeError(f"a document must be a string or an object with 'text', got {type(doc).__name__}")
+    raise TypeError(
+        f"a document must be a string or an object with 'text', got {type(doc).__name__}"
+    )
 
 
 def _strings(value: Any, what: str) -> tuple[str, ...]:
@@ -152,15 +155,19 @@ def parse_record(obj: Any, origin: str = "") -> Example:
         elif "gold_answer" in obj:
             answers = _strings(obj["gold_answer"], "'gold_answer'")
         else:
-            raise TypeError("needs 'answer' (string), 'answers' or 'golden_answers' (list) or "
-                            "'gold_answer'; add the answer the model should learn to give")
+            raise TypeError(
+                "needs 'answer' (string), 'answers' or 'golden_answers' (list) or "
+                "'gold_answer'; add the answer the model should learn to give"
+            )
         if not answers:
             raise ValueError("the answer list is empty")
         data_type = obj.get("data_type", "qa")
         if data_type not in ("qa", "paraphrase"):
             raise ValueError(f"unknown data_type {data_type!r} (expected 'qa' or 'paraphrase')")
         pos = obj.get("pos_index", obj.get("gold", []))
-        if not isinstance(pos, list) or not all(isinstance(i, int) and 0 <= i < len(docs) for i in pos):
+        if not isinstance(pos, list) or not all(
+            isinstance(i, int) and 0 <= i < len(docs) for i in pos
+        ):
             raise ValueError(f"'pos_index' must list indices into the {len(docs)} docs")
         if data_type == "paraphrase":
             return Example(docs, (), answers[:1], "paraphrase", tuple(pos), answers, origin)
@@ -208,12 +215,15 @@ def _decode(raw: bytes, first: bool) -> str:
     try:
         return raw.decode("utf-8-sig" if first else "utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the "
-                        "line); re-save the file as UTF-8") from None
+        raise DataError(
+            f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the "
+            "line); re-save the file as UTF-8"
+        ) from None
 
 
-def iter_text_lines(path: str | os.PathLike[str], *, strict: bool = False
-                    ) -> Iterator[tuple[str, str | DataError]]:
+def iter_text_lines(
+    path: str | os.PathLike[str], *, strict: bool = False
+) -> Iterator[tuple[str, str | DataError]]:
     """Yield ``("file:line", text)`` for each line of `path` (line ends kept), or a
     `DataError` in place of a line that is not valid UTF-8. A leading BOM is dropped.
 
@@ -233,8 +243,7 @@ def iter_text_lines(path: str | os.PathLike[str], *, strict: bool = False
                 yield origin, error
 
 
-def iter_jsonl(path: str | os.PathLike[str], *, strict: bool = False
-               ) -> Iterator[tuple[str, Any]]:
+def iter_jsonl(path: str | os.PathLike[str], *, strict: bool = False) -> Iterator[tuple[str, Any]]:
     """Yield ``("file:line", object)`` for each non-blank line of JSONL `path`, or a
     `DataError` in place of a line that is not UTF-8, not JSON, or holds a lone surrogate.
 
@@ -250,8 +259,10 @@ def iter_jsonl(path: str | os.PathLike[str], *, strict: bool = False
         try:
             obj = json.loads(text)
             if _lone_surrogate(obj):
-                raise DataError("holds a lone surrogate (an unpaired \\ud800-\\udfff escape, not "
-                                "text); fix or drop the line")
+                raise DataError(
+                    "holds a lone surrogate (an unpaired \\ud800-\\udfff escape, not "
+                    "text); fix or drop the line"
+                )
         except json.JSONDecodeError as exc:
             obj = DataError(f"{origin}: not valid JSON ({exc.msg} at column {exc.colno})")
         except DataError as exc:
@@ -285,8 +296,12 @@ def summarize_issues(issues: Sequence[str], first: int = 5) -> str:
     return "\n".join(lines)
 
 
-def load_examples(paths: Sequence[str | os.PathLike[str]], *, strict: bool = False,
-                  max_examples: int | None = None) -> LoadResult:
+def load_examples(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    strict: bool = False,
+    max_examples: int | None = None,
+) -> LoadResult:
     """Read reference-format JSONL files; malformed lines and empty files are skipped and
     reported (`LoadResult.issues`).
 

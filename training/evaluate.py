@@ -12,6 +12,7 @@ the reference's end-to-end stage starts from: a copy of the compressor).
     python -m training.evaluate --model ./my-clara --data ../shared/data/hotpotqa_dev.jsonl \
         --max-examples 100 --k 5 --output predictions.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,14 @@ def _query_vectors(model: ClaraModel, questions: list[str], batch_size: int) -> 
     return vectors.flatten(1)  # (B, n_mem * H)
 
 
-def _evaluate_batch(model: ClaraModel, batch: list[Example], k: int, max_new_tokens: int,
-                    batch_size: int, generate: bool) -> tuple[list[list[int]], list[str]]:
+def _evaluate_batch(
+    model: ClaraModel,
+    batch: list[Example],
+    k: int,
+    max_new_tokens: int,
+    batch_size: int,
+    generate: bool,
+) -> tuple[list[list[int]], list[str]]:
     questions = [ex.question for ex in batch]
     flat = [d for ex in batch for d in ex.docs]
     unique = list(dict.fromkeys(flat))
@@ -64,13 +71,21 @@ def _evaluate_batch(model: ClaraModel, batch: list[Example], k: int, max_new_tok
     answers = [""] * len(batch)
     if generate:
         answers = model.generate_from_compressed_documents_and_questions(
-            questions, selected, max_new_tokens=max_new_tokens)
+            questions, selected, max_new_tokens=max_new_tokens
+        )
     return rankings, answers
 
 
-def evaluate_model(model: ClaraModel, examples: Sequence[Example], *, k: int | None = None,
-                   max_new_tokens: int = 64, batch_size: int = 8, generate: bool = True,
-                   show_progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_model(
+    model: ClaraModel,
+    examples: Sequence[Example],
+    *,
+    k: int | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    generate: bool = True,
+    show_progress: bool = True,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Retrieval and answer metrics of `model` on `examples` (each with candidates).
 
     Args:
@@ -93,21 +108,32 @@ def evaluate_model(model: ClaraModel, examples: Sequence[Example], *, k: int | N
     for _, group in groupby(todo, key=lambda ex: len(ex.docs)):
         group = list(group)
         for start in range(0, len(group), batch_size):
-            batch = group[start:start + batch_size]
+            batch = group[start : start + batch_size]
             ranks, answers = _evaluate_batch(model, batch, k, max_new_tokens, batch_size, generate)
             rankings += ranks
             predictions += answers
             bar.update(len(batch))
     bar.close()
-    metrics: dict[str, Any] = {"n": len(todo), "k": k,
-                               "query_adapter": QUERY_ADAPTER if QUERY_ADAPTER in model.adapters else ENCODER_ADAPTER}
+    metrics: dict[str, Any] = {
+        "n": len(todo),
+        "k": k,
+        "query_adapter": QUERY_ADAPTER if QUERY_ADAPTER in model.adapters else ENCODER_ADAPTER,
+    }
     metrics.update(retrieval_scores(rankings, [ex.pos_index for ex in todo]))
     if generate:
         metrics.update(answer_scores(predictions, [ex.answers or ex.targets for ex in todo]))
     metrics["compression_ratio"] = compression_ratio(model, todo)
-    records = [{"question": ex.question, "answers": list(ex.answers or ex.targets),
-                "prediction": p, "ranking": r, "topk_idx": r[:k], "pos_index": list(ex.pos_index)}
-               for ex, p, r in zip(todo, predictions, rankings)]
+    records = [
+        {
+            "question": ex.question,
+            "answers": list(ex.answers or ex.targets),
+            "prediction": p,
+            "ranking": r,
+            "topk_idx": r[:k],
+            "pos_index": list(ex.pos_index),
+        }
+        for ex, p, r in zip(todo, predictions, rankings)
+    ]
     return metrics, records
 
 
@@ -123,9 +149,15 @@ def compression_ratio(model: ClaraModel, examples: Sequence[Example]) -> float:
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    keys = [k for k in ("recall@1", "recall@3", "recall@5", "em", "f1", "acc", "compression_ratio")
-            if k in metrics]
-    return " ".join(f"{k} {metrics[k]:.4f}" for k in keys) + f" (n={metrics.get('n')}, k={metrics.get('k')})"
+    keys = [
+        k
+        for k in ("recall@1", "recall@3", "recall@5", "em", "f1", "acc", "compression_ratio")
+        if k in metrics
+    ]
+    return (
+        " ".join(f"{k} {metrics[k]:.4f}" for k in keys)
+        + f" (n={metrics.get('n')}, k={metrics.get('k')})"
+    )
 
 
 class _StdoutHandler(logging.StreamHandler):
@@ -149,14 +181,32 @@ def results_logger() -> logging.Logger:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="CLaRa checkpoint folder (ours or released format)")
-    p.add_argument("--data", required=True, nargs="+", help="JSONL with question, answers, docs, pos_index/gold")
-    p.add_argument("--base", default=None, help="base LM (default: the checkpoint's decoder_model_name)")
-    p.add_argument("--adapter-policy", default="all", choices=("reference", "all"),
-                   help="which adapters of a released checkpoint to use (reference evaluation: all)")
-    p.add_argument("--k", type=int, default=None, help="documents read per question (default: config)")
+    p = argparse.ArgumentParser(
+        prog="python -m training.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model", required=True, help="CLaRa checkpoint folder (ours or released format)"
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="JSONL with question, answers, docs, pos_index/gold",
+    )
+    p.add_argument(
+        "--base", default=None, help="base LM (default: the checkpoint's decoder_model_name)"
+    )
+    p.add_argument(
+        "--adapter-policy",
+        default="all",
+        choices=("reference", "all"),
+        help="which adapters of a released checkpoint to use (reference evaluation: all)",
+    )
+    p.add_argument(
+        "--k", type=int, default=None, help="documents read per question (default: config)"
+    )
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
@@ -170,8 +220,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s", stream=sys.stdout)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stdout,
+    )
     try:
         loaded = load_examples(args.data, strict=args.strict, max_examples=args.max_examples)
     except (DataError, FileNotFoundError) as exc:  # DataError: --strict
@@ -182,11 +235,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("no usable example in %s; %s", ", ".join(args.data), why)
         return 2
     if loaded.issues:
-        logger.warning("%s (--strict stops at the first)", summarize_issues(loaded.issues, first=20))
-    model = ClaraModel.from_pretrained(args.model, base_model=args.base, adapter_policy=args.adapter_policy)
-    metrics, records = evaluate_model(model, loaded.examples, k=args.k, max_new_tokens=args.max_new_tokens,
-                                      batch_size=args.batch_size, generate=not args.no_generate,
-                                      show_progress=not args.quiet)
+        logger.warning(
+            "%s (--strict stops at the first)", summarize_issues(loaded.issues, first=20)
+        )
+    model = ClaraModel.from_pretrained(
+        args.model, base_model=args.base, adapter_policy=args.adapter_policy
+    )
+    metrics, records = evaluate_model(
+        model,
+        loaded.examples,
+        k=args.k,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        generate=not args.no_generate,
+        show_progress=not args.quiet,
+    )
     results_logger().info("%s\n%s", json.dumps(metrics, indent=1), format_metrics(metrics))
     if args.output:
         write_jsonl(args.output, records)

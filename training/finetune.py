@@ -21,6 +21,7 @@ formats (``--data FILE`` for every stage, or ``--data e2e=FILE``). The output fo
 CLaRa checkpoint (`ClaraModel.from_pretrained("./my-clara")`) with ``report.md``, plots,
 ``training_log.jsonl`` and resumable ``checkpoints/`` (``--resume``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,14 @@ __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("training.finetune")
 
-PER_STAGE_HELP = " (one value, or per stage: 'compress=V,e2e=W'; default: the reference's per stage)"
+PER_STAGE_HELP = (
+    " (one value, or per stage: 'compress=V,e2e=W'; default: the reference's per stage)"
+)
 
 
 def _per_stage(kind):
     """argparse type: `V` for every stage or `stage=V,stage=V`."""
+
     def parse(text: str) -> dict[str, Any]:
         if "=" not in text:
             return {"*": kind(text)}
@@ -58,73 +62,185 @@ def _per_stage(kind):
                 raise argparse.ArgumentTypeError(f"unknown stage {stage!r} in {text!r}")
             out[stage] = kind(value)
         return out
+
     return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m training.finetune` (see `--help`)."""
-    p = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training.finetune",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = p.add_argument_group("data and model")
-    src.add_argument("--docs", help="folder (or file) of .txt/.md/.jsonl documents to synthesise data from")
-    src.add_argument("--data", action="append", default=[], metavar="[STAGE=]FILE",
-                     help="reference-format JSONL; FILE for all stages or STAGE=FILE (repeatable)")
-    src.add_argument("--eval-data", nargs="*", default=None,
-                     help="held-out QA JSONL for report.md (default with --docs: the synthesised eval.jsonl)")
+    src.add_argument(
+        "--docs", help="folder (or file) of .txt/.md/.jsonl documents to synthesise data from"
+    )
+    src.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="[STAGE=]FILE",
+        help="reference-format JSONL; FILE for all stages or STAGE=FILE (repeatable)",
+    )
+    src.add_argument(
+        "--eval-data",
+        nargs="*",
+        default=None,
+        help="held-out QA JSONL for report.md (default with --docs: the synthesised eval.jsonl)",
+    )
     src.add_argument("--output", required=True, help="output folder (checkpoint, report, data)")
-    src.add_argument("--base", default=None, help="base causal LM: local folder, hub id, or the embedded "
-                     "HuggingFaceTB/SmolLM2-135M-Instruct (default)")
-    src.add_argument("--init-from", default=None, help="start from a CLaRa checkpoint (ours or released)")
-    src.add_argument("--init-subfolder", default=None,
-                     help="subfolder of a hub --init-from, e.g. compression-16 for apple/CLaRa-7B-Instruct")
-    src.add_argument("--adapter-policy", default="reference", choices=("reference", "all"),
-                     help="adapters taken from a released --init-from checkpoint")
-    src.add_argument("--stages", default="compress,instruct,e2e",
-                     help=f"comma-separated, in order, from {', '.join(STAGES)}")
+    src.add_argument(
+        "--base",
+        default=None,
+        help="base causal LM: local folder, hub id, or the embedded "
+        "HuggingFaceTB/SmolLM2-135M-Instruct (default)",
+    )
+    src.add_argument(
+        "--init-from", default=None, help="start from a CLaRa checkpoint (ours or released)"
+    )
+    src.add_argument(
+        "--init-subfolder",
+        default=None,
+        help="subfolder of a hub --init-from, e.g. compression-16 for apple/CLaRa-7B-Instruct",
+    )
+    src.add_argument(
+        "--adapter-policy",
+        default="reference",
+        choices=("reference", "all"),
+        help="adapters taken from a released --init-from checkpoint",
+    )
+    src.add_argument(
+        "--stages",
+        default="compress,instruct,e2e",
+        help=f"comma-separated, in order, from {', '.join(STAGES)}",
+    )
     src.add_argument("--max-samples", type=int, default=None, help="first N examples per stage")
-    src.add_argument("--strict", action="store_true", help="stop at the first malformed data or document "
-                     "line or empty file (default: skip them, with one warning per stage)")
-    src.add_argument("--allow-network", action="store_true", help="allow hub downloads (base/teacher)")
+    src.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first malformed data or document "
+        "line or empty file (default: skip them, with one warning per stage)",
+    )
+    src.add_argument(
+        "--allow-network", action="store_true", help="allow hub downloads (base/teacher)"
+    )
     m = p.add_argument_group("model shape (reference defaults)")
     m.add_argument("--doc-max-length", type=int, default=None, help="document tokens (256)")
     m.add_argument("--compress-rate", type=int, default=None, help="tokens per memory vector (32)")
     m.add_argument("--lora-r", type=int, default=16)
-    m.add_argument("--generation-top-k", type=int, default=5, help="documents read per question (stages 2-3)")
+    m.add_argument(
+        "--generation-top-k", type=int, default=5, help="documents read per question (stages 2-3)"
+    )
     m.add_argument("--compress-top-k", type=int, default=1, help="documents per stage-1 example")
-    m.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weight dtype")
+    m.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="weight dtype"
+    )
     t = p.add_argument_group("optimisation")
-    t.add_argument("--learning-rate", type=_per_stage(float), default={}, help="peak LR" + PER_STAGE_HELP)
-    t.add_argument("--lr-scheduler", type=_per_stage(str), default={},
-                   help="cosine_with_min_lr, cosine, linear or constant" + PER_STAGE_HELP)
-    t.add_argument("--train-batch-size", type=_per_stage(int), default={}, help="global batch" + PER_STAGE_HELP)
-    t.add_argument("--micro-train-batch-size", type=_per_stage(int), default={},
-                   help="examples per device and forward" + PER_STAGE_HELP)
+    t.add_argument(
+        "--learning-rate", type=_per_stage(float), default={}, help="peak LR" + PER_STAGE_HELP
+    )
+    t.add_argument(
+        "--lr-scheduler",
+        type=_per_stage(str),
+        default={},
+        help="cosine_with_min_lr, cosine, linear or constant" + PER_STAGE_HELP,
+    )
+    t.add_argument(
+        "--train-batch-size", type=_per_stage(int), default={}, help="global batch" + PER_STAGE_HELP
+    )
+    t.add_argument(
+        "--micro-train-batch-size",
+        type=_per_stage(int),
+        default={},
+        help="examples per device and forward" + PER_STAGE_HELP,
+    )
     t.add_argument("--epochs", type=_per_stage(float), default={"*": 1.0}, help="epochs (1)")
-    t.add_argument("--max-steps", type=_per_stage(int), default={}, help="hard cap on optimiser steps per stage")
-    t.add_argument("--max-len", type=_per_stage(int), default={}, help="decoder tokens" + PER_STAGE_HELP)
-    t.add_argument("--mse-weight", type=_per_stage(float), default={}, help="MSE weight" + PER_STAGE_HELP)
+    t.add_argument(
+        "--max-steps",
+        type=_per_stage(int),
+        default={},
+        help="hard cap on optimiser steps per stage",
+    )
+    t.add_argument(
+        "--max-len", type=_per_stage(int), default={}, help="decoder tokens" + PER_STAGE_HELP
+    )
+    t.add_argument(
+        "--mse-weight", type=_per_stage(float), default={}, help="MSE weight" + PER_STAGE_HELP
+    )
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--gradient-checkpointing", action="store_true")
-    t.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "fp16"),
-                   help="default: accelerate config, else bf16 on CUDA, no on CPU")
-    t.add_argument("--instruct-decoder", default="fresh", choices=("fresh", "continue"),
-                   help="instruct starts from a fresh generator (reference) or continues the current one")
-    t.add_argument("--no-train-mem-tokens", action="store_true", help="freeze the <MEM> embedding rows in stage 1")
-    t.add_argument("--encode-batch-size", type=int, default=64, help="documents per compressor forward")
+    t.add_argument(
+        "--mixed-precision",
+        default=None,
+        choices=("no", "bf16", "fp16"),
+        help="default: accelerate config, else bf16 on CUDA, no elsewhere; but unless given, the "
+        "fast step autocasts to bf16 by itself on CPUs with native bf16 (AVX512-BF16, AMX)",
+    )
+    t.add_argument(
+        "--legacy-step",
+        action="store_true",
+        help="the previous training step (full-vocabulary logits, candidates compressed per "
+        "question, fp32 on CPU, micro batch 2), kept for comparisons",
+    )
+    t.add_argument(
+        "--no-memory-cache",
+        action="store_true",
+        help="fast step: compress retrieval/e2e candidates per micro-batch instead of once per stage",
+    )
+    t.add_argument(
+        "--micro-batch-tokens",
+        type=int,
+        default=0,
+        help="fast step without --micro-train-batch-size: the largest micro-batch with at most "
+        "this many tokens with gradient (0: 4096 on CPU, 800 per GB on a GPU)",
+    )
+    t.add_argument(
+        "--instruct-decoder",
+        default="fresh",
+        choices=("fresh", "continue"),
+        help="instruct starts from a fresh generator (reference) or continues the current one",
+    )
+    t.add_argument(
+        "--no-train-mem-tokens",
+        action="store_true",
+        help="freeze the <MEM> embedding rows in stage 1",
+    )
+    t.add_argument(
+        "--encode-batch-size", type=int, default=64, help="documents per compressor forward"
+    )
     r = p.add_argument_group("run control")
-    r.add_argument("--save-steps", type=int, default=0, help="checkpoint every N optimiser steps (0: stage ends)")
-    r.add_argument("--resume", action="store_true", help="continue from <output>/checkpoints/LATEST")
+    r.add_argument(
+        "--save-steps",
+        type=int,
+        default=0,
+        help="checkpoint every N optimiser steps (0: stage ends)",
+    )
+    r.add_argument(
+        "--resume", action="store_true", help="continue from <output>/checkpoints/LATEST"
+    )
     r.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     r.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     r.add_argument("--log-every", type=int, default=1, help="log line every N optimiser steps")
-    r.add_argument("--official-format", action="store_true", help="also write <output>/official (released format)")
+    r.add_argument(
+        "--official-format",
+        action="store_true",
+        help="also write <output>/official (released format)",
+    )
     e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-max-examples", type=int, default=100, help="held-out questions (0: no evaluation)")
+    e.add_argument(
+        "--eval-max-examples", type=int, default=100, help="held-out questions (0: no evaluation)"
+    )
     e.add_argument("--eval-max-new-tokens", type=int, default=32)
     s = p.add_argument_group("synthesis (--docs)")
     s.add_argument("--teacher", default="offline", choices=("offline", "hf", "openai"))
     s.add_argument("--teacher-model", default=None, help="HF model (hf) or model name (openai)")
-    s.add_argument("--teacher-url", default=None, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    s.add_argument(
+        "--teacher-url",
+        default=None,
+        help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1",
+    )
     s.add_argument("--teacher-api-key-env", default="OPENAI_API_KEY")
     s.add_argument("--qa-per-chunk", type=int, default=5)
     s.add_argument("--questions-per-chunk", type=int, default=2)
@@ -149,8 +265,13 @@ def _parse_stages(text: str) -> list[str]:
 
 def _setup_logging(quiet: bool, is_main: bool) -> None:
     level = logging.INFO if is_main and not quiet else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stdout, force=True)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stdout,
+        force=True,
+    )
     import transformers  # noqa: PLC0415
 
     transformers.utils.logging.set_verbosity_error()
@@ -158,7 +279,9 @@ def _setup_logging(quiet: bool, is_main: bool) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
-def _stage_files(args: argparse.Namespace, stages: list[str], data_dir: Path) -> dict[str, list[str]]:
+def _stage_files(
+    args: argparse.Namespace, stages: list[str], data_dir: Path
+) -> dict[str, list[str]]:
     files: dict[str, list[str]] = {}
     for item in args.data:
         stage, sep, path = item.partition("=")
@@ -170,7 +293,9 @@ def _stage_files(args: argparse.Namespace, stages: list[str], data_dir: Path) ->
     for s in stages:
         if s not in files:
             if not args.docs:
-                raise SystemExit(f"no data for stage {s!r}: pass --docs DIR, --data FILE or --data {s}=FILE")
+                raise SystemExit(
+                    f"no data for stage {s!r}: pass --docs DIR, --data FILE or --data {s}=FILE"
+                )
             files[s] = [str(data_dir / f"{s}.jsonl")]
     return files
 
@@ -181,7 +306,9 @@ def _synthesize(args, accelerator, config, tokenizer, data_dir: Path) -> Path | 
     failed = False
     if args.docs and accelerator.is_main_process:
         try:
-            data_dir = pipeline.synthesize_if_needed(args, config, tokenizer, data_dir, dry_run=args.dry_run)
+            data_dir = pipeline.synthesize_if_needed(
+                args, config, tokenizer, data_dir, dry_run=args.dry_run
+            )
         except (DataError, FileNotFoundError, ValueError) as exc:  # DataError: --strict
             logger.error("%s", exc)
             failed = True
@@ -201,7 +328,11 @@ def _plan_stages(args, stages, files, config, tokenizer, special, world_size):
         kept, issues, tokens = pipeline.prepare_stage_data(stage, files[stage], k, collator, args)
         pipeline.report_issues(stage, files[stage], issues)
         examples[stage] = kept
-        plans.append(pipeline.plan_for(stage, index, kept, k, tokens, args, world_size, _stage_value))
+        plans.append(
+            pipeline.plan_for(
+                stage, index, kept, k, tokens, args, world_size, _stage_value, collator
+            )
+        )
     return plans, examples
 
 
@@ -212,8 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages = _parse_stages(args.stages)
     if args.allow_network:
         os.environ["CLARA_ALLOW_NETWORK"] = "1"
-    mixed = args.mixed_precision or (None if os.environ.get("ACCELERATE_MIXED_PRECISION") else
-                                     ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"))
+    mixed = args.mixed_precision or (
+        None
+        if os.environ.get("ACCELERATE_MIXED_PRECISION")
+        else ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
+    )
     # Without CUDA, Accelerate distributes over processes (gloo) only when told `cpu=True`;
     # otherwise every torchrun worker would train alone.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -237,8 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 3. Data and plan of every stage.
     try:
-        plans, examples = _plan_stages(args, stages, files, config, tokenizer, special,
-                                       accelerator.num_processes)
+        plans, examples = _plan_stages(
+            args, stages, files, config, tokenizer, special, accelerator.num_processes
+        )
     except (DataError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
@@ -247,8 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     empty = [p.stage for p in plans if p.steps == 0]
     if empty:
-        raise SystemExit(f"stage(s) {empty} have no full global batch of examples: add data, or lower "
-                         "--train-batch-size / --micro-train-batch-size")
+        raise SystemExit(
+            f"stage(s) {empty} have no full global batch of examples: add data, or lower "
+            "--train-batch-size / --micro-train-batch-size"
+        )
 
     # 4. Model: from the last checkpoint (--resume), a CLaRa checkpoint, or a fresh base.
     trainer = pipeline.Trainer(args, accelerator, config, plans, examples, tokenizer, special)

@@ -10,6 +10,8 @@ accumulation and gradient synchronisation (CPU, one GPU, DDP, FSDP or DeepSpeed 
 * dropout: the RNG is re-seeded before every micro-batch from the micro-batch's first
   position in that schedule, so the random stream does not depend on the process count
   or on where a run was resumed;
+* the step: the fast one (`plan.fast_step`, see fastpath.py: memory cache, length-sorted
+  global batches, losses scaled by the global batch, bf16 where native) or the legacy one;
 * optimiser AdamW (betas 0.9/0.95, no weight decay), clipping at 1.0, warm-up of
   ``ceil(0.03 * steps)`` then cosine to 10% (`cosine_with_min_lr`), linear or constant;
 * a non-finite loss (checked per micro-batch, before backward) or gradient norm (checked
@@ -19,17 +21,20 @@ accumulation and gradient synchronisation (CPU, one GPU, DDP, FSDP or DeepSpeed 
   an overflow the next steps would most likely repeat. With fp16 loss scaling the scaler
   skips such steps itself (that is how it finds its scale), so the check leaves them to it.
 """
+
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -38,11 +43,27 @@ from clara_integrations import ClaraModel
 from .checkpoint import CheckpointManager, NonFiniteError
 from .collate import Collator, ScheduledDataset
 from .data import Example
+from .fastpath import (
+    MemoryRows,
+    ScaledCollate,
+    StepScales,
+    bucket_order,
+    cast_frozen_weights,
+    fast_lora_dropout,
+)
 from .losses import objective_for_stage
+from .memory_cache import MemoryCache
 from .stages import prepare_model_for_stage
 
-__all__ = ["NonFiniteError", "NonFiniteGradientError", "NonFiniteLossError", "StagePlan", "plan_stage",
-           "schedule_order", "train_stage"]
+__all__ = [
+    "NonFiniteError",
+    "NonFiniteGradientError",
+    "NonFiniteLossError",
+    "StagePlan",
+    "plan_stage",
+    "schedule_order",
+    "train_stage",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +102,31 @@ class StagePlan:
     mse_weight: float
     seed: int
     tokens_per_epoch: int = 0
+    fast_step: bool = False  # the fast step (fastpath.py); False: `--legacy-step`
 
     def fingerprint(self) -> dict[str, Any]:
         """The plan as JSON-able dict (checkpoints compare it on resume)."""
         return asdict(self)
 
 
-def plan_stage(stage: str, index: int, n_examples: int, *, world_size: int, k: int,
-               learning_rate: float, lr_scheduler: str, micro_batch_size: int,
-               train_batch_size: int, epochs: float, max_steps: int | None, max_len: int,
-               mse_weight: float, seed: int) -> StagePlan:
+def plan_stage(
+    stage: str,
+    index: int,
+    n_examples: int,
+    *,
+    world_size: int,
+    k: int,
+    learning_rate: float,
+    lr_scheduler: str,
+    micro_batch_size: int,
+    train_batch_size: int,
+    epochs: float,
+    max_steps: int | None,
+    max_len: int,
+    mse_weight: float,
+    seed: int,
+    fast_step: bool = False,
+) -> StagePlan:
     """Steps and accumulation of a stage (reference: ``ceil(epochs * (n // batch))``).
 
     A global batch larger than the data set is shrunk to fit (with a warning).
@@ -100,19 +136,41 @@ def plan_stage(stage: str, index: int, n_examples: int, *, world_size: int, k: i
     """
     per_step = micro_batch_size * world_size
     if train_batch_size % per_step:
-        raise ValueError(f"--train-batch-size {train_batch_size} must be a multiple of "
-                         f"--micro-train-batch-size {micro_batch_size} x {world_size} processes")
+        raise ValueError(
+            f"--train-batch-size {train_batch_size} must be a multiple of "
+            f"--micro-train-batch-size {micro_batch_size} x {world_size} processes"
+        )
     if 0 < n_examples < train_batch_size:
         shrunk = max(per_step, n_examples // per_step * per_step)
-        logger.warning("stage %s: %d examples < global batch %d; using a global batch of %d",
-                       stage, n_examples, train_batch_size, shrunk)
+        logger.warning(
+            "stage %s: %d examples < global batch %d; using a global batch of %d",
+            stage,
+            n_examples,
+            train_batch_size,
+            shrunk,
+        )
         train_batch_size = shrunk
     steps = math.ceil(epochs * (n_examples // train_batch_size))
     if max_steps is not None:
         steps = min(steps, max_steps)
-    return StagePlan(stage, index, n_examples, k, learning_rate, lr_scheduler, micro_batch_size,
-                     train_batch_size, train_batch_size // per_step, epochs, steps,
-                     math.ceil(steps * WARMUP_RATIO), max_len, mse_weight, seed)
+    return StagePlan(
+        stage,
+        index,
+        n_examples,
+        k,
+        learning_rate,
+        lr_scheduler,
+        micro_batch_size,
+        train_batch_size,
+        train_batch_size // per_step,
+        epochs,
+        steps,
+        math.ceil(steps * WARMUP_RATIO),
+        max_len,
+        mse_weight,
+        seed,
+        fast_step=fast_step,
+    )
 
 
 def schedule_order(n_examples: int, plan: StagePlan) -> list[int]:
@@ -135,8 +193,13 @@ def _param_groups(params: Sequence[torch.nn.Parameter]) -> list[dict[str, Any]]:
 
 def _scheduler(name: str, optimizer: torch.optim.Optimizer, plan: StagePlan):
     kwargs = {"min_lr_rate": MIN_LR_RATE} if name == "cosine_with_min_lr" else None
-    return get_scheduler(name, optimizer, num_warmup_steps=plan.warmup_steps,
-                         num_training_steps=max(plan.steps, 1), scheduler_specific_kwargs=kwargs)
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=plan.warmup_steps,
+        num_training_steps=max(plan.steps, 1),
+        scheduler_specific_kwargs=kwargs,
+    )
 
 
 def _seed_micro_batch(plan: StagePlan, first_position: int) -> None:
@@ -157,6 +220,8 @@ class StageContext:
     encode_batch_size: int = 64
     history: list[dict[str, Any]] = field(default_factory=list)
     state_for_checkpoint: Callable[[StagePlan, int], dict[str, Any]] | None = None
+    memory_cache: bool = True  # fast step: frozen candidates compressed once per stage
+    autocast_dtype: torch.dtype | None = None  # fast step: own autocast (None: Accelerate's)
 
 
 def _any_rank(acc: Accelerator, bad: bool) -> bool:
@@ -166,20 +231,34 @@ def _any_rank(acc: Accelerator, bad: bool) -> bool:
     return flag.item() > 0
 
 
-def _check_finite(ctx: StageContext, loss: torch.Tensor, plan: StagePlan, step: int,
-                  micro: int, batch: dict[str, Any], examples: Sequence[Example],
-                  order: Sequence[int]) -> None:
+def _check_finite(
+    ctx: StageContext,
+    loss: torch.Tensor,
+    plan: StagePlan,
+    step: int,
+    micro: int,
+    batch: dict[str, Any],
+    examples: Sequence[Example],
+    order: Sequence[int],
+) -> None:
     if _any_rank(ctx.accelerator, not torch.isfinite(loss).item()):
         where = [examples[order[p]].origin for p in batch["positions"]]
         raise NonFiniteLossError(
             f"stage {plan.stage!r}: non-finite loss ({loss.item()}) at optimiser step {step + 1}, "
             f"micro-batch {micro} (schedule positions {batch['positions']}, examples {where}); "
-            f"stopped before updating the weights; {ctx.checkpoints.describe_latest()}")
+            f"stopped before updating the weights; {ctx.checkpoints.describe_latest()}"
+        )
 
 
-def _check_finite_grad(ctx: StageContext, norm: torch.Tensor | None, params: Sequence[torch.nn.Parameter],
-                       plan: StagePlan, step: int, examples: Sequence[Example],
-                       order: Sequence[int]) -> None:
+def _check_finite_grad(
+    ctx: StageContext,
+    norm: torch.Tensor | None,
+    params: Sequence[torch.nn.Parameter],
+    plan: StagePlan,
+    step: int,
+    examples: Sequence[Example],
+    order: Sequence[int],
+) -> None:
     acc = ctx.accelerator
     if acc.scaler is not None:
         return  # fp16: GradScaler skips inf/NaN steps and lowers its scale (by design)
@@ -198,12 +277,19 @@ def _check_finite_grad(ctx: StageContext, norm: torch.Tensor | None, params: Seq
         f"with a finite loss at optimiser step {step + 1} (schedule positions {first}-"
         f"{positions[-1] if positions else first}, examples {shown}); stopped before the optimiser "
         f"step, so the weights were not updated; {ctx.checkpoints.describe_latest()}. Try a lower "
-        "--learning-rate, --mixed-precision no, or check those examples")
+        "--learning-rate, --mixed-precision no, or check those examples"
+    )
 
 
-def train_stage(model: ClaraModel, plan: StagePlan, examples: Sequence[Example],
-                collator: Collator, ctx: StageContext, start_step: int = 0,
-                resume_from: Any = None) -> None:
+def train_stage(
+    model: ClaraModel,
+    plan: StagePlan,
+    examples: Sequence[Example],
+    collator: Collator,
+    ctx: StageContext,
+    start_step: int = 0,
+    resume_from: Any = None,
+) -> None:
     """Train `model` for one stage; appends one record per optimiser step to `ctx.history`.
 
     Args:
@@ -214,16 +300,37 @@ def train_stage(model: ClaraModel, plan: StagePlan, examples: Sequence[Example],
         NonFiniteGradientError: a step's gradient norm is NaN or infinite.
     """
     acc = ctx.accelerator
-    params, hook = prepare_model_for_stage(model, plan.stage, plan.k,
-                                           fresh_decoder=ctx.fresh_decoder and start_step == 0,
-                                           train_mem_tokens=ctx.train_mem_tokens)
-    order = schedule_order(len(examples), plan)
-    loader = torch.utils.data.DataLoader(ScheduledDataset(examples, order),
-                                         batch_size=plan.micro_batch_size, shuffle=False,
-                                         collate_fn=collator)
-    objective = objective_for_stage(model, plan.stage, plan.mse_weight, ctx.encode_batch_size)
-    optimizer = torch.optim.AdamW(_param_groups(params), lr=plan.learning_rate,
-                                  betas=ADAM_BETAS, eps=1e-8, weight_decay=0.0)
+    params, hook = prepare_model_for_stage(
+        model,
+        plan.stage,
+        plan.k,
+        fresh_decoder=ctx.fresh_decoder and start_step == 0,
+        train_mem_tokens=ctx.train_mem_tokens,
+        fast=plan.fast_step,
+    )
+    order, collate, cache = schedule_order(len(examples), plan), collator, None
+    if plan.fast_step:
+        order, collate, cache = _fast_schedule(model, plan, examples, order, collator, ctx)
+    loader = torch.utils.data.DataLoader(
+        ScheduledDataset(examples, order),
+        batch_size=plan.micro_batch_size,
+        shuffle=False,
+        collate_fn=collate,
+    )
+    objective = objective_for_stage(
+        model, plan.stage, plan.mse_weight, ctx.encode_batch_size, fast=plan.fast_step, cache=cache
+    )
+    if plan.fast_step and ctx.autocast_dtype is not None:
+        # Per forward, as Accelerate does: autocast caches its casts of trainable weights
+        # until the outermost region exits, so one region over steps would keep stale ones.
+        objective.forward = torch.autocast(acc.device.type, dtype=ctx.autocast_dtype)(
+            objective.forward
+        )
+    optimizer = torch.optim.AdamW(
+        _param_groups(params), lr=plan.learning_rate, betas=ADAM_BETAS, eps=1e-8, weight_decay=0.0
+    )
+    if isinstance(hook, MemoryRows):
+        hook.attach(optimizer)
     scheduler = _scheduler(plan.lr_scheduler, optimizer, plan)
     acc.gradient_accumulation_steps = plan.grad_accum
     objective, optimizer, loader = acc.prepare(objective, optimizer, loader)
@@ -231,8 +338,20 @@ def train_stage(model: ClaraModel, plan: StagePlan, examples: Sequence[Example],
         ctx.checkpoints.restore(resume_from, optimizer, scheduler)
         loader = acc.skip_first_batches(loader, start_step * plan.grad_accum)
     try:
-        _run(model, plan, examples, order, objective, optimizer, scheduler, loader, params, ctx,
-             start_step)
+        with _fast_step_context(model, plan, ctx):
+            _run(
+                model,
+                plan,
+                examples,
+                order,
+                objective,
+                optimizer,
+                scheduler,
+                loader,
+                params,
+                ctx,
+                start_step,
+            )
     finally:
         if hook is not None:
             hook.remove()
@@ -240,14 +359,81 @@ def train_stage(model: ClaraModel, plan: StagePlan, examples: Sequence[Example],
         model.eval()
 
 
-def _run(model, plan, examples, order, objective, optimizer, scheduler, loader, params,
-         ctx: StageContext, step: int) -> None:
+def _fast_schedule(
+    model: ClaraModel,
+    plan: StagePlan,
+    examples: Sequence[Example],
+    order: list[int],
+    collator: Collator,
+    ctx: StageContext,
+):
+    """The fast step's data side: (each global batch sorted by length, a collator adding
+    the global-batch loss scales, the stage's memory cache or None)."""
+    used = sorted(set(order))
+    lengths = dict(zip(used, (collator.grad_tokens(examples[i]) for i in used)))
+    order = bucket_order(order, plan.train_batch_size, lengths)
+    labels = [collator.label_tokens(examples[i], pos) for pos, i in enumerate(order)]
+    rows = plan.k if plan.stage in ("compress", "instruct") else len(examples[order[0]].docs)
+    scales = StepScales.build(
+        labels, plan.train_batch_size, rows, plan.grad_accum, ctx.accelerator.num_processes
+    )
+    cache = None
+    if ctx.memory_cache and plan.stage in ("retrieval", "e2e"):
+        # Every candidate of the whole schedule (not only from a resumed step on): the same
+        # set gives the same batches, so a resumed run gets bit-identical memory.
+        cache = MemoryCache(model, ctx.encode_batch_size)
+        cache.expect([d for i in used for d in examples[i].docs])
+    return order, ScaledCollate(collator, scales), cache
+
+
+@contextlib.contextmanager
+def _fast_step_context(model: ClaraModel, plan: StagePlan, ctx: StageContext) -> Iterator[None]:
+    """Frozen weights kept in the autocast dtype and the fast LoRA dropout, for the fast
+    step's stage; nothing for legacy."""
+    if not plan.fast_step:
+        yield
+        return
+    acc = ctx.accelerator
+    dtype = ctx.autocast_dtype or {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        str(acc.mixed_precision)
+    )
+    sharded = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    with contextlib.ExitStack() as stack:
+        cast = stack.enter_context(cast_frozen_weights(model, None if sharded else dtype))
+        swapped = stack.enter_context(fast_lora_dropout(model))
+        logger.debug(
+            "fast step: autocast %s, %d frozen weights cast, %d dropouts swapped",
+            dtype,
+            cast,
+            swapped,
+        )
+        yield
+
+
+def _run(
+    model,
+    plan,
+    examples,
+    order,
+    objective,
+    optimizer,
+    scheduler,
+    loader,
+    params,
+    ctx: StageContext,
+    step: int,
+) -> None:
     acc = ctx.accelerator
     model.train()
     window = {"loss": 0.0, "ntp": 0.0, "mse": 0.0, "tokens": 0, "micro": 0}
     started = time.perf_counter()
-    bar = tqdm(total=plan.steps, initial=step, desc=f"{plan.stage}", unit="step",
-               disable=ctx.quiet or not acc.is_local_main_process)
+    bar = tqdm(
+        total=plan.steps,
+        initial=step,
+        desc=f"{plan.stage}",
+        unit="step",
+        disable=ctx.quiet or not acc.is_local_main_process,
+    )
     for micro, batch in enumerate(loader, start=step * plan.grad_accum):
         _seed_micro_batch(plan, batch["positions"][0])
         with acc.accumulate(objective):
@@ -274,33 +460,64 @@ def _run(model, plan, examples, order, objective, optimizer, scheduler, loader, 
         started = time.perf_counter()
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if not ctx.quiet and acc.is_main_process and (step % ctx.log_every == 0 or step == plan.steps):
-            logger.info("%s step %d/%d loss %.4f ntp %.4f mse %.4f lr %.3g tokens/s %.0f",
-                        plan.stage, step, plan.steps, record["loss"], record["ntp"],
-                        record["mse"], record["lr"], record["tokens_per_s"])
+        if (
+            not ctx.quiet
+            and acc.is_main_process
+            and (step % ctx.log_every == 0 or step == plan.steps)
+        ):
+            logger.info(
+                "%s step %d/%d loss %.4f ntp %.4f mse %.4f lr %.3g tokens/s %.0f",
+                plan.stage,
+                step,
+                plan.steps,
+                record["loss"],
+                record["ntp"],
+                record["mse"],
+                record["lr"],
+                record["tokens_per_s"],
+            )
         if ctx.save_steps and step % ctx.save_steps == 0 and step < plan.steps:
             save_checkpoint(ctx, model, plan, step, optimizer, scheduler)
     bar.close()
 
 
-def save_checkpoint(ctx: StageContext, model: ClaraModel, plan: StagePlan, step: int,
-                    optimizer: Any, scheduler: Any) -> None:
+def save_checkpoint(
+    ctx: StageContext, model: ClaraModel, plan: StagePlan, step: int, optimizer: Any, scheduler: Any
+) -> None:
     """Atomic checkpoint after optimiser step `step` of `plan`'s stage."""
     state = ctx.state_for_checkpoint(plan, step) if ctx.state_for_checkpoint else {}
     name = f"{plan.index:02d}-{plan.stage}-step{step:06d}"
     ctx.checkpoints.save(name, model, optimizer, scheduler, state)
 
 
-def _step_record(acc: Accelerator, plan: StagePlan, step: int, window: dict[str, float],
-                 lr: float, started: float) -> dict[str, Any]:
-    values = torch.tensor([window["loss"], window["ntp"], window["mse"]], dtype=torch.float64,
-                          device=acc.device) / window["micro"]
+def _step_record(
+    acc: Accelerator,
+    plan: StagePlan,
+    step: int,
+    window: dict[str, float],
+    lr: float,
+    started: float,
+) -> dict[str, Any]:
+    values = (
+        torch.tensor(
+            [window["loss"], window["ntp"], window["mse"]], dtype=torch.float64, device=acc.device
+        )
+        / window["micro"]
+    )
     tokens = torch.tensor([float(window["tokens"])], dtype=torch.float64, device=acc.device)
     if acc.num_processes > 1:
         values = acc.reduce(values, "mean")
         tokens = acc.reduce(tokens, "sum")
     seconds = max(time.perf_counter() - started, 1e-9)
     loss, ntp, mse = values.tolist()
-    return {"stage": plan.stage, "step": step, "loss": loss, "ntp": ntp, "mse": mse,
-            "lr": lr, "tokens": int(tokens.item()),
-            "seconds": seconds, "tokens_per_s": tokens.item() / seconds}
+    return {
+        "stage": plan.stage,
+        "step": step,
+        "loss": loss,
+        "ntp": ntp,
+        "mse": mse,
+        "lr": lr,
+        "tokens": int(tokens.item()),
+        "seconds": seconds,
+        "tokens_per_s": tokens.item() / seconds,
+    }

@@ -3,7 +3,16 @@
 Each objective's `forward(batch)` returns a dict with ``loss`` (what is back-propagated)
 and the parts that are logged. They are modules so that Accelerate can wrap them (DDP,
 FSDP, DeepSpeed): the wrapper's forward is what prepares the gradient synchronisation.
+
+With ``fast=True`` (the default step of `training.finetune`; `--legacy-step` is the
+other) an objective computes the same loss more cheaply: the LM head and cross-entropy
+only at label positions, each distinct document of a micro-batch compressed once, frozen
+candidates read from a `MemoryCache` (or compressed in eval mode, as the cache does), and
+sums scaled by the batch's ``scale`` (see `fastpath.StepScales`) so that the result is the
+global batch's mean however it is cut into micro-batches. Without ``scale`` in the batch
+(a plain batch: tests, notebooks) the means are over the micro-batch.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,27 +24,80 @@ from clara_integrations.modeling.adapters import DECODER_ADAPTER, ENCODER_ADAPTE
 from clara_integrations.modeling.layout import splice_memory
 from clara_integrations.modeling.topk import cosine_scores
 
+from .collate import IGNORE_INDEX
+from .memory_cache import MemoryCache, frozen_memory
+
 __all__ = ["CompressionObjective", "EndToEndObjective", "RetrievalObjective", "objective_for_stage"]
 
 # Temperature of the retrieval InfoNCE logits (reference `stage2_pretrain_retrieval`).
 RETRIEVAL_TEMPERATURE = 0.02
 
 
-def _generator_loss(model: ClaraModel, batch: dict[str, Any], memories: torch.Tensor,
-                    k: int) -> torch.Tensor:
-    """Next-token loss of the generator reading `memories` (B*k, n_mem, H) spliced into
-    its prompts; the Hugging Face loss: mean over the micro-batch's target tokens."""
+def _spliced_embeds(
+    model: ClaraModel, batch: dict[str, Any], memories: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder prompt embeddings with `memories` (B*k, n_mem, H) spliced in: ((B, T, H), mask)."""
     # The training loop's dataloader already puts these on the model's device; moving
     # them here too lets an objective be called on a plain CPU batch (tests, notebooks).
     device = memories.device
     ids = batch["dec_input_ids"].to(device)  # (B, T)
     embeds = model.decoder.get_input_embeddings()(ids)  # (B, T, H)
-    embeds = splice_memory(embeds, ids, memories, model.special.mem_token_ids[0], k,
-                           model.config.sep)
+    embeds = splice_memory(
+        embeds, ids, memories, model.special.mem_token_ids[0], k, model.config.sep
+    )
+    return embeds, batch["dec_attention_mask"].to(device)
+
+
+def _generator_loss(
+    model: ClaraModel, batch: dict[str, Any], memories: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Next-token loss of the generator reading `memories` (B*k, n_mem, H) spliced into
+    its prompts; the Hugging Face loss: mean over the micro-batch's target tokens."""
+    embeds, mask = _spliced_embeds(model, batch, memories, k)
     with model.adapters.using(DECODER_ADAPTER):
-        out = model.decoder(inputs_embeds=embeds, attention_mask=batch["dec_attention_mask"].to(device),
-                            labels=batch["labels"].to(device), use_cache=False)
+        out = model.decoder(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            labels=batch["labels"].to(memories.device),
+            use_cache=False,
+        )
     return out.loss
+
+
+def _generator_token_loss(
+    model: ClaraModel, batch: dict[str, Any], memories: torch.Tensor, k: int
+) -> tuple[torch.Tensor, int]:
+    """(sum of the next-token losses, number of target tokens) of the generator reading
+    `memories` (B*k, n_mem, H): the base runs to hidden states and only the n target
+    positions go through the LM head, (n, V) logits instead of (B, T, V)."""
+    embeds, mask = _spliced_embeds(model, batch, memories, k)
+    targets = batch["labels"].to(memories.device)[:, 1:]  # (B, T-1): position t predicts t+1
+    keep = targets != IGNORE_INDEX
+    body = getattr(model.decoder, model.decoder.base_model_prefix)
+    with model.adapters.using(DECODER_ADAPTER):
+        hidden = body(
+            inputs_embeds=embeds, attention_mask=mask, use_cache=False
+        ).last_hidden_state  # (B, T, H)
+        logits = model.decoder.get_output_embeddings()(hidden[:, :-1][keep])  # (n, V)
+    cap = getattr(model.decoder.config, "final_logit_softcapping", None)
+    logits = logits.float()
+    if cap:  # models that soft-cap their logits (Gemma 2) do it after the head
+        logits = torch.tanh(logits / cap) * cap
+    loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
+    return loss, int(keep.sum())
+
+
+def _scale(batch: dict[str, Any], key: str, micro_count: int) -> float:
+    """Factor from a sum to this micro-batch's share of the mean (see module docstring)."""
+    scale = batch.get("scale")
+    return scale[key] if scale is not None else 1.0 / max(micro_count, 1)
+
+
+def _unique(texts: list[str]) -> tuple[list[str], list[int]]:
+    """Distinct texts (first-seen order) and, per input text, its index among them."""
+    where: dict[str, int] = {}
+    index = [where.setdefault(t, len(where)) for t in texts]
+    return list(where), index
 
 
 class CompressionObjective(torch.nn.Module):
@@ -47,17 +109,51 @@ class CompressionObjective(torch.nn.Module):
         >>> objective(batch)["loss"].backward()                      # doctest: +SKIP
     """
 
-    def __init__(self, model: ClaraModel, mse_weight: float = 0.1, encode_batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model: ClaraModel,
+        mse_weight: float = 0.1,
+        encode_batch_size: int = 64,
+        fast: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         self.mse_weight = mse_weight
         self.encode_batch_size = encode_batch_size
+        self.fast = fast
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        memory, mse = self.model.encode_texts(batch["enc_texts"], ENCODER_ADAPTER,
-                                              self.encode_batch_size, with_mse=True)
+        if self.fast:
+            return self._fast(batch)
+        memory, mse = self.model.encode_texts(
+            batch["enc_texts"], ENCODER_ADAPTER, self.encode_batch_size, with_mse=True
+        )
         ntp = _generator_loss(self.model, batch, memory, batch["k"])  # memory (B*k, n_mem, H)
         return {"loss": ntp + self.mse_weight * mse, "ntp": ntp.detach(), "mse": mse.detach()}
+
+    def _fast(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        texts, index = _unique(list(batch["enc_texts"]))
+        memory, mse_rows = self.model.encode_texts(
+            texts, ENCODER_ADAPTER, self.encode_batch_size, with_mse="rows"
+        )  # (U, n_mem, H), (U,)
+        where = torch.as_tensor(index, device=memory.device)
+        memory, mse_rows = memory[where], mse_rows[where]  # repeated documents share a row
+        ntp_sum, n_targets = _generator_token_loss(self.model, batch, memory, batch["k"])
+        ntp = ntp_sum * _scale(batch, "ntp", n_targets)
+        mse = mse_rows.sum() * _scale(batch, "rows", len(index))
+        return {"loss": ntp + self.mse_weight * mse, "ntp": ntp.detach(), "mse": mse.detach()}
+
+
+def _candidates(
+    model: ClaraModel, batch: dict[str, Any], cache: MemoryCache | None, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen candidate memory (B*N, n_mem, H) and MSE terms (B*N,) of the fast path."""
+    if cache is not None:
+        return cache.lookup(batch["cand_texts"])
+    texts, index = _unique(list(batch["cand_texts"]))
+    memory, mse = frozen_memory(model, texts, batch_size)
+    where = torch.as_tensor(index, device=memory.device)
+    return memory[where], mse[where]
 
 
 class EndToEndObjective(torch.nn.Module):
@@ -66,22 +162,40 @@ class EndToEndObjective(torch.nn.Module):
     only, so retrieval learns from answer quality, with no relevance labels.
     """
 
-    def __init__(self, model: ClaraModel, encode_batch_size: int = 64, temperature: float = 0.02) -> None:
+    def __init__(
+        self,
+        model: ClaraModel,
+        encode_batch_size: int = 64,
+        temperature: float = 0.02,
+        fast: bool = False,
+        cache: MemoryCache | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.encode_batch_size = encode_batch_size
         self.temperature = temperature
+        self.fast = fast
+        self.cache = cache
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         model, n, k = self.model, batch["n_cand"], batch["k"]
-        with torch.no_grad():
-            docs, mse = model.encode_texts(batch["cand_texts"], ENCODER_ADAPTER,
-                                           self.encode_batch_size, with_mse=True)  # (B*N, n_mem, H)
+        if self.fast:
+            docs, mse_rows = _candidates(model, batch, self.cache, self.encode_batch_size)
+            mse = mse_rows.sum() * _scale(batch, "rows", len(mse_rows))
+        else:
+            with torch.no_grad():
+                docs, mse = model.encode_texts(
+                    batch["cand_texts"], ENCODER_ADAPTER, self.encode_batch_size, with_mse=True
+                )  # (B*N, n_mem, H)
         queries, _ = model.encode_texts(batch["questions"], QUERY_ADAPTER, self.encode_batch_size)
         b = queries.shape[0]
         candidates = docs.reshape(b, n, *docs.shape[1:])  # (B, N, n_mem, H)
         selected, topk_idx, _ = model.select(queries.flatten(1), candidates, k, self.temperature)
-        ntp = _generator_loss(model, batch, selected, k)  # selected (B*k, n_mem, H)
+        if self.fast:
+            ntp_sum, n_targets = _generator_token_loss(model, batch, selected, k)
+            ntp = ntp_sum * _scale(batch, "ntp", n_targets)
+        else:
+            ntp = _generator_loss(model, batch, selected, k)  # selected (B*k, n_mem, H)
         return {"loss": ntp, "ntp": ntp.detach(), "mse": mse.detach(), "topk_idx": topk_idx}
 
 
@@ -89,16 +203,29 @@ class RetrievalObjective(torch.nn.Module):
     """Stage `retrieval`: multi-positive InfoNCE of the query reasoner over each example's
     candidates, logits = cosine / 0.02 (reference `stage2_pretrain_retrieval`, spec §3.5)."""
 
-    def __init__(self, model: ClaraModel, encode_batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model: ClaraModel,
+        encode_batch_size: int = 64,
+        fast: bool = False,
+        cache: MemoryCache | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.encode_batch_size = encode_batch_size
+        self.fast = fast
+        self.cache = cache
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         model, n = self.model, batch["n_cand"]
-        with torch.no_grad():
-            docs, mse = model.encode_texts(batch["cand_texts"], ENCODER_ADAPTER,
-                                           self.encode_batch_size, with_mse=True)
+        if self.fast:
+            docs, mse_rows = _candidates(model, batch, self.cache, self.encode_batch_size)
+            mse = mse_rows.sum() * _scale(batch, "rows", len(mse_rows))
+        else:
+            with torch.no_grad():
+                docs, mse = model.encode_texts(
+                    batch["cand_texts"], ENCODER_ADAPTER, self.encode_batch_size, with_mse=True
+                )
         queries, _ = model.encode_texts(batch["questions"], QUERY_ADAPTER, self.encode_batch_size)
         b = queries.shape[0]
         scores = cosine_scores(queries.flatten(1), docs.reshape(b, n, -1))  # (B, N)
@@ -110,17 +237,27 @@ class RetrievalObjective(torch.nn.Module):
         pos = pos | ~has_pos[:, None]
         pos_lse = torch.logsumexp(logits.masked_fill(~pos, float("-inf")), dim=1)
         per_example = torch.logsumexp(logits, dim=1) - pos_lse  # (B,)
-        loss = (per_example * has_pos).sum() / has_pos.sum().clamp(min=1)
+        if self.fast:  # every example has positives here (fit_example requires them)
+            loss = (per_example * has_pos).sum() * _scale(batch, "examples", int(has_pos.sum()))
+        else:
+            loss = (per_example * has_pos).sum() / has_pos.sum().clamp(min=1)
         return {"loss": loss, "ntp": loss.detach(), "mse": mse.detach()}
 
 
-def objective_for_stage(model: ClaraModel, stage: str, mse_weight: float,
-                        encode_batch_size: int = 64) -> torch.nn.Module:
-    """The objective module of `stage`."""
+def objective_for_stage(
+    model: ClaraModel,
+    stage: str,
+    mse_weight: float,
+    encode_batch_size: int = 64,
+    fast: bool = False,
+    cache: MemoryCache | None = None,
+) -> torch.nn.Module:
+    """The objective module of `stage`; `fast` and `cache` as in the module docstring
+    (`cache` only for the stages that read frozen candidates, `retrieval` and `e2e`)."""
     if stage in ("compress", "instruct"):
-        return CompressionObjective(model, mse_weight, encode_batch_size)
+        return CompressionObjective(model, mse_weight, encode_batch_size, fast=fast)
     if stage == "e2e":
-        return EndToEndObjective(model, encode_batch_size)
+        return EndToEndObjective(model, encode_batch_size, fast=fast, cache=cache)
     if stage == "retrieval":
-        return RetrievalObjective(model, encode_batch_size)
+        return RetrievalObjective(model, encode_batch_size, fast=fast, cache=cache)
     raise ValueError(f"unknown stage {stage!r}")

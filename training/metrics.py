@@ -5,6 +5,7 @@ ASCII punctuation removed, articles removed, whitespace collapsed. With several 
 answers an item scores its best match (the reference uses only the first; taking the max
 is the usual multi-answer convention and a documented extension).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -12,7 +13,14 @@ from collections.abc import Sequence
 
 from clara_integrations.answers import normalize_answer
 
-__all__ = ["answer_scores", "coverage", "exact_match", "f1_score", "normalize_answer", "retrieval_scores"]
+__all__ = [
+    "answer_scores",
+    "coverage",
+    "exact_match",
+    "f1_score",
+    "normalize_answer",
+    "retrieval_scores",
+]
 
 
 def exact_match(prediction: str, gold: str) -> float:
@@ -53,8 +61,11 @@ def answer_scores(predictions: Sequence[str], answers: Sequence[Sequence[str]]) 
     }
 
 
-def retrieval_scores(rankings: Sequence[Sequence[int]], positives: Sequence[Sequence[int]],
-                     ks: Sequence[int] = (1, 3, 5)) -> dict[str, float]:
+def retrieval_scores(
+    rankings: Sequence[Sequence[int]],
+    positives: Sequence[Sequence[int]],
+    ks: Sequence[int] = (1, 3, 5),
+) -> dict[str, float]:
     """recall@k = |top-k ∩ gold| / |gold| and precision@k, averaged over *all* items
     (an item without gold counts 0, as the reference's evaluation script).
 

@@ -7,12 +7,14 @@
 | `retrieval` | `stage2_pretrain_retrieval` | query reasoner (InfoNCE on `pos_index`) |
 | `e2e` | `stage2` | generator + query reasoner (through the top-k); compressor frozen |
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -20,6 +22,7 @@ from clara_integrations import ClaraModel
 from clara_integrations.modeling.adapters import DECODER_ADAPTER, ENCODER_ADAPTER, QUERY_ADAPTER
 
 from .data import REFERENCE_STAGE, DataError, Example
+from .fastpath import MemoryRows
 
 __all__ = [
     "STAGE_DEFAULTS",
@@ -78,13 +81,15 @@ def fit_example(ex: Example, stage: str, k: int) -> Example:
     Raises:
         DataError: naming the example's ``file:line`` and the problem.
     """
+
     def fail(why: str) -> DataError:
         return DataError(f"{ex.origin}: {why} (stage {stage!r})")
 
     if stage == "compress":
         if len(ex.docs) != k:
-            raise fail(f"has {len(ex.docs)} documents, stage 1 reads exactly {k} "
-                       "(--compress-top-k)")
+            raise fail(
+                f"has {len(ex.docs)} documents, stage 1 reads exactly {k} (--compress-top-k)"
+            )
         return ex
     if ex.data_type != "qa" or len(ex.questions) != 1:
         raise fail("needs one question and one answer")
@@ -108,12 +113,18 @@ def equalize_candidates(examples: list[Example]) -> list[Example]:
     n = min(len(ex.docs) for ex in examples)
     if all(len(ex.docs) == n for ex in examples):
         return examples
-    logger.warning("examples have %d to %d candidates; keeping %d per example",
-                   n, max(len(ex.docs) for ex in examples), n)
+    logger.warning(
+        "examples have %d to %d candidates; keeping %d per example",
+        n,
+        max(len(ex.docs) for ex in examples),
+        n,
+    )
     out = []
     for ex in examples:
         docs, pos = _pick_docs(ex, n)
-        out.append(Example(docs, ex.questions, ex.targets, ex.data_type, pos, ex.answers, ex.origin))
+        out.append(
+            Example(docs, ex.questions, ex.targets, ex.data_type, pos, ex.answers, ex.origin)
+        )
     return out
 
 
@@ -135,6 +146,7 @@ def enable_gradient_checkpointing(model: ClaraModel) -> None:
     encoder's layers would be recomputed without their LoRA. `context_fn` captures the
     adapter active at forward time and restores it for the recomputation.
     """
+
     def context_fn():
         return contextlib.nullcontext(), _recompute_with(model, model.adapters.active)
 
@@ -154,8 +166,11 @@ def _ensure(model: ClaraModel, name: str, copy_from: str | None = None, warn: bo
         model.adapters.copy(copy_from, name)
         return
     if warn:
-        logger.warning("no trained compressor: creating a fresh %s (run stage 'compress' "
-                       "first for useful memory)", name)
+        logger.warning(
+            "no trained compressor: creating a fresh %s (run stage 'compress' "
+            "first for useful memory)",
+            name,
+        )
     model.adapters.add(name)
 
 
@@ -178,11 +193,18 @@ def ensure_adapters(model: ClaraModel, stage: str, *, fresh_decoder: bool = Fals
             _ensure(model, DECODER_ADAPTER)
 
 
-def prepare_model_for_stage(model: ClaraModel, stage: str, k: int, *, fresh_decoder: bool = True,
-                            train_mem_tokens: bool = True,
-                            ) -> tuple[list[torch.nn.Parameter], torch.utils.hooks.RemovableHandle | None]:
+def prepare_model_for_stage(
+    model: ClaraModel,
+    stage: str,
+    k: int,
+    *,
+    fresh_decoder: bool = True,
+    train_mem_tokens: bool = True,
+    fast: bool = False,
+) -> tuple[list[torch.nn.Parameter], Any]:
     """Create/copy the adapters `stage` needs, freeze everything else, and return
-    (trainable parameters in a fixed order, handle of the memory-row gradient hook).
+    (trainable parameters in a fixed order, handle of the memory-row gradient hook, or
+    with `fast` a `fastpath.MemoryRows`; both have `.remove()`).
 
     Args:
         stage: `compress`, `instruct`, `retrieval` or `e2e`.
@@ -193,14 +215,18 @@ def prepare_model_for_stage(model: ClaraModel, stage: str, k: int, *, fresh_deco
     """
     ensure_adapters(model, stage, fresh_decoder=fresh_decoder)
     model.config = model.config.model_copy(
-        update={"training_stage": REFERENCE_STAGE[stage], "generation_top_k": k})
+        update={"training_stage": REFERENCE_STAGE[stage], "generation_top_k": k}
+    )
     for p in model.parameters():
         p.requires_grad_(False)
     names = TRAINED_ADAPTERS[stage]
     model.adapters.set_trainable(list(names))
     params = [p for name in names for p in model.adapters.parameters(name)]
     handle = None
-    if stage == "compress" and train_mem_tokens:
+    if stage == "compress" and train_mem_tokens and fast:
+        handle = MemoryRows(model)  # the same rows trained without the full (V, H) gradient
+        params.append(handle.param)
+    elif stage == "compress" and train_mem_tokens:
         weight = model.decoder.get_input_embeddings().weight
         mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
         mask[list(model.special.unique_mem_ids)] = 1.0

@@ -14,6 +14,7 @@
 Hard negatives are the chunks BM25 ranks highest for the question, skipping the source
 chunk and any chunk that contains the answer (it would be a false negative).
 """
+
 from __future__ import annotations
 
 import json
@@ -81,7 +82,10 @@ def _read_jsonl_file(path: Path, issues: list[str], strict: bool) -> Iterator[tu
             issues.append(str(obj))
         elif isinstance(obj, dict) and isinstance(obj.get("text"), str) and obj["text"].strip():
             title = obj.get("title") if isinstance(obj.get("title"), str) else ""
-            yield str(obj.get("id") or origin), f"# {title}\n\n{obj['text']}" if title else obj["text"]
+            yield (
+                str(obj.get("id") or origin),
+                f"# {title}\n\n{obj['text']}" if title else obj["text"],
+            )
         else:
             problem = DataError(f"{origin}: needs a non-empty string 'text'")
             if strict:
@@ -127,14 +131,18 @@ def read_documents(folder: str | Path, *, strict: bool = False) -> Iterator[tupl
         why = f"; {summarize_issues(issues)}" if issues else ""
         raise FileNotFoundError(f"no usable .txt, .md or .jsonl document under --docs {root}{why}")
     if issues:
-        logger.warning("--docs %s (--strict stops at the first): %s", root, summarize_issues(issues))
+        logger.warning(
+            "--docs %s (--strict stops at the first): %s", root, summarize_issues(issues)
+        )
 
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
-def _pieces(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> Iterator[tuple[str, int]]:
+def _pieces(
+    text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int
+) -> Iterator[tuple[str, int]]:
     """Paragraphs, else sentences, else token windows, each with its token count."""
     for paragraph in _PARAGRAPH.split(text):
         paragraph = paragraph.strip()
@@ -148,8 +156,8 @@ def _pieces(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> I
             enc = tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True)
             offsets = enc["offset_mapping"]
             for start in range(0, len(offsets), max_tokens):
-                window = offsets[start:start + max_tokens]
-                yield sentence[window[0][0]:window[-1][1]], len(window)
+                window = offsets[start : start + max_tokens]
+                yield sentence[window[0][0] : window[-1][1]], len(window)
 
 
 def chunk_text(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[str]:
@@ -171,8 +179,15 @@ def chunk_text(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -
     return [c for c in chunks if c.strip()]
 
 
-def _negatives(index: BM25, chunks: list[Chunk], source: int, question: str, answer: str,
-               n: int, rng: random.Random) -> list[int]:
+def _negatives(
+    index: BM25,
+    chunks: list[Chunk],
+    source: int,
+    question: str,
+    answer: str,
+    n: int,
+    rng: random.Random,
+) -> list[int]:
     """`n` hard negatives for `question`: BM25 order, no source, no chunk with the answer."""
     norm_answer = normalize_answer(answer)
 
@@ -183,22 +198,24 @@ def _negatives(index: BM25, chunks: list[Chunk], source: int, question: str, ans
     if len(picked) < n:  # small corpus: fill with random chunks
         rest = [i for i in range(len(chunks)) if i not in picked and ok(i)]
         rng.shuffle(rest)
-        picked += rest[:n - len(picked)]
+        picked += rest[: n - len(picked)]
     if len(picked) < n:
         rest = [i for i in range(len(chunks)) if i != source and i not in picked]
-        picked += rest[:n - len(picked)]
+        picked += rest[: n - len(picked)]
     return picked
 
 
-def _candidates(chunks: list[Chunk], source: int, negatives: list[int],
-                rng: random.Random) -> tuple[list[str], int]:
+def _candidates(
+    chunks: list[Chunk], source: int, negatives: list[int], rng: random.Random
+) -> tuple[list[str], int]:
     order = [source] + negatives
     rng.shuffle(order)
     return [chunks[i].text for i in order], order.index(source)
 
 
-def _make_chunks(folder: str | Path, tokenizer: PreTrainedTokenizerBase, max_tokens: int,
-                 strict: bool = False) -> list[Chunk]:
+def _make_chunks(
+    folder: str | Path, tokenizer: PreTrainedTokenizerBase, max_tokens: int, strict: bool = False
+) -> list[Chunk]:
     chunks = []
     for source, text in read_documents(folder, strict=strict):
         for j, piece in enumerate(chunk_text(text, tokenizer, max_tokens)):
@@ -206,9 +223,16 @@ def _make_chunks(folder: str | Path, tokenizer: PreTrainedTokenizerBase, max_tok
     return chunks
 
 
-def synthesize(folder: str | Path, out_dir: str | Path, tokenizer: PreTrainedTokenizerBase,
-               teacher: Teacher, config: SynthesisConfig, show_progress: bool = True,
-               write: bool = True, strict: bool = False) -> dict[str, list[dict[str, Any]]]:
+def synthesize(
+    folder: str | Path,
+    out_dir: str | Path,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher: Teacher,
+    config: SynthesisConfig,
+    show_progress: bool = True,
+    write: bool = True,
+    strict: bool = False,
+) -> dict[str, list[dict[str, Any]]]:
     """Chunk the documents under `folder` and write every stage's JSONL into `out_dir`.
 
     Args:
@@ -229,26 +253,44 @@ def synthesize(folder: str | Path, out_dir: str | Path, tokenizer: PreTrainedTok
     rng = random.Random(config.seed)
     n_neg = min(config.num_candidates, len(chunks)) - 1
     k_neg = min(config.instruct_k, len(chunks)) - 1
-    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("compress", "instruct", "retrieval", "e2e", "eval")}
+    rows: dict[str, list[dict[str, Any]]] = {
+        k: [] for k in ("compress", "instruct", "retrieval", "e2e", "eval")
+    }
     # Every `stride`-th chunk with questions gives one held-out question (deterministic).
     stride = max(1, round(1 / config.eval_fraction)) if config.eval_fraction > 0 else 0
     with_pairs = 0
-    for i, chunk in enumerate(tqdm(chunks, desc="synthesising", disable=not show_progress, unit="chunk")):
-        pairs = teacher.qa_pairs(chunk.text, max(config.qa_per_chunk, config.questions_per_chunk + 1))
+    for i, chunk in enumerate(
+        tqdm(chunks, desc="synthesising", disable=not show_progress, unit="chunk")
+    ):
+        pairs = teacher.qa_pairs(
+            chunk.text, max(config.qa_per_chunk, config.questions_per_chunk + 1)
+        )
         with_pairs += bool(pairs)
         held_out = stride and pairs and (with_pairs - 1) % stride == stride // 2
         if held_out and len(rows["eval"]) < config.max_eval:
             q, a = pairs.pop(0)
             docs, pos = _candidates(chunks, i, _negatives(index, chunks, i, q, a, n_neg, rng), rng)
-            rows["eval"].append({"question": q, "answers": [a], "docs": docs, "pos_index": [pos],
-                                 "chunk": chunk.id})
+            rows["eval"].append(
+                {"question": q, "answers": [a], "docs": docs, "pos_index": [pos], "chunk": chunk.id}
+            )
         if pairs:
-            qa = pairs[:config.qa_per_chunk]
-            rows["compress"].append({"data_type": "qa", "question": [q for q, _ in qa],
-                                     "answers": [a for _, a in qa], "docs": [chunk.text]})
-        rows["compress"].append({"data_type": "paraphrase", "answers": [teacher.paraphrase(chunk.text)],
-                                 "docs": [chunk.text]})
-        for q, a in pairs[:config.questions_per_chunk]:
+            qa = pairs[: config.qa_per_chunk]
+            rows["compress"].append(
+                {
+                    "data_type": "qa",
+                    "question": [q for q, _ in qa],
+                    "answers": [a for _, a in qa],
+                    "docs": [chunk.text],
+                }
+            )
+        rows["compress"].append(
+            {
+                "data_type": "paraphrase",
+                "answers": [teacher.paraphrase(chunk.text)],
+                "docs": [chunk.text],
+            }
+        )
+        for q, a in pairs[: config.questions_per_chunk]:
             docs, pos = _candidates(chunks, i, _negatives(index, chunks, i, q, a, k_neg, rng), rng)
             rows["instruct"].append({"question": q, "answer": a, "docs": docs, "pos_index": [pos]})
             docs, pos = _candidates(chunks, i, _negatives(index, chunks, i, q, a, n_neg, rng), rng)
@@ -260,8 +302,17 @@ def synthesize(folder: str | Path, out_dir: str | Path, tokenizer: PreTrainedTok
         out = Path(out_dir)
         for name, data in rows.items():
             write_jsonl(out / f"{name}.jsonl", data)
-        (out / "manifest.json").write_text(json.dumps(
-            {**asdict(config), "documents": str(folder), "chunks": len(chunks),
-             "rows": {k: len(v) for k, v in rows.items()}}, indent=1), encoding="utf-8")
+        (out / "manifest.json").write_text(
+            json.dumps(
+                {
+                    **asdict(config),
+                    "documents": str(folder),
+                    "chunks": len(chunks),
+                    "rows": {k: len(v) for k, v in rows.items()},
+                },
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
         logger.info("wrote synthetic data to %s: %s", out, {k: len(v) for k, v in rows.items()})
     return rows

@@ -10,6 +10,7 @@
 
 LLM teachers fall back to the offline teacher for a chunk whose reply cannot be parsed.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,14 @@ from typing import Protocol
 
 import tenacity
 
-__all__ = ["HFTeacher", "OfflineTeacher", "OpenAITeacher", "Teacher", "clean_markdown", "make_teacher"]
+__all__ = [
+    "HFTeacher",
+    "OfflineTeacher",
+    "OpenAITeacher",
+    "Teacher",
+    "clean_markdown",
+    "make_teacher",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +88,7 @@ def _answer_span(sentence: str) -> str | None:
         span = match.group(0).strip(" .,;:")
         if match.start() >= first_word_end and len(span) >= 3:
             return span
-    longest = max((w.strip(".,;:()!?\"'") for w in words[len(words) // 3:]), key=len, default="")
+    longest = max((w.strip(".,;:()!?\"'") for w in words[len(words) // 3 :]), key=len, default="")
     return longest if len(longest) >= 6 else None
 
 
@@ -154,8 +162,13 @@ class _LLMTeacher:
 class HFTeacher(_LLMTeacher):
     """A Hugging Face causal LM as teacher (greedy decoding through its chat template)."""
 
-    def __init__(self, model_name: str, device: str | None = None, max_new_tokens: int = 384,
-                 allow_network: bool | None = None) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        device: str | None = None,
+        max_new_tokens: int = 384,
+        allow_network: bool | None = None,
+    ) -> None:
         super().__init__()
         import torch  # noqa: PLC0415
         from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
@@ -168,19 +181,28 @@ class HFTeacher(_LLMTeacher):
         # trust_remote_code=False: an `auto_map` in the teacher's config.json must not make
         # transformers run its code or block on a "[y/N]" question.
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        self.model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False).to(self.device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
+            .to(self.device)
+            .eval()
+        )
         self.max_new_tokens = max_new_tokens
 
     def complete(self, prompt: str) -> str:
         import torch  # noqa: PLC0415
 
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                  tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.device)
         with torch.no_grad():
-            out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            )
+        return self.tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 class OpenAITeacher(_LLMTeacher):
@@ -188,8 +210,14 @@ class OpenAITeacher(_LLMTeacher):
     environment variable `api_key_env` (default ``OPENAI_API_KEY``, may be unset for
     local servers)."""
 
-    def __init__(self, model: str, base_url: str, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 120.0, retries: int = 3) -> None:
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 120.0,
+        retries: int = 3,
+    ) -> None:
         super().__init__()
         self.name = f"openai:{model}"
         self.model, self.url = model, base_url.rstrip("/") + "/chat/completions"
@@ -197,8 +225,13 @@ class OpenAITeacher(_LLMTeacher):
         self.timeout, self.retries = timeout, retries
 
     def complete(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": prompt}],
+            }
+        ).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -207,17 +240,22 @@ class OpenAITeacher(_LLMTeacher):
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retries),
             wait=tenacity.wait_exponential(multiplier=0.5, max=20),
-            retry=tenacity.retry_if_exception(_transient), reraise=True)
+            retry=tenacity.retry_if_exception(_transient),
+            reraise=True,
+        )
         try:
             raw = retrying(self._post, body, headers)
         except OSError as exc:
-            raise RuntimeError(f"teacher endpoint {self.url} failed after {self.retries} "
-                               f"attempt(s): {exc}") from exc
+            raise RuntimeError(
+                f"teacher endpoint {self.url} failed after {self.retries} attempt(s): {exc}"
+            ) from exc
         try:
             return json.loads(raw)["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise RuntimeError(f"teacher endpoint {self.url} sent a reply that is not an "
-                               f"OpenAI chat completion: {raw[:200]!r}") from exc
+            raise RuntimeError(
+                f"teacher endpoint {self.url} sent a reply that is not an "
+                f"OpenAI chat completion: {raw[:200]!r}"
+            ) from exc
 
     def _post(self, body: bytes, headers: dict[str, str]) -> bytes:
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
@@ -231,8 +269,9 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError)  # connection refused/reset, DNS, timeouts
 
 
-def make_teacher(kind: str, model: str | None = None, url: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY") -> Teacher:
+def make_teacher(
+    kind: str, model: str | None = None, url: str | None = None, api_key_env: str = "OPENAI_API_KEY"
+) -> Teacher:
     """`offline`, `hf` (needs `model`) or `openai` (needs `model` and `url`).
 
     Raises:
@@ -246,7 +285,9 @@ def make_teacher(kind: str, model: str | None = None, url: str | None = None,
         return HFTeacher(model)
     if kind == "openai":
         if not model or not url:
-            raise ValueError("--teacher openai needs --teacher-model and --teacher-url "
-                             "(e.g. http://localhost:8000/v1)")
+            raise ValueError(
+                "--teacher openai needs --teacher-model and --teacher-url "
+                "(e.g. http://localhost:8000/v1)"
+            )
         return OpenAITeacher(model, url, api_key_env)
     raise ValueError(f"--teacher must be offline, hf or openai, got {kind!r}")

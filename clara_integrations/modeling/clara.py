@@ -6,6 +6,7 @@ sub-forward runs with exactly one of them active. Method names follow the refere
 inference always runs in eval mode, under `no_grad`, on any device and dtype, and never
 mutates the model (`generation_top_k` is a per-call argument, not hidden state).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,7 +66,8 @@ def _load_base_lm(base_path: str, dtype: torch.dtype) -> PreTrainedModel:
         raise ValueError(
             f"base model {base_path} needs its own Python code (`auto_map` in config.json, with a "
             "model_type transformers does not know); CLaRa never runs a model folder's code: use "
-            "a base model whose architecture transformers supports natively") from None
+            "a base model whose architecture transformers supports natively"
+        ) from None
 
 
 class ClaraModel(torch.nn.Module):
@@ -86,8 +88,15 @@ class ClaraModel(torch.nn.Module):
         (1, (1, 1))
     """
 
-    def __init__(self, decoder: PreTrainedModel, tokenizer: Any, config: ClaraConfig,
-                 adapters: AdapterSet, special: SpecialTokens, base_vocab_size: int) -> None:
+    def __init__(
+        self,
+        decoder: PreTrainedModel,
+        tokenizer: Any,
+        config: ClaraConfig,
+        adapters: AdapterSet,
+        special: SpecialTokens,
+        base_vocab_size: int,
+    ) -> None:
         super().__init__()
         self.decoder = decoder
         self.tokenizer = tokenizer
@@ -102,8 +111,16 @@ class ClaraModel(torch.nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def _build(cls, config: ClaraConfig, base_path: str, *, device: Any, dtype: Any,
-               round_base_to_bf16: bool, fresh_rows: bool = True) -> ClaraModel:
+    def _build(
+        cls,
+        config: ClaraConfig,
+        base_path: str,
+        *,
+        device: Any,
+        dtype: Any,
+        round_base_to_bf16: bool,
+        fresh_rows: bool = True,
+    ) -> ClaraModel:
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
         # The reference always runs its base LM in bfloat16, so released adapters were
@@ -125,10 +142,16 @@ class ClaraModel(torch.nn.Module):
         return model.to(device)
 
     @classmethod
-    def from_base(cls, base_model: str | os.PathLike[str] = DEFAULT_BASE_MODEL,
-                  config: ClaraConfig | None = None, *, adapters: Sequence[str] | None = None,
-                  device: Any = None, dtype: torch.dtype | None = None,
-                  allow_network: bool | None = None) -> ClaraModel:
+    def from_base(
+        cls,
+        base_model: str | os.PathLike[str] = DEFAULT_BASE_MODEL,
+        config: ClaraConfig | None = None,
+        *,
+        adapters: Sequence[str] | None = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        allow_network: bool | None = None,
+    ) -> ClaraModel:
         """A fresh CLaRa on `base_model` for training.
 
         Args:
@@ -157,11 +180,18 @@ class ClaraModel(torch.nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike[str] | None = None, *,
-                        base_model: str | os.PathLike[str] | None = None,
-                        subfolder: str | None = None, device: Any = None,
-                        dtype: torch.dtype | None = None, adapter_policy: str = "reference",
-                        allow_network: bool | None = None, **config_overrides: Any) -> ClaraModel:
+    def from_pretrained(
+        cls,
+        path_or_id: str | os.PathLike[str] | None = None,
+        *,
+        base_model: str | os.PathLike[str] | None = None,
+        subfolder: str | None = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        adapter_policy: str = "reference",
+        allow_network: bool | None = None,
+        **config_overrides: Any,
+    ) -> ClaraModel:
         """Load a CLaRa checkpoint, native or released format.
 
         Args:
@@ -202,8 +232,14 @@ class ClaraModel(torch.nn.Module):
         base_path = resolve_base_model(
             base_name, search_dirs=(folder, folder.parent), allow_network=allow_network
         )
-        model = cls._build(config, base_path, device=device, dtype=dtype,
-                           round_base_to_bf16=_rounds_base(files), fresh_rows=False)
+        model = cls._build(
+            config,
+            base_path,
+            device=device,
+            dtype=dtype,
+            round_base_to_bf16=_rounds_base(files),
+            fresh_rows=False,
+        )
         apply_checkpoint(model, files, adapter_policy)
         model.to(model.device)
         return model
@@ -238,10 +274,16 @@ class ClaraModel(torch.nn.Module):
         shape): stores refuse memory from another compressor."""
         if self._identity is None:
             digest = hashlib.sha256()
-            digest.update(f"{Path(self.config.decoder_model_name).name}|{self.hidden_size}|"
-                          f"{self.n_mem}|{self.config.doc_max_length}".encode())
-            tensors = dict(self.adapters.state_dict(ENCODER_ADAPTER)) if ENCODER_ADAPTER in self.adapters else {}
-            tensors["rows"] = self.decoder.get_input_embeddings().weight[self.base_vocab_size:]
+            digest.update(
+                f"{Path(self.config.decoder_model_name).name}|{self.hidden_size}|"
+                f"{self.n_mem}|{self.config.doc_max_length}".encode()
+            )
+            tensors = (
+                dict(self.adapters.state_dict(ENCODER_ADAPTER))
+                if ENCODER_ADAPTER in self.adapters
+                else {}
+            )
+            tensors["rows"] = self.decoder.get_input_embeddings().weight[self.base_vocab_size :]
             for key in sorted(tensors):
                 digest.update(key.encode())
                 digest.update(tensors[key].detach().float().cpu().numpy().tobytes())
@@ -254,10 +296,16 @@ class ClaraModel(torch.nn.Module):
         return super().train(mode)
 
     # ------------------------------------------------------------------ encoders
-    def encode_texts(self, texts: Sequence[str], adapter: str, batch_size: int = 16,
-                     show_progress: bool | None = False, desc: str = "encoding",
-                     with_mse: bool | str = False, reference_padding: bool = False,
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_texts(
+        self,
+        texts: Sequence[str],
+        adapter: str,
+        batch_size: int = 16,
+        show_progress: bool | None = False,
+        desc: str = "encoding",
+        with_mse: bool | str = False,
+        reference_padding: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run texts through the encoder layout with `adapter` (`"encoder_adapter"` or
         `"query_reasoner_adapter"`): ((B, n_mem, H), reference MSE term or None).
         `with_mse="rows"` gives each text's MSE term instead, (B,) in input order (the
@@ -276,23 +324,41 @@ class ClaraModel(torch.nn.Module):
         if show_progress is None:
             show_progress = len(rows) > 4 * batch_size
         with self.adapters.using(adapter):
-            for start in tqdm(range(0, len(order), batch_size), desc=desc,
-                              disable=not show_progress, unit="batch"):
-                idx = order[start:start + batch_size]
-                batch = pack_encoder_batch([rows[i] for i in idx], self.special,
-                                           self.config.doc_max_length, reference_padding)
+            for start in tqdm(
+                range(0, len(order), batch_size), desc=desc, disable=not show_progress, unit="batch"
+            ):
+                idx = order[start : start + batch_size]
+                batch = pack_encoder_batch(
+                    [rows[i] for i in idx],
+                    self.special,
+                    self.config.doc_max_length,
+                    reference_padding,
+                )
                 hidden = base(
                     input_ids=batch.input_ids.to(self.device),
                     attention_mask=batch.attention_mask.to(self.device),
                     position_ids=batch.position_ids.to(self.device),
                 ).last_hidden_state  # (b, T, H), post final norm = reference hidden_states[-1]
                 if with_mse == "rows":
-                    mse_parts.append((memory_mse(hidden, batch.attention_mask.to(self.device),
-                                                 self.n_mem, reduction="none"), idx))
+                    mse_parts.append(
+                        (
+                            memory_mse(
+                                hidden,
+                                batch.attention_mask.to(self.device),
+                                self.n_mem,
+                                reduction="none",
+                            ),
+                            idx,
+                        )
+                    )
                 elif with_mse:
-                    mse_parts.append((memory_mse(hidden, batch.attention_mask.to(self.device),
-                                                 self.n_mem), len(idx)))
-                for row, i in zip(hidden[:, -self.n_mem:, :], idx):
+                    mse_parts.append(
+                        (
+                            memory_mse(hidden, batch.attention_mask.to(self.device), self.n_mem),
+                            len(idx),
+                        )
+                    )
+                for row, i in zip(hidden[:, -self.n_mem :, :], idx):
                     out[i] = row
         memory = torch.stack(out)
         if not with_mse:
@@ -309,9 +375,13 @@ class ClaraModel(torch.nn.Module):
         return torch.empty(0, self.n_mem, self.hidden_size, device=self.device, dtype=self.dtype)
 
     @torch.no_grad()
-    def compress_documents(self, texts: Sequence[str], batch_size: int = 16,
-                           show_progress: bool | None = None,
-                           reference_padding: bool = False) -> torch.Tensor:
+    def compress_documents(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 16,
+        show_progress: bool | None = None,
+        reference_padding: bool = False,
+    ) -> torch.Tensor:
         """Compress documents into memory vectors with the compressor adapter.
 
         Args:
@@ -337,13 +407,20 @@ class ClaraModel(torch.nn.Module):
         if not texts:
             return self._empty_memory()
         self.eval()
-        memory, _ = self.encode_texts(texts, ENCODER_ADAPTER, batch_size, show_progress,
-                                 "compressing", reference_padding=reference_padding)
+        memory, _ = self.encode_texts(
+            texts,
+            ENCODER_ADAPTER,
+            batch_size,
+            show_progress,
+            "compressing",
+            reference_padding=reference_padding,
+        )
         return memory
 
     @torch.no_grad()
-    def encode_queries(self, texts: Sequence[str], batch_size: int = 16,
-                       show_progress: bool | None = None) -> torch.Tensor:
+    def encode_queries(
+        self, texts: Sequence[str], batch_size: int = 16, show_progress: bool | None = None
+    ) -> torch.Tensor:
         """Query vectors (B, n_mem * H) from the query reasoner, comparable by cosine with
         flattened document memory.
 
@@ -353,14 +430,21 @@ class ClaraModel(torch.nn.Module):
         """
         texts = validate_texts(texts, "question")
         if not texts:
-            return torch.empty(0, self.n_mem * self.hidden_size, device=self.device, dtype=self.dtype)
+            return torch.empty(
+                0, self.n_mem * self.hidden_size, device=self.device, dtype=self.dtype
+            )
         self.eval()
         memory, _ = self.encode_texts(texts, QUERY_ADAPTER, batch_size, show_progress, "queries")
         return memory.flatten(1)
 
     # ------------------------------------------------------------------ selection
-    def select(self, query_vectors: torch.Tensor, candidates: torch.Tensor, k: int,
-               temperature: float = SELECT_TEMPERATURE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def select(
+        self,
+        query_vectors: torch.Tensor,
+        candidates: torch.Tensor,
+        k: int,
+        temperature: float = SELECT_TEMPERATURE,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pick `k` of `N` candidate memories per query with the differentiable top-k.
 
         Args:
@@ -383,30 +467,51 @@ class ClaraModel(torch.nn.Module):
         flat = candidates.reshape(b, n, n_mem * hidden)
         scores = cosine_scores(query_vectors, flat)
         weights, topk_idx = differentiable_topk(scores, k, temperature)
-        selected = torch.einsum("bkn,bnd->bkd", weights.to(flat.dtype), flat)
+        with torch.autocast(flat.device.type, enabled=False):  # exact rows, also in training
+            selected = torch.einsum("bkn,bnd->bkd", weights.to(flat.dtype), flat)
         return selected.reshape(b * k, n_mem, hidden), topk_idx, scores
 
     # ------------------------------------------------------------------ generation
     def _answer_prompts(self, questions: Sequence[str], k: int) -> list[str]:
-        return [prompts.answer_prompt(self.tokenizer, self.special.memory_block, k, q)[0]
-                for q in questions]
+        return [
+            prompts.answer_prompt(self.tokenizer, self.special.memory_block, k, q)[0]
+            for q in questions
+        ]
 
-    def build_decoder_inputs(self, prompt_texts: Sequence[str], memories: torch.Tensor, k: int,
-                             max_length: int = DECODER_MAX_LENGTH) -> dict[str, torch.Tensor]:
+    def build_decoder_inputs(
+        self,
+        prompt_texts: Sequence[str],
+        memories: torch.Tensor,
+        k: int,
+        max_length: int = DECODER_MAX_LENGTH,
+    ) -> dict[str, torch.Tensor]:
         """Tokenize rendered prompts (left padding, right truncation at `max_length`) and
         splice `memories` (B * k, n_mem, H) into their memory slots. Differentiable in
         `memories`; used by generation and by training (prompts with answers)."""
-        enc = self.tokenizer(list(prompt_texts), add_special_tokens=False, padding="longest",
-                             truncation=True, max_length=max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            list(prompt_texts),
+            add_special_tokens=False,
+            padding="longest",
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         input_ids = enc["input_ids"].to(self.device)
         attention_mask = enc["attention_mask"].to(self.device)
         embeds = self.decoder.get_input_embeddings()(input_ids)
-        embeds = splice_memory(embeds, input_ids, memories.to(self.device), self.special.mem_token_ids[0],
-                               k, self.config.sep)
+        embeds = splice_memory(
+            embeds,
+            input_ids,
+            memories.to(self.device),
+            self.special.mem_token_ids[0],
+            k,
+            self.config.sep,
+        )
         return {"input_ids": input_ids, "inputs_embeds": embeds, "attention_mask": attention_mask}
 
-    def prepare_generation_inputs(self, questions: Sequence[str], memories: torch.Tensor,
-                                  k: int | None = None) -> dict[str, torch.Tensor]:
+    def prepare_generation_inputs(
+        self, questions: Sequence[str], memories: torch.Tensor, k: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """Decoder inputs with memory spliced in, for users who decode elsewhere.
 
         Args:
@@ -427,12 +532,15 @@ class ClaraModel(torch.nn.Module):
         if k is None:
             return self.config.generation_top_k
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise ValueError(f"k must be a positive int (documents to read per question) or None for "
-                             f"the config's generation_top_k ({self.config.generation_top_k}); got {k!r}")
+            raise ValueError(
+                f"k must be a positive int (documents to read per question) or None for "
+                f"the config's generation_top_k ({self.config.generation_top_k}); got {k!r}"
+            )
         return int(k)
 
-    def _check_memories(self, questions: Sequence[str], memories: torch.Tensor,
-                        k: int | None) -> tuple[torch.Tensor, int]:
+    def _check_memories(
+        self, questions: Sequence[str], memories: torch.Tensor, k: int | None
+    ) -> tuple[torch.Tensor, int]:
         if memories.dim() == 4:
             memories = memories.reshape(-1, *memories.shape[2:])
         if memories.dim() != 3 or memories.shape[1:] != (self.n_mem, self.hidden_size):
@@ -454,27 +562,45 @@ class ClaraModel(torch.nn.Module):
         return self.adapters.using(DECODER_ADAPTER if DECODER_ADAPTER in self.adapters else None)
 
     @torch.no_grad()
-    def generate_from_embeddings(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                                 max_new_tokens: int = 128, **generate_kwargs: Any) -> Any:
+    def generate_from_embeddings(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int = 128,
+        **generate_kwargs: Any,
+    ) -> Any:
         """`generate` on spliced embeddings with the generator adapter, greedy by default.
         Returns what `transformers` `generate` returns (new token ids only)."""
         self.eval()
-        kwargs: dict[str, Any] = {"do_sample": False, "top_p": None, "temperature": None,
-                                  "pad_token_id": self.tokenizer.pad_token_id}
+        kwargs: dict[str, Any] = {
+            "do_sample": False,
+            "top_p": None,
+            "temperature": None,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
         kwargs.update(generate_kwargs)
         with self.generator_active():
-            return self.decoder.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                         max_new_tokens=max_new_tokens, **kwargs)
+            return self.decoder.generate(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens,
+                **kwargs,
+            )
 
-    def _generate_text(self, inputs: dict[str, torch.Tensor], max_new_tokens: int,
-                       **generate_kwargs: Any) -> list[str]:
-        out = self.generate_from_embeddings(inputs["inputs_embeds"], inputs["attention_mask"],
-                                            max_new_tokens, **generate_kwargs)
+    def _generate_text(
+        self, inputs: dict[str, torch.Tensor], max_new_tokens: int, **generate_kwargs: Any
+    ) -> list[str]:
+        out = self.generate_from_embeddings(
+            inputs["inputs_embeds"], inputs["attention_mask"], max_new_tokens, **generate_kwargs
+        )
         return reference_decode(self.tokenizer, out)
 
     def generate_from_compressed_documents_and_questions(
-        self, questions: Sequence[str], compressed_documents: torch.Tensor,
-        max_new_tokens: int = 128, **generate_kwargs: Any,
+        self,
+        questions: Sequence[str],
+        compressed_documents: torch.Tensor,
+        max_new_tokens: int = 128,
+        **generate_kwargs: Any,
     ) -> list[str]:
         """Answer each question from its `k` documents' memory.
 
@@ -488,8 +614,13 @@ class ClaraModel(torch.nn.Module):
         inputs = self.prepare_generation_inputs(questions, compressed_documents)
         return self._generate_text(inputs, max_new_tokens, **generate_kwargs)
 
-    def generate_from_messages(self, messages: Sequence[dict[str, str]], max_new_tokens: int = 128,
-                               use_generator: bool = False, **generate_kwargs: Any) -> str:
+    def generate_from_messages(
+        self,
+        messages: Sequence[dict[str, str]],
+        max_new_tokens: int = 128,
+        use_generator: bool = False,
+        **generate_kwargs: Any,
+    ) -> str:
         """Plain chat without memory: the base model (or, with `use_generator`, the
         generator adapter) answers chat-template `messages` ({"role", "content"} dicts).
 
@@ -501,28 +632,37 @@ class ClaraModel(torch.nn.Module):
         """
         if not messages:
             raise ValueError("messages is empty")
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                                  add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
         enc = self.tokenizer([text], add_special_tokens=False, return_tensors="pt").to(self.device)
         embeds = self.decoder.get_input_embeddings()(enc["input_ids"])
-        kwargs: dict[str, Any] = {"do_sample": False, "top_p": None, "temperature": None,
-                                  "pad_token_id": self.tokenizer.pad_token_id}
+        kwargs: dict[str, Any] = {
+            "do_sample": False,
+            "top_p": None,
+            "temperature": None,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
         kwargs.update(generate_kwargs)
         self.eval()
         adapter = DECODER_ADAPTER if use_generator and DECODER_ADAPTER in self.adapters else None
         with torch.no_grad(), self.adapters.using(adapter):
-            out = self.decoder.generate(inputs_embeds=embeds, attention_mask=enc["attention_mask"],
-                                        max_new_tokens=max_new_tokens, **kwargs)
+            out = self.decoder.generate(
+                inputs_embeds=embeds,
+                attention_mask=enc["attention_mask"],
+                max_new_tokens=max_new_tokens,
+                **kwargs,
+            )
         return reference_decode(self.tokenizer, out)[0]
 
     def _check_documents(self, questions: Sequence[str], documents: Sequence[Sequence[str]]) -> int:
         if len(documents) != len(questions):
-            raise ValueError(
-                f"got {len(questions)} questions but {len(documents)} document lists"
-            )
+            raise ValueError(f"got {len(questions)} questions but {len(documents)} document lists")
         sizes = {len(d) for d in documents}
         if len(sizes) != 1 or 0 in sizes:
-            raise ValueError(f"every question needs the same, non-zero number of documents; got {sorted(sizes)}")
+            raise ValueError(
+                f"every question needs the same, non-zero number of documents; got {sorted(sizes)}"
+            )
         return sizes.pop()
 
     def _compress_unique(self, documents: Sequence[Sequence[str]], batch_size: int) -> torch.Tensor:
@@ -534,9 +674,14 @@ class ClaraModel(torch.nn.Module):
         where = {t: i for i, t in enumerate(unique)}
         return memory[torch.as_tensor([where[t] for t in flat], device=memory.device)]
 
-    def generate_from_text(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
-                           max_new_tokens: int = 128, batch_size: int = 16,
-                           **generate_kwargs: Any) -> list[str]:
+    def generate_from_text(
+        self,
+        questions: Sequence[str],
+        documents: Sequence[Sequence[str]],
+        max_new_tokens: int = 128,
+        batch_size: int = 16,
+        **generate_kwargs: Any,
+    ) -> list[str]:
         """Compress each question's documents and answer from all of them (k = len(docs))."""
         questions = validate_texts(questions, "question")
         if not questions and not documents:
@@ -546,9 +691,14 @@ class ClaraModel(torch.nn.Module):
         inputs = self.build_decoder_inputs(self._answer_prompts(questions, k), memory, k)
         return self._generate_text(inputs, max_new_tokens, **generate_kwargs)
 
-    def generate_from_paraphrase(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
-                                 max_new_tokens: int = 128, template_index: int | None = None,
-                                 **generate_kwargs: Any) -> list[str]:
+    def generate_from_paraphrase(
+        self,
+        questions: Sequence[str],
+        documents: Sequence[Sequence[str]],
+        max_new_tokens: int = 128,
+        template_index: int | None = None,
+        **generate_kwargs: Any,
+    ) -> list[str]:
         """Stage-1 paraphrase of each document list (question text is ignored, as in the
         reference). The template is drawn with `random.choice` unless pinned."""
         if len(questions) != len(documents):
@@ -557,18 +707,26 @@ class ClaraModel(torch.nn.Module):
             return []
         k = self._check_documents(questions, documents)
         memory = self._compress_unique(documents, 16)
-        texts = [prompts.paraphrase_prompt(self.tokenizer, self.special.memory_block, k,
-                                           template_index=template_index)[0] for _ in documents]
+        texts = [
+            prompts.paraphrase_prompt(
+                self.tokenizer, self.special.memory_block, k, template_index=template_index
+            )[0]
+            for _ in documents
+        ]
         inputs = self.build_decoder_inputs(texts, memory, k)
         return self._generate_text(inputs, max_new_tokens, **generate_kwargs)
 
     @torch.no_grad()
-    def generate_from_questions(self, questions: Sequence[str],
-                                documents: Sequence[Sequence[str]] | None = None,
-                                max_new_tokens: int = 128, k: int | None = None,
-                                candidate_memories: torch.Tensor | None = None,
-                                batch_size: int = 16, **generate_kwargs: Any,
-                                ) -> tuple[list[str], torch.Tensor]:
+    def generate_from_questions(
+        self,
+        questions: Sequence[str],
+        documents: Sequence[Sequence[str]] | None = None,
+        max_new_tokens: int = 128,
+        k: int | None = None,
+        candidate_memories: torch.Tensor | None = None,
+        batch_size: int = 16,
+        **generate_kwargs: Any,
+    ) -> tuple[list[str], torch.Tensor]:
         """Retrieve `k` of each question's candidates with the query reasoner, then answer.
 
         Args:
@@ -594,19 +752,28 @@ class ClaraModel(torch.nn.Module):
         if documents is not None:
             n = self._check_documents(questions, documents)
             candidate_memories = self._compress_unique(documents, batch_size).reshape(
-                len(questions), n, self.n_mem, self.hidden_size)
+                len(questions), n, self.n_mem, self.hidden_size
+            )
         elif candidate_memories.shape[0] != len(questions):
-            raise ValueError(f"candidate_memories has {candidate_memories.shape[0]} rows for {len(questions)} questions")
+            raise ValueError(
+                f"candidate_memories has {candidate_memories.shape[0]} rows for {len(questions)} questions"
+            )
         if candidate_memories.shape[1] < k:
-            raise ValueError(f"k={k} but only {candidate_memories.shape[1]} candidates per question")
+            raise ValueError(
+                f"k={k} but only {candidate_memories.shape[1]} candidates per question"
+            )
         queries = self.encode_queries(questions, batch_size=batch_size)
         selected, topk_idx, _ = self.select(queries, candidate_memories.to(self.device), k)
         inputs = self.build_decoder_inputs(self._answer_prompts(questions, k), selected, k)
         return self._generate_text(inputs, max_new_tokens, **generate_kwargs), topk_idx
 
     # ------------------------------------------------------------------ saving
-    def save_pretrained(self, save_directory: str | os.PathLike[str], official_format: bool = False,
-                        official_dtype: torch.dtype = torch.bfloat16) -> None:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        official_format: bool = False,
+        official_dtype: torch.dtype = torch.bfloat16,
+    ) -> None:
         """Write the checkpoint: our format (safetensors, adapters + new-token rows), or with
         `official_format=True` the released one (`adapters.pth`,
         `decoder_first_last_layers.pth`, `config.json`) in `official_dtype`.
@@ -622,13 +789,18 @@ class ClaraModel(torch.nn.Module):
         adapters = {name: self.adapters.state_dict(name) for name in self.adapters.names}
         embed = self.decoder.get_input_embeddings().weight.detach().cpu()
         head = self.decoder.get_output_embeddings()
-        untied = head is not None and head.weight.data_ptr() != self.decoder.get_input_embeddings().weight.data_ptr()
+        untied = (
+            head is not None
+            and head.weight.data_ptr() != self.decoder.get_input_embeddings().weight.data_ptr()
+        )
         config = self.config.model_copy()
         if official_format:
             full = {"model.embed_tokens.weight": embed.to(official_dtype).contiguous()}
             if untied:
                 full["lm_head.weight"] = head.weight.detach().cpu().to(official_dtype).contiguous()
-            adapters = {n: {k: v.to(official_dtype) for k, v in sd.items()} for n, sd in adapters.items()}
+            adapters = {
+                n: {k: v.to(official_dtype) for k, v in sd.items()} for n, sd in adapters.items()
+            }
             write_released(folder, config, adapters, full)
             return
         matrices = {"embed_tokens": embed}
@@ -636,7 +808,7 @@ class ClaraModel(torch.nn.Module):
             matrices["lm_head"] = head.weight.detach().cpu()
         rows = {}
         for name, matrix in matrices.items():
-            rows[name] = matrix[self.base_vocab_size:].contiguous()
+            rows[name] = matrix[self.base_vocab_size :].contiguous()
             if name in self.base_row_patches:
                 ids = self.base_row_patches[name]
                 rows[f"{name}.patch_ids"] = ids.clone()

@@ -9,6 +9,7 @@ Reference quirks reproduced here (spec §2.1, §3.1, §4.6):
   reference positions, so the numbers match while the cost follows real lengths;
 * memory is spliced at the first memory token, slot `j` at `first + j * (n_mem + sep)`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,7 +40,9 @@ def validate_texts(texts: Sequence[str], what: str = "document") -> list[str]:
 
 
 def encoder_token_ids(
-    tokenizer: PreTrainedTokenizerBase, special: SpecialTokens, texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    special: SpecialTokens,
+    texts: Sequence[str],
     max_length: int,
 ) -> list[list[int]]:
     """Token ids of `'<ENC>' + bos + text + eos`, truncated to `max_length + 3` tokens.
@@ -49,8 +52,11 @@ def encoder_token_ids(
     """
     strings = [ENC_TOKEN + special.bos + text + special.eos for text in texts]
     encoded = tokenizer(
-        strings, add_special_tokens=False, truncation=True,
-        max_length=max_length + ENCODER_EXTRA_TOKENS, padding=False,
+        strings,
+        add_special_tokens=False,
+        truncation=True,
+        max_length=max_length + ENCODER_EXTRA_TOKENS,
+        padding=False,
     )
     return encoded["input_ids"]
 
@@ -65,7 +71,9 @@ class EncoderBatch:
 
 
 def pack_encoder_batch(
-    rows: Sequence[Sequence[int]], special: SpecialTokens, max_length: int,
+    rows: Sequence[Sequence[int]],
+    special: SpecialTokens,
+    max_length: int,
     reference_padding: bool = False,
 ) -> EncoderBatch:
     """Left-pad `rows`, append memory tokens, and give the reference's positions.
@@ -82,20 +90,24 @@ def pack_encoder_batch(
     mask = torch.zeros((len(rows), width + n_mem), dtype=torch.long)
     for i, row in enumerate(rows):
         if row:
-            ids[i, width - len(row):width] = torch.as_tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+            ids[i, width - len(row) : width] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
     ids[:, width:] = torch.as_tensor(special.mem_token_ids, dtype=torch.long)
     # Reference position of column c of our row = c + (text_len - width).
     positions = torch.arange(width + n_mem, dtype=torch.long) + (text_len - width)
     return EncoderBatch(ids, mask, positions.unsqueeze(0).expand(len(rows), -1))
 
 
-def memory_mse(hidden: torch.Tensor, attention_mask: torch.Tensor, n_mem: int) -> torch.Tensor:
+def memory_mse(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, n_mem: int, reduction: str = "mean"
+) -> torch.Tensor:
     """Reference MSE auxiliary loss: mean memory state vs mean attended non-memory state.
 
     Args:
         hidden: (B, T, H) final hidden states; the last n_mem columns are memory tokens.
         attention_mask: (B, T).
+        reduction: "mean" (the reference's scalar) or "none" (one value per row, (B,);
+            their mean is the scalar, as every row has H elements).
     """
     mem_mask = torch.zeros_like(attention_mask, dtype=torch.bool)
     mem_mask[:, -n_mem:] = True
@@ -108,12 +120,18 @@ def memory_mse(hidden: torch.Tensor, attention_mask: torch.Tensor, n_mem: int) -
     w_non = non_mem.to(hidden.dtype).unsqueeze(-1)
     mem_mean = (hidden * w_mem).sum(1) / mem_mask.sum(1, keepdim=True).to(hidden.dtype)
     non_mean = (hidden * w_non).sum(1) / non_mem.sum(1, keepdim=True).to(hidden.dtype)
+    if reduction == "none":
+        return (non_mean - mem_mean).pow(2).mean(dim=-1)  # (B,)
     return torch.nn.functional.mse_loss(non_mean, mem_mean)
 
 
 def splice_memory(
-    inputs_embeds: torch.Tensor, input_ids: torch.Tensor, memories: torch.Tensor,
-    first_mem_id: int, k: int, sep: bool,
+    inputs_embeds: torch.Tensor,
+    input_ids: torch.Tensor,
+    memories: torch.Tensor,
+    first_mem_id: int,
+    k: int,
+    sep: bool,
 ) -> torch.Tensor:
     """Write `k` documents' memory into each row, reference arithmetic (out of place).
 

@@ -4,6 +4,7 @@ No library ships this estimator (sequential masked softmax, hard forward / soft 
 so it is written here, step for step as the reference does it, because the trained query
 reasoner's gradients came from exactly this.
 """
+
 from __future__ import annotations
 
 import torch
@@ -58,8 +59,10 @@ def cosine_scores(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tenso
         queries: (B, D); documents: (B, N, D).
 
     Returns:
-        (B, N) float32 cosine similarities.
+        (B, N) float32 cosine similarities (also under bf16 autocast in training: at
+        temperature 0.02 a bf16 dot would move logits by ~0.2).
     """
-    q = torch.nn.functional.normalize(queries.to(documents.dtype), dim=-1)
-    d = torch.nn.functional.normalize(documents, dim=-1)
-    return torch.einsum("bd,bnd->bn", q.float(), d.float())
+    with torch.autocast(queries.device.type, enabled=False):
+        q = torch.nn.functional.normalize(queries.to(documents.dtype), dim=-1)
+        d = torch.nn.functional.normalize(documents, dim=-1)
+        return torch.einsum("bd,bnd->bn", q.float(), d.float())

@@ -1,4 +1,5 @@
 """Fixtures for the training tests: tiny base model, small data files, a runner."""
+
 from __future__ import annotations
 
 import itertools
@@ -32,16 +33,25 @@ def tiny_data(shared_dir, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("tiny-data")
     data = shared_dir / "data"
     files = {}
-    for name, source, n in (("compress", "clara_pretrain_example.jsonl", 8),
-                            ("qa", "clara_qa_dev.jsonl", 8),
-                            ("eval", "clara_qa_dev.jsonl", 2)):
+    for name, source, n in (
+        ("compress", "clara_pretrain_example.jsonl", 8),
+        ("qa", "clara_qa_dev.jsonl", 8),
+        ("eval", "clara_qa_dev.jsonl", 2),
+    ):
         with (data / source).open(encoding="utf-8") as handle:
-            lines = list(itertools.islice(handle, 100, 100 + n) if name == "eval" else itertools.islice(handle, n))
+            lines = list(
+                itertools.islice(handle, 100, 100 + n)
+                if name == "eval"
+                else itertools.islice(handle, n)
+            )
         rows = [json.loads(line) for line in lines]
         if name == "compress":  # 2 QA pairs on a short document keep stage 1 fast
             for row in rows:
-                row.update(question=row["question"][:2], answers=row["answers"][:2],
-                           docs=[row["docs"][0][:300]])
+                row.update(
+                    question=row["question"][:2],
+                    answers=row["answers"][:2],
+                    docs=[row["docs"][0][:300]],
+                )
         else:  # 4 candidates keep the e2e forward small
             for row in rows:
                 gold = row["gold"][0]
@@ -56,7 +66,9 @@ def tiny_data(shared_dir, tmp_path_factory) -> dict[str, Path]:
     with (data / "handbook_18f_docs.jsonl").open(encoding="utf-8") as handle:
         for i, line in enumerate(itertools.islice(handle, 3)):
             row = json.loads(line)
-            (docs / f"page{i}.md").write_text(f"# {row['title']}\n\n{row['text'][:700]}", encoding="utf-8")
+            (docs / f"page{i}.md").write_text(
+                f"# {row['title']}\n\n{row['text'][:700]}", encoding="utf-8"
+            )
     files["docs"] = docs
     return files
 
@@ -64,6 +76,7 @@ def tiny_data(shared_dir, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def finetune():
     """Run `python -m training.finetune` in-process; returns its exit code."""
+
     def run(*args: object) -> int:
         return main([str(a) for a in args])
 

@@ -1,4 +1,5 @@
 """The recipe that rebuilds the shipped default checkpoint: data splits and the export."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,9 @@ def test_build_writes_stage_files_and_demo_excerpt_is_held_out(tmp_path):
 def test_bundled_demo_corpus_is_the_recipes_excerpt():
     from tests.conftest import REPO_ROOT
 
-    bundled = default_data.read_jsonl(REPO_ROOT / "clara_integrations" / "assets" / "demo" / "demo_qa.jsonl")
+    bundled = default_data.read_jsonl(
+        REPO_ROOT / "clara_integrations" / "assets" / "demo" / "demo_qa.jsonl"
+    )
     assert bundled == default_data.demo_excerpt(SHARED / "data")
 
 
@@ -60,9 +63,12 @@ def test_export_writes_float16_model_files_that_load(tmp_path, e2e_model):
         with safe_open(str(path), framework="pt") as f:
             dtypes = {f.get_tensor(k).dtype for k in f.keys()}
         assert dtypes <= {torch.float16, torch.int64}, (path.name, dtypes)
-    assert json.loads((tmp_path / "default" / "config.json").read_text()) == \
-        json.loads((run / "config.json").read_text())
-    loaded = ClaraModel.from_pretrained(tmp_path / "default", base_model=TINY_BASE, dtype=torch.float32)
+    assert json.loads((tmp_path / "default" / "config.json").read_text()) == json.loads(
+        (run / "config.json").read_text()
+    )
+    loaded = ClaraModel.from_pretrained(
+        tmp_path / "default", base_model=TINY_BASE, dtype=torch.float32
+    )
     docs = ["Paris is the capital of France.", "Weldenia is a genus of plants."]
     diff = (loaded.compress_documents(docs) - e2e_model.compress_documents(docs)).abs().max()
     assert diff < 5e-2  # float16 rounding of adapters only

@@ -1,4 +1,5 @@
 """`python -m training.finetune` end to end on the tiny fixture base."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,8 +21,17 @@ from clara_integrations.modeling.adapters import ADAPTER_NAMES
 from training import loop, losses
 
 # Fixture base, 4 memory tokens of 64 dims, rank-4 LoRA, 2 documents per question.
-TINY_FLAGS = ["--doc-max-length", "64", "--compress-rate", "16", "--lora-r", "4",
-              "--generation-top-k", "2", "--quiet"]
+TINY_FLAGS = [
+    "--doc-max-length",
+    "64",
+    "--compress-rate",
+    "16",
+    "--lora-r",
+    "4",
+    "--generation-top-k",
+    "2",
+    "--quiet",
+]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -31,11 +41,30 @@ def _log(out: Path) -> list[dict]:
 
 def test_docs_to_checkpoint_then_e2e_from_it(finetune, tiny_base, tiny_data, tmp_path):
     out = tmp_path / "my-clara"
-    code = finetune("--docs", tiny_data["docs"], "--output", out, "--base", tiny_base, *TINY_FLAGS,
-                    "--stages", "compress,instruct,retrieval,e2e", "--max-steps", "1",
-                    "--train-batch-size", "2", "--micro-train-batch-size", "2",
-                    "--num-candidates", "4", "--eval-max-examples", "1", "--eval-max-new-tokens", "1",
-                    "--official-format")
+    code = finetune(
+        "--docs",
+        tiny_data["docs"],
+        "--output",
+        out,
+        "--base",
+        tiny_base,
+        *TINY_FLAGS,
+        "--stages",
+        "compress,instruct,retrieval,e2e",
+        "--max-steps",
+        "1",
+        "--train-batch-size",
+        "2",
+        "--micro-train-batch-size",
+        "2",
+        "--num-candidates",
+        "4",
+        "--eval-max-examples",
+        "1",
+        "--eval-max-new-tokens",
+        "1",
+        "--official-format",
+    )
     assert code == 0
     for name in ("compress", "instruct", "retrieval", "e2e", "eval", "chunks"):
         assert (out / "data" / f"{name}.jsonl").stat().st_size > 0
@@ -47,21 +76,54 @@ def test_docs_to_checkpoint_then_e2e_from_it(finetune, tiny_base, tiny_data, tmp
     else:
         assert "pip install matplotlib" in report
     model = ClaraModel.from_pretrained(out, dtype=torch.float32)
-    assert model.adapters.names == list(ADAPTER_NAMES) or set(model.adapters.names) == set(ADAPTER_NAMES)
+    assert model.adapters.names == list(ADAPTER_NAMES) or set(model.adapters.names) == set(
+        ADAPTER_NAMES
+    )
     assert model.config.training_stage == "stage2" and model.config.generation_top_k == 2
-    released = ClaraModel.from_pretrained(out / "official", base_model=tiny_base, dtype=torch.float32)
+    released = ClaraModel.from_pretrained(
+        out / "official", base_model=tiny_base, dtype=torch.float32
+    )
     assert set(released.adapters.names) == set(ADAPTER_NAMES)
     # The issue's second command: e2e on reference-format data from that checkpoint.
-    code = finetune("--data", tiny_data["qa"], "--stages", "e2e", "--init-from", out,
-                    "--output", tmp_path / "e2e", *TINY_FLAGS[4:], "--max-steps", "1",
-                    "--train-batch-size", "2", "--micro-train-batch-size", "2", "--eval-max-examples", "0")
+    code = finetune(
+        "--data",
+        tiny_data["qa"],
+        "--stages",
+        "e2e",
+        "--init-from",
+        out,
+        "--output",
+        tmp_path / "e2e",
+        *TINY_FLAGS[4:],
+        "--max-steps",
+        "1",
+        "--train-batch-size",
+        "2",
+        "--micro-train-batch-size",
+        "2",
+        "--eval-max-examples",
+        "0",
+    )
     assert code == 0 and len(_log(tmp_path / "e2e")) == 1
 
 
 def test_dry_run_prints_plan(finetune, tiny_base, tiny_data, tmp_path, capsys):
-    code = finetune("--data", f"compress={tiny_data['compress']}", "--data", f"e2e={tiny_data['qa']}",
-                    "--stages", "compress,e2e", "--output", tmp_path / "o", "--base", tiny_base,
-                    *TINY_FLAGS, "--train-batch-size", "4", "--dry-run")
+    code = finetune(
+        "--data",
+        f"compress={tiny_data['compress']}",
+        "--data",
+        f"e2e={tiny_data['qa']}",
+        "--stages",
+        "compress,e2e",
+        "--output",
+        tmp_path / "o",
+        "--base",
+        tiny_base,
+        *TINY_FLAGS,
+        "--train-batch-size",
+        "4",
+        "--dry-run",
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "compress" in out and "e2e" in out and "steps" in out and "tokens" in out
@@ -71,8 +133,22 @@ def test_dry_run_prints_plan(finetune, tiny_base, tiny_data, tmp_path, capsys):
 def test_malformed_lines_skipped_or_strict(finetune, tiny_base, tiny_data, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(tiny_data["qa"].read_text().splitlines()[0] + "\n{oops\n", encoding="utf-8")
-    common = ["--data", f"e2e={bad}", "--stages", "e2e", "--output", tmp_path / "o", "--base", tiny_base,
-              *TINY_FLAGS, "--train-batch-size", "1", "--micro-train-batch-size", "1", "--dry-run"]
+    common = [
+        "--data",
+        f"e2e={bad}",
+        "--stages",
+        "e2e",
+        "--output",
+        tmp_path / "o",
+        "--base",
+        tiny_base,
+        *TINY_FLAGS,
+        "--train-batch-size",
+        "1",
+        "--micro-train-batch-size",
+        "1",
+        "--dry-run",
+    ]
     assert finetune(*common) == 0
     assert f"{bad}:2: not valid JSON" in capsys.readouterr().out
     assert finetune(*common, "--strict") == 2
@@ -87,11 +163,24 @@ def _rows_without_answer(tiny_data, n=2):
     return rows
 
 
-def test_stage_without_usable_line_stops_naming_stage_file_and_reasons(finetune, tiny_base, tiny_data,
-                                                                       tmp_path, capsys):
+def test_stage_without_usable_line_stops_naming_stage_file_and_reasons(
+    finetune, tiny_base, tiny_data, tmp_path, capsys
+):
     data = tmp_path / "e2e.jsonl"
-    common = ["--stages", "e2e", "--output", tmp_path / "o", "--base", tiny_base, *TINY_FLAGS,
-              "--train-batch-size", "1", "--micro-train-batch-size", "1", "--dry-run"]
+    common = [
+        "--stages",
+        "e2e",
+        "--output",
+        tmp_path / "o",
+        "--base",
+        tiny_base,
+        *TINY_FLAGS,
+        "--train-batch-size",
+        "1",
+        "--micro-train-batch-size",
+        "1",
+        "--dry-run",
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows_without_answer(tiny_data)))
     assert finetune("--data", f"e2e={data}", *common) == 2
     out = capsys.readouterr().out
@@ -100,20 +189,43 @@ def test_stage_without_usable_line_stops_naming_stage_file_and_reasons(finetune,
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert finetune("--data", f"e2e={empty}", *common) == 2
-    assert f"stage 'e2e': no usable example in {empty}; skipped 1 (1 the file is empty)" in capsys.readouterr().out
+    assert (
+        f"stage 'e2e': no usable example in {empty}; skipped 1 (1 the file is empty)"
+        in capsys.readouterr().out
+    )
     # The reference README's format: the answer in `gold_answer`.
     rows = [dict(r, gold_answer=a) for r, a in zip(_rows_without_answer(tiny_data), ["x", "y"])]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert finetune("--data", f"e2e={data}", *common) == 0
 
 
-def test_undecodable_lines_one_summary_warning_or_strict(finetune, tiny_base, tiny_data, tmp_path, capsys):
+def test_undecodable_lines_one_summary_warning_or_strict(
+    finetune, tiny_base, tiny_data, tmp_path, capsys
+):
     good = tiny_data["qa"].read_bytes().splitlines(keepends=True)[:2]
     bad = tmp_path / "bad.jsonl"
-    lone = json.dumps(dict(json.loads(good[0]), question="half \ud800 pair")).encode()  # ascii \\ud800
-    bad.write_bytes(b"\xef\xbb\xbf" + good[0] + b"\xff\xfe\n" + b"caf\xe9\n" + lone + b"\n" + good[1])
-    common = ["--data", f"e2e={bad}", "--stages", "e2e", "--output", tmp_path / "o", "--base", tiny_base,
-              *TINY_FLAGS, "--train-batch-size", "1", "--micro-train-batch-size", "1", "--dry-run"]
+    lone = json.dumps(
+        dict(json.loads(good[0]), question="half \ud800 pair")
+    ).encode()  # ascii \\ud800
+    bad.write_bytes(
+        b"\xef\xbb\xbf" + good[0] + b"\xff\xfe\n" + b"caf\xe9\n" + lone + b"\n" + good[1]
+    )
+    common = [
+        "--data",
+        f"e2e={bad}",
+        "--stages",
+        "e2e",
+        "--output",
+        tmp_path / "o",
+        "--base",
+        tiny_base,
+        *TINY_FLAGS,
+        "--train-batch-size",
+        "1",
+        "--micro-train-batch-size",
+        "1",
+        "--dry-run",
+    ]
     assert finetune(*common) == 0
     out = capsys.readouterr().out
     assert out.count("--strict stops at the first") == 1  # one warning, not one per line
@@ -129,15 +241,18 @@ def test_docs_without_usable_document_stops_with_the_reasons(finetune, tiny_base
     docs.mkdir()
     (docs / "notes.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
     (docs / "empty.md").write_bytes(b"")
-    code = finetune("--docs", docs, "--output", tmp_path / "o", "--base", tiny_base, *TINY_FLAGS, "--dry-run")
+    code = finetune(
+        "--docs", docs, "--output", tmp_path / "o", "--base", tiny_base, *TINY_FLAGS, "--dry-run"
+    )
     assert code == 2
     out = capsys.readouterr().out
     assert f"no usable .txt, .md or .jsonl document under --docs {docs}" in out
     assert f"{docs / 'notes.jsonl'}:1: not valid UTF-8" in out
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(finetune, tiny_base, tiny_data, tmp_path,
-                                                         monkeypatch, capsys):
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(
+    finetune, tiny_base, tiny_data, tmp_path, monkeypatch, capsys
+):
     forward = losses.CompressionObjective.forward
     calls = {"n": 0}
 
@@ -150,19 +265,42 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(finetune, tiny_base, ti
 
     monkeypatch.setattr(losses.CompressionObjective, "forward", poisoned)
     out = tmp_path / "o"
-    code = finetune("--data", tiny_data["compress"], "--stages", "compress", "--output", out,
-                    "--base", tiny_base, *TINY_FLAGS, "--max-steps", "3", "--train-batch-size", "2",
-                    "--micro-train-batch-size", "2", "--save-steps", "1", "--eval-max-examples", "0")
+    code = finetune(
+        "--data",
+        tiny_data["compress"],
+        "--stages",
+        "compress",
+        "--output",
+        out,
+        "--base",
+        tiny_base,
+        *TINY_FLAGS,
+        "--max-steps",
+        "3",
+        "--train-batch-size",
+        "2",
+        "--micro-train-batch-size",
+        "2",
+        "--save-steps",
+        "1",
+        "--eval-max-examples",
+        "0",
+    )
     assert code == 3
     message = capsys.readouterr().out
-    assert "non-finite loss" in message and "optimiser step 2" in message and "micro-batch 1" in message
+    assert (
+        "non-finite loss" in message
+        and "optimiser step 2" in message
+        and "micro-batch 1" in message
+    )
     assert "00-compress-step000001 (named by" in message  # the checkpoint it keeps, by name
     assert (out / "checkpoints" / "LATEST").read_text() == "00-compress-step000001"
     assert not (out / "report.md").exists()
 
 
 def test_non_finite_gradient_with_finite_loss_never_reaches_a_checkpoint(
-        finetune, tiny_base, tiny_data, tmp_path, monkeypatch, capsys):
+    finetune, tiny_base, tiny_data, tmp_path, monkeypatch, capsys
+):
     prepare = loop.prepare_model_for_stage
     snapshot = tmp_path / "weights-before-nan"
     backwards = {"n": 0}
@@ -182,10 +320,31 @@ def test_non_finite_gradient_with_finite_loss_never_reaches_a_checkpoint(
 
     monkeypatch.setattr(loop, "prepare_model_for_stage", poisoned)
     out = tmp_path / "o"
-    code = finetune("--data", tiny_data["compress"], "--stages", "compress", "--output", out,
-                    "--base", tiny_base, *TINY_FLAGS, "--max-steps", "3", "--train-batch-size", "2",
-                    "--micro-train-batch-size", "2", "--save-steps", "1", "--eval-max-examples", "0",
-                    "--lr-scheduler", "constant", "--learning-rate", "1e-2")
+    code = finetune(
+        "--data",
+        tiny_data["compress"],
+        "--stages",
+        "compress",
+        "--output",
+        out,
+        "--base",
+        tiny_base,
+        *TINY_FLAGS,
+        "--max-steps",
+        "3",
+        "--train-batch-size",
+        "2",
+        "--micro-train-batch-size",
+        "2",
+        "--save-steps",
+        "1",
+        "--eval-max-examples",
+        "0",
+        "--lr-scheduler",
+        "constant",
+        "--learning-rate",
+        "1e-2",
+    )
     assert code == 3
     message = capsys.readouterr().out
     kept = out / "checkpoints" / "00-compress-step000001"
@@ -209,15 +368,20 @@ def test_checkpoint_refuses_non_finite_weights(tmp_path, tiny_base):
     from training.checkpoint import CheckpointManager, NonFiniteError
 
     config = ClaraConfig.for_training(str(tiny_base), doc_max_length=64, compr_rate=16, lora_r=4)
-    model = ClaraModel.from_base(tiny_base, config, adapters=[ADAPTER_NAMES[0]], dtype=torch.float32)
+    model = ClaraModel.from_base(
+        tiny_base, config, adapters=[ADAPTER_NAMES[0]], dtype=torch.float32
+    )
     ckpts = CheckpointManager(tmp_path, Accelerator(cpu=True))
     ckpts.save("00-compress-step000001", model, None, None, {"step": 1})
     weight = model.adapters.parameters(ADAPTER_NAMES[0])[0]
     with torch.no_grad():
         weight[0, 0] = float("inf")
     weight.requires_grad_(True)
-    with pytest.raises(NonFiniteError, match=r"refusing to save checkpoint 00-compress-step000002.*"
-                                             r"00-compress-step000001 \(named by .*\) is kept"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"refusing to save checkpoint 00-compress-step000002.*"
+        r"00-compress-step000001 \(named by .*\) is kept",
+    ):
         ckpts.save("00-compress-step000002", model, None, None, {"step": 2})
     assert (tmp_path / "LATEST").read_text() == "00-compress-step000001"
     assert not any(p.name.endswith("step000002") for p in tmp_path.iterdir())
@@ -225,10 +389,29 @@ def test_checkpoint_refuses_non_finite_weights(tmp_path, tiny_base):
 
 # One uninterrupted single-process run serves as the reference of the resume and DDP tests.
 def _run_args(tiny_base, tiny_data, out):
-    return ["--data", f"compress={tiny_data['compress']}", "--data", f"e2e={tiny_data['qa']}",
-            "--stages", "compress,e2e", "--output", str(out), "--base", str(tiny_base), *TINY_FLAGS,
-            "--max-steps", "compress=2,e2e=1", "--train-batch-size", "2", "--micro-train-batch-size", "1",
-            "--learning-rate", "1e-3", "--eval-max-examples", "0"]
+    return [
+        "--data",
+        f"compress={tiny_data['compress']}",
+        "--data",
+        f"e2e={tiny_data['qa']}",
+        "--stages",
+        "compress,e2e",
+        "--output",
+        str(out),
+        "--base",
+        str(tiny_base),
+        *TINY_FLAGS,
+        "--max-steps",
+        "compress=2,e2e=1",
+        "--train-batch-size",
+        "2",
+        "--micro-train-batch-size",
+        "1",
+        "--learning-rate",
+        "1e-3",
+        "--eval-max-examples",
+        "0",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -246,13 +429,21 @@ def _same_adapters(a: Path, b: Path, atol: float = 0.0) -> bool:
     return True
 
 
-def test_kill_9_then_resume_matches_uninterrupted(finetune, tiny_base, tiny_data, single_run, tmp_path):
+def test_kill_9_then_resume_matches_uninterrupted(
+    finetune, tiny_base, tiny_data, single_run, tmp_path
+):
     killed = tmp_path / "killed"
     args = [*_run_args(tiny_base, tiny_data, killed), "--save-steps", "1"]
     args.remove("--quiet")  # the log line "saved checkpoint" tells when to kill
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "training.finetune", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.finetune", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         for line in proc.stdout:
             if "saved checkpoint" in line:
@@ -271,17 +462,36 @@ def test_kill_9_then_resume_matches_uninterrupted(finetune, tiny_base, tiny_data
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo CPU DDP via torchrun")
-@pytest.mark.skipif(torch.cuda.is_available(), reason="compares 2 CPU (gloo) processes with a single "
-                    "process that ran on CPU; with CUDA visible that baseline ran on the GPU")
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="compares 2 CPU (gloo) processes with a single "
+    "process that ran on CPU; with CUDA visible that baseline ran on the GPU",
+)
 def test_two_process_ddp_matches_one_process(tiny_base, tiny_data, single_run, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc_per_node", "2", "-m", "training.finetune",
-                             *_run_args(tiny_base, tiny_data, tmp_path / "ddp")],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "training.finetune",
+            *_run_args(tiny_base, tiny_data, tmp_path / "ddp"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     ddp, single = _log(tmp_path / "ddp"), _log(single_run)
-    state = json.loads((tmp_path / "ddp" / "checkpoints" / "01-e2e-step000001" / "trainer_state.json").read_text())
+    state = json.loads(
+        (tmp_path / "ddp" / "checkpoints" / "01-e2e-step000001" / "trainer_state.json").read_text()
+    )
     assert [p["grad_accum"] for p in state["plans"]] == [1, 1]  # 2 processes x micro 1 = global 2
     assert len(ddp) == len(single) == 3
     for a, b in zip(ddp, single):  # same global batches, gradients averaged by DDP
@@ -292,10 +502,29 @@ def test_two_process_ddp_matches_one_process(tiny_base, tiny_data, single_run, t
 def test_e2e_from_released_format_checkpoint(finetune, fixture_dir, tiny_data, tmp_path):
     """--init-from a checkpoint in the released format (the fixture's Instruct, stage1_2)."""
     out = tmp_path / "from-released"
-    code = finetune("--data", tiny_data["qa"], "--stages", "e2e", "--init-from", fixture_dir / "ckpt-instruct",
-                    "--base", fixture_dir / "tiny-llama-base", "--output", out, *TINY_FLAGS[6:],
-                    "--generation-top-k", "2", "--max-steps", "1", "--train-batch-size", "2",
-                    "--micro-train-batch-size", "2", "--eval-max-examples", "0")
+    code = finetune(
+        "--data",
+        tiny_data["qa"],
+        "--stages",
+        "e2e",
+        "--init-from",
+        fixture_dir / "ckpt-instruct",
+        "--base",
+        fixture_dir / "tiny-llama-base",
+        "--output",
+        out,
+        *TINY_FLAGS[6:],
+        "--generation-top-k",
+        "2",
+        "--max-steps",
+        "1",
+        "--train-batch-size",
+        "2",
+        "--micro-train-batch-size",
+        "2",
+        "--eval-max-examples",
+        "0",
+    )
     assert code == 0 and len(_log(out)) == 1
     model = ClaraModel.from_pretrained(out, dtype=torch.float32)
     assert set(model.adapters.names) == set(ADAPTER_NAMES) and model.n_mem == 4

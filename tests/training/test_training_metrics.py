@@ -1,9 +1,17 @@
 """Answer and retrieval metrics (spec §8)."""
+
 from __future__ import annotations
 
 import pytest
 
-from training.metrics import answer_scores, coverage, exact_match, f1_score, normalize_answer, retrieval_scores
+from training.metrics import (
+    answer_scores,
+    coverage,
+    exact_match,
+    f1_score,
+    normalize_answer,
+    retrieval_scores,
+)
 
 
 def test_normalisation():

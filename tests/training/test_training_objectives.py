@@ -1,4 +1,5 @@
 """Collate labels and what each stage's loss trains (spec §5.3-§5.5)."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,16 +15,20 @@ from training.stages import enable_gradient_checkpointing, fit_example, prepare_
 
 @pytest.fixture(scope="module")
 def model(tiny_base):
-    config = ClaraConfig.for_training(str(tiny_base), doc_max_length=64, compr_rate=16, lora_r=4,
-                                      generation_top_k=2)
+    config = ClaraConfig.for_training(
+        str(tiny_base), doc_max_length=64, compr_rate=16, lora_r=4, generation_top_k=2
+    )
     torch.manual_seed(0)
-    return ClaraModel.from_base(tiny_base, config, adapters=[ENCODER_ADAPTER, DECODER_ADAPTER],
-                                dtype=torch.float32)
+    return ClaraModel.from_base(
+        tiny_base, config, adapters=[ENCODER_ADAPTER, DECODER_ADAPTER], dtype=torch.float32
+    )
 
 
 def _batch(model, stage, path, k, n=1):
     examples = [fit_example(ex, stage, k) for ex in load_examples([path], max_examples=n).examples]
-    return Collator(model.tokenizer, model.special, stage, k, 1024, 64)(list(enumerate(examples))), examples
+    return Collator(model.tokenizer, model.special, stage, k, 1024, 64)(
+        list(enumerate(examples))
+    ), examples
 
 
 def test_labels_cover_only_the_target(model, tiny_data):
@@ -58,8 +63,9 @@ def test_e2e_gradient_reaches_query_reasoner_not_compressor(model, tiny_data):
     assert _grad_norm(model.adapters.parameters(QUERY_ADAPTER)) > 0  # through the top-k
     assert _grad_norm(model.adapters.parameters(DECODER_ADAPTER)) > 0
     assert all(p.grad is None for p in model.adapters.parameters(ENCODER_ADAPTER))
-    assert {id(p) for p in params} == {id(p) for n in (DECODER_ADAPTER, QUERY_ADAPTER)
-                                      for p in model.adapters.parameters(n)}
+    assert {id(p) for p in params} == {
+        id(p) for n in (DECODER_ADAPTER, QUERY_ADAPTER) for p in model.adapters.parameters(n)
+    }
 
 
 def test_stage1_trains_compressor_generator_and_memory_rows_only(model, tiny_data):
@@ -104,6 +110,10 @@ def test_gradient_checkpointing_keeps_gradients(model, tiny_data):
         torch.manual_seed(3)  # same dropout masks
         objective(batch)["loss"].backward()
         grads.append([p.grad.clone() for p in model.adapters.parameters(ENCODER_ADAPTER)])
-    getattr(model.decoder, "activation_checkpointing_disable", model.decoder.gradient_checkpointing_disable)()
+    getattr(
+        model.decoder,
+        "activation_checkpointing_disable",
+        model.decoder.gradient_checkpointing_disable,
+    )()
     model.eval()
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))

@@ -1,4 +1,5 @@
 """Chunking, the offline teacher, BM25 negatives and the written JSONL."""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,17 +24,25 @@ def test_bm25_ranks_overlap_first():
 
 
 def test_offline_teacher_cloze():
-    pairs = OfflineTeacher().qa_pairs("Travel is booked in Concur. The per diem was raised in 2019 for staff.", 5)
+    pairs = OfflineTeacher().qa_pairs(
+        "Travel is booked in Concur. The per diem was raised in 2019 for staff.", 5
+    )
     assert ('Complete the statement: "The per diem was raised in ____ for staff."', "2019") in pairs
-    assert _parse_pairs("Q: Who?\nA: Ann\nnoise\nQ: When?\nA: 1999", 5) == [("Who?", "Ann"), ("When?", "1999")]
+    assert _parse_pairs("Q: Who?\nA: Ann\nnoise\nQ: When?\nA: 1999", 5) == [
+        ("Who?", "Ann"),
+        ("When?", "1999"),
+    ]
 
 
 def test_documents_skip_undecodable_lines_with_one_summary_warning(tmp_path, caplog):
     (tmp_path / "bom.md").write_bytes(b"\xef\xbb\xbf# Leave\nAsk your supervisor.\n")
-    (tmp_path / "bad.txt").write_bytes(b"Good line.\r\nLatin-1 caf\xe9 line.\r\nAnother good line.\r\n")
+    (tmp_path / "bad.txt").write_bytes(
+        b"Good line.\r\nLatin-1 caf\xe9 line.\r\nAnother good line.\r\n"
+    )
     (tmp_path / "docs.jsonl").write_bytes(
         b'\xef\xbb\xbf{"title": "T", "text": "first line survives the BOM"}\n'
-        b'{"text": "caf\xe9"}\n{"text": "lone \\udc00 half"}\n{"title": "no text"}\n{"text": "ok"}\n')
+        b'{"text": "caf\xe9"}\n{"text": "lone \\udc00 half"}\n{"title": "no text"}\n{"text": "ok"}\n'
+    )
     (tmp_path / "empty.md").write_bytes(b"")
     with caplog.at_level(logging.WARNING, logger="training.synthesize"):
         docs = dict(read_documents(tmp_path))
@@ -42,8 +51,10 @@ def test_documents_skip_undecodable_lines_with_one_summary_warning(tmp_path, cap
     assert docs[f"{tmp_path / 'docs.jsonl'}:1"] == "# T\n\nfirst line survives the BOM"
     assert docs[f"{tmp_path / 'docs.jsonl'}:5"] == "ok" and len(docs) == 4
     [warning] = [r.getMessage() for r in caplog.records]  # one warning, not one per line
-    assert "skipped 5 (2 not valid UTF-8, 1 holds a lone surrogate, 1 needs a non-empty string 'text', " \
-           "1 the file is empty)" in warning
+    assert (
+        "skipped 5 (2 not valid UTF-8, 1 holds a lone surrogate, 1 needs a non-empty string 'text', "
+        "1 the file is empty)" in warning
+    )
     assert f"{tmp_path / 'bad.txt'}:2: not valid UTF-8" in warning
     with pytest.raises(DataError, match=rf"^{tmp_path / 'bad.txt'}:2: not valid UTF-8"):
         dict(read_documents(tmp_path, strict=True))
@@ -51,13 +62,17 @@ def test_documents_skip_undecodable_lines_with_one_summary_warning(tmp_path, cap
 
 def test_documents_none_usable_names_the_reasons(tmp_path):
     (tmp_path / "docs.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
-    with pytest.raises(FileNotFoundError, match=rf"(?s)no usable .*{tmp_path}.*docs.jsonl:1: not valid UTF-8"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"(?s)no usable .*{tmp_path}.*docs.jsonl:1: not valid UTF-8"
+    ):
         dict(read_documents(tmp_path))
 
 
 def test_chunks_fit_the_budget(tiny_base):
     tok = AutoTokenizer.from_pretrained(tiny_base)
-    text = "\n\n".join(" ".join(f"word{i}" for i in range(p, p + 40)) + "." for p in range(0, 400, 40))
+    text = "\n\n".join(
+        " ".join(f"word{i}" for i in range(p, p + 40)) + "." for p in range(0, 400, 40)
+    )
     chunks = chunk_text(text, tok, 64)
     assert len(chunks) > 3
     assert all(len(tok(c, add_special_tokens=False)["input_ids"]) <= 64 for c in chunks)
@@ -86,10 +101,12 @@ def test_synthesize_writes_every_stage(tiny_base, tiny_data, tmp_path):
 @contextlib.contextmanager
 def _stub_endpoint(reply):
     """A local OpenAI-compatible endpoint: `reply(request_json, headers)` -> (status, body)."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server API
-            status, body = reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))),
-                                 self.headers)
+            status, body = reply(
+                json.loads(self.rfile.read(int(self.headers["Content-Length"]))), self.headers
+            )
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -101,8 +118,12 @@ def _stub_endpoint(reply):
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield make_teacher("openai", "stub-model", f"http://127.0.0.1:{server.server_port}/v1",
-                           api_key_env="CLARA_TEST_NO_SUCH_KEY")
+        yield make_teacher(
+            "openai",
+            "stub-model",
+            f"http://127.0.0.1:{server.server_port}/v1",
+            api_key_env="CLARA_TEST_NO_SUCH_KEY",
+        )
     finally:
         server.shutdown()
 
@@ -116,7 +137,9 @@ def test_openai_compatible_teacher_against_local_stub():
         return 200, body.encode()
 
     with _stub_endpoint(reply) as teacher:
-        assert teacher.qa_pairs("The director signs all forms.", 3) == [("Who signs?", "The director")]
+        assert teacher.qa_pairs("The director signs all forms.", 3) == [
+            ("Who signs?", "The director")
+        ]
     assert seen["model"] == "stub-model" and seen["temperature"] == 0 and seen["auth"] is None
 
 

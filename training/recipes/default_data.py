@@ -9,6 +9,7 @@ document, as the reference's stage 1 mixes QA and paraphrase rows.
     python -m training.recipes.default_data --shared ../shared/data --output build/default-data
     python -m training.recipes.default_data --output build/default-data --demo-excerpt clara_integrations/assets/demo/demo_qa.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,9 @@ def split_qa(rows: list[dict], train_fraction: float) -> tuple[list[dict], list[
     groups: dict[int, list[int]] = {}
     for i in range(len(rows)):
         groups.setdefault(root(i), []).append(i)
-    ordered = sorted(groups.values(), key=lambda members: min(_sha(str(rows[m]["id"])) for m in members))
+    ordered = sorted(
+        groups.values(), key=lambda members: min(_sha(str(rows[m]["id"])) for m in members)
+    )
     n_train = round(len(rows) * train_fraction)
     train: list[dict] = []
     held: list[dict] = []
@@ -73,10 +76,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
-def build(shared: Path, output: Path, train_fraction: float = TRAIN_FRACTION, seed: int = 0) -> dict[str, int]:
+def build(
+    shared: Path, output: Path, train_fraction: float = TRAIN_FRACTION, seed: int = 0
+) -> dict[str, int]:
     output.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     stage1 = stage1_rows(read_jsonl(shared / "clara_pretrain_example.jsonl"))
@@ -112,8 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
     p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--demo-excerpt", type=Path, default=None,
-                   help="also write the demo's bundled QA excerpt to this file")
+    p.add_argument(
+        "--demo-excerpt",
+        type=Path,
+        default=None,
+        help="also write the demo's bundled QA excerpt to this file",
+    )
     p.add_argument("--train-fraction", type=float, default=TRAIN_FRACTION)
     args = p.parse_args(argv)
     for name, n in build(args.shared, args.output, args.train_fraction).items():

@@ -3,6 +3,7 @@
 
     python -m training.recipes.export_default build/default-run clara_integrations/assets/default
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ def export(run_dir: Path, dest: Path) -> int:
     """Write `dest` from the native checkpoint in `run_dir`; returns the bytes written."""
     tensors_files = sorted(run_dir.glob("*.safetensors"))
     if not (run_dir / CONFIG_JSON).is_file() or not tensors_files:
-        raise FileNotFoundError(f"{run_dir} holds no native CLaRa checkpoint (config.json + *.safetensors)")
+        raise FileNotFoundError(
+            f"{run_dir} holds no native CLaRa checkpoint (config.json + *.safetensors)"
+        )
     staging = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -34,7 +37,9 @@ def export(run_dir: Path, dest: Path) -> int:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        tensors = {k: t.to(torch.float16) if t.is_floating_point() else t for k, t in tensors.items()}
+        tensors = {
+            k: t.to(torch.float16) if t.is_floating_point() else t for k, t in tensors.items()
+        }
         save_file(tensors, str(staging / path.name), metadata=metadata)
     for path in staging.iterdir():
         path.chmod(0o644)  # package data: readable by every user of an installed copy

@@ -1,0 +1,265 @@
+"""The fast training step computes the legacy step's losses and gradients, more cheaply."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from clara_integrations import ClaraConfig, ClaraModel
+from clara_integrations.modeling.adapters import DECODER_ADAPTER, ENCODER_ADAPTER, QUERY_ADAPTER
+from training.collate import Collator
+from training.data import load_examples
+from training.fastpath import (
+    MemoryRows,
+    ScaledCollate,
+    StepScales,
+    _FastDropout,
+    auto_micro_batch,
+    bucket_order,
+    cast_frozen_weights,
+)
+from training.losses import objective_for_stage
+from training.memory_cache import MemoryCache
+from training.stages import fit_example, prepare_model_for_stage
+
+K = 2
+
+
+@pytest.fixture(scope="module")
+def model(tiny_base):
+    config = ClaraConfig.for_training(
+        str(tiny_base), doc_max_length=64, compr_rate=16, lora_r=4, generation_top_k=K
+    )
+    torch.manual_seed(0)
+    model = ClaraModel.from_base(
+        tiny_base,
+        config,
+        dtype=torch.float32,
+        adapters=[ENCODER_ADAPTER, DECODER_ADAPTER, QUERY_ADAPTER],
+    )
+    with torch.no_grad():  # non-zero LoRA B, so that every adapter changes the numbers
+        for name in (ENCODER_ADAPTER, DECODER_ADAPTER, QUERY_ADAPTER):
+            for p in model.adapters.parameters(name):
+                p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def _items(model, stage, path, n):
+    k = 1 if stage == "compress" else K
+    examples = [fit_example(ex, stage, k) for ex in load_examples([path], max_examples=n).examples]
+    return Collator(model.tokenizer, model.special, stage, k, 1024, 64), list(enumerate(examples))
+
+
+def _loss_and_grads(model, stage, batch, fast, cache=None):
+    """Loss, gradients of the trained adapters (and <MEM> rows), with dropout off."""
+    params, hook = prepare_model_for_stage(
+        model, stage, 1 if stage == "compress" else K, fresh_decoder=False, fast=fast
+    )
+    model.eval()  # no dropout: both steps must then give the same numbers
+    model.zero_grad(set_to_none=True)
+    out = objective_for_stage(model, stage, 0.1, fast=fast, cache=cache)(batch)
+    out["loss"].backward()
+    lora = params[:-1] if hook is not None else params  # the <MEM> rows come last
+    grads = [p.grad.clone() for p in lora]
+    if isinstance(hook, MemoryRows):
+        grads.append(hook.param.grad.clone())
+    elif hook is not None:
+        weight = model.decoder.get_input_embeddings().weight
+        grads.append(weight.grad[sorted(model.special.unique_mem_ids)].clone())
+    if hook is not None:
+        hook.remove()
+    return out, grads
+
+
+def _close(a, b, tol=1e-5):
+    return torch.allclose(torch.as_tensor(a), torch.as_tensor(b), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("stage", ["compress", "instruct", "e2e", "retrieval"])
+def test_fast_step_gives_the_legacy_losses_and_gradients(model, tiny_data, stage):
+    """Label-position LM head, deduplicated documents (the same example twice), the
+    `<MEM>` rows as a small parameter, cached candidates: same numbers as the legacy step."""
+    path = tiny_data["compress" if stage == "compress" else "qa"]
+    collator, items = _items(model, stage, path, 2)
+    batch = collator(items + [(2, items[0][1])])  # a repeated example: repeated documents
+    cache = None
+    if stage in ("e2e", "retrieval"):
+        cache = MemoryCache(model)
+        cache.expect(batch["cand_texts"])
+    legacy, legacy_grads = _loss_and_grads(model, stage, batch, fast=False)
+    fast, fast_grads = _loss_and_grads(model, stage, batch, fast=True, cache=cache)
+    for key in ("loss", "ntp", "mse"):
+        assert _close(fast[key], legacy[key]), (key, fast[key], legacy[key])
+    assert len(fast_grads) == len(legacy_grads)
+    assert all(_close(a, b, 1e-4) for a, b in zip(fast_grads, legacy_grads))
+
+
+@pytest.mark.parametrize("stage", ["e2e", "retrieval"])
+def test_cached_candidates_give_the_uncached_losses(model, tiny_data, stage):
+    """Training mode (dropout on the trained adapters): the cache changes nothing."""
+    collator, items = _items(model, stage, tiny_data["qa"], 4)
+    batch = collator(items)
+    cache = MemoryCache(model)
+    cache.expect([d for _, ex in items for d in ex.docs])
+    prepare_model_for_stage(model, stage, K)
+    model.train()
+    losses = []
+    for use in (cache, None, cache):
+        torch.manual_seed(5)  # the same dropout masks
+        losses.append(
+            objective_for_stage(model, stage, 0.0, fast=True, cache=use)(batch)["loss"].item()
+        )
+    model.eval()
+    assert len(cache) == len({d for _, ex in items for d in ex.docs})
+    assert _close(losses[0], losses[1]) and losses[0] == losses[2]
+
+
+def test_global_batch_scales_make_micro_batching_irrelevant(model, tiny_data):
+    """One micro-batch of 2 or two of 1 (accumulated): the same global-batch mean."""
+    collator, items = _items(model, "instruct", tiny_data["qa"], 2)
+    labels = [collator.label_tokens(ex, pos) for pos, ex in items]
+    objective = objective_for_stage(model, "instruct", 0.1, fast=True)
+    prepare_model_for_stage(model, "instruct", K, fresh_decoder=False, fast=True)
+    model.eval()
+    whole = ScaledCollate(collator, StepScales.build(labels, 2, K, accum=1, processes=1))(items)
+    split = ScaledCollate(collator, StepScales.build(labels, 2, K, accum=2, processes=1))
+    parts = [objective(split([item])) for item in items]
+    out = objective(whole)
+    for key in ("loss", "ntp", "mse"):  # Accelerate divides each micro-batch's loss by accum
+        assert _close(out[key], sum(p[key] for p in parts) / 2)
+    assert whole["scale"]["ntp"] == 1 / sum(labels)
+
+
+def test_bucketing_keeps_every_global_batch_and_sorts_it():
+    order = [5, 1, 4, 0, 3, 2]
+    lengths = {0: 10, 1: 30, 2: 20, 3: 5, 4: 40, 5: 1}
+    out = bucket_order(order, 3, lengths)
+    assert out == [4, 1, 5, 2, 0, 3]
+    assert auto_micro_batch(8, 1000, 4096) == 4 and auto_micro_batch(6, 5000, 4096) == 1
+    assert auto_micro_batch(6, 1000, 4096) == 3
+
+
+def test_fast_dropout_rate_and_determinism():
+    drop = _FastDropout(0.1)
+    x = torch.ones(200_000)
+    torch.manual_seed(1)
+    a = drop(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, drop(x))
+    assert abs(float((a == 0).float().mean()) - 0.1) < 0.005
+    assert torch.allclose(a[a != 0], torch.tensor(1 / 0.9))
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_frozen_weights_cast_and_restored_exactly(model):
+    before = {n: p.detach().clone() for n, p in model.decoder.named_parameters()}
+    with cast_frozen_weights(model, torch.bfloat16) as n:
+        assert n > 0
+        dtypes = {p.dtype for n_, p in model.decoder.named_parameters() if "lora_" not in n_}
+        assert torch.bfloat16 in dtypes and torch.float32 in dtypes  # embeddings, norms stay
+    assert all(torch.equal(before[n], p) for n, p in model.decoder.named_parameters())
+
+
+TINY_FLAGS = [
+    "--doc-max-length",
+    "64",
+    "--compress-rate",
+    "16",
+    "--lora-r",
+    "4",
+    "--generation-top-k",
+    "2",
+]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _losses(out: Path) -> list[float]:
+    return [
+        json.loads(line)["loss"] for line in (out / "training_log.jsonl").read_text().splitlines()
+    ]
+
+
+def test_kill_9_mid_stage_then_resume_matches_with_the_memory_cache(
+    finetune, tiny_base, tiny_data, tmp_path
+):
+    """A run killed inside e2e re-fills the cache on resume: the losses match exactly."""
+    args = [
+        "--data",
+        f"e2e={tiny_data['qa']}",
+        "--stages",
+        "e2e",
+        "--base",
+        str(tiny_base),
+        *TINY_FLAGS,
+        "--max-steps",
+        "3",
+        "--train-batch-size",
+        "2",
+        "--micro-train-batch-size",
+        "1",
+        "--learning-rate",
+        "1e-3",
+        "--eval-max-examples",
+        "0",
+    ]
+    assert finetune(*args, "--output", tmp_path / "full", "--quiet") == 0
+    killed = [*args, "--output", str(tmp_path / "killed"), "--save-steps", "1"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.finetune", *killed],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "saved checkpoint" in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert any("distinct documents once" in line for line in seen)  # the cache was used
+    assert "e2e-step000001" in (tmp_path / "killed" / "checkpoints" / "LATEST").read_text()
+    assert finetune(*killed, "--resume", "--quiet") == 0
+    assert _losses(tmp_path / "killed") == _losses(tmp_path / "full")  # exact, step for step
+
+
+def test_legacy_step_still_trains_and_a_fast_checkpoint_needs_the_fast_step(
+    finetune, tiny_base, tiny_data, tmp_path
+):
+    args = [
+        "--data",
+        f"retrieval={tiny_data['qa']}",
+        "--stages",
+        "retrieval",
+        "--base",
+        str(tiny_base),
+        *TINY_FLAGS,
+        "--max-steps",
+        "2",
+        "--train-batch-size",
+        "2",
+        "--eval-max-examples",
+        "0",
+        "--output",
+        str(tmp_path / "o"),
+        "--quiet",
+        "--save-steps",
+        "1",
+    ]
+    assert finetune(*args, "--legacy-step") == 0
+    (tmp_path / "o" / "checkpoints" / "LATEST").write_text("00-retrieval-step000001")
+    with pytest.raises(SystemExit, match="plan differs"):
+        finetune(*args, "--resume")  # a legacy checkpoint resumes with --legacy-step only
