@@ -47,7 +47,7 @@ def test_from_pretrained_without_arguments_loads_it_and_integrations_share_it():
     assert default_model() is model  # loaded once per process
     assert set(model.adapters.names) >= {ENCODER_ADAPTER, DECODER_ADAPTER, QUERY_ADAPTER}
     assert model.compress_documents(["Paris is the capital of France."]).shape == (1, 8, 576)
-    assert ClaraLLM().model is model and ClaraEmbedding()._model is model
+    assert ClaraLLM().model is model and ClaraEmbedding().model is model
     assert ChatClara().model is model and ClaraEmbeddings().model is model
     assert ClaraVectorStore().model is model  # no model, no embedding: the shipped default
 
