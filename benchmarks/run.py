@@ -333,12 +333,13 @@ def _training_section(t: dict) -> list[str]:
         )
         return lines + _chart(charts.training_chart(t, RESULTS))
     first = next(iter(bases.values()))
+    steps = ", ".join(f"{base}: {b['steps']}" for base, b in bases.items())
     lines = [
         f"## Training throughput (CPU, {t['threads']} threads): fast step vs `--legacy-step`",
         "",
         f"Same global batch ({first['train_batch_size']} examples per optimiser step) for both, "
-        f"{first['rounds']} interleaved rounds of {first['steps']} step(s) per stage (the tiny base: "
-        "more steps); the wall time of a stage call, memory cache and set-up included, in its "
+        f"{first['rounds']} interleaved rounds of one stage call each ({steps} optimiser "
+        "steps per call); the wall time of a call, memory cache and set-up included, in its "
         "least disturbed round. "
         f"The fast step here: {first['fast_precision']} autocast, micro-batch chosen by "
         "`--micro-batch-tokens`; the legacy step: float32, micro batch 2. On a shared machine "
