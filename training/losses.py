@@ -179,14 +179,9 @@ class EndToEndObjective(torch.nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         model, n, k = self.model, batch["n_cand"], batch["k"]
-        if self.fast:
-            docs, mse_rows = _candidates(model, batch, self.cache, self.encode_batch_size)
-            mse = mse_rows.sum() * _scale(batch, "rows", len(mse_rows))
-        else:
-            with torch.no_grad():
-                docs, mse = model.encode_texts(
-                    batch["cand_texts"], ENCODER_ADAPTER, self.encode_batch_size, with_mse=True
-                )  # (B*N, n_mem, H)
+        docs, mse = _frozen_candidates(
+            model, batch, self.fast, self.cache, self.encode_batch_size
+        )  # (B*N, n_mem, H)
         queries, _ = model.encode_texts(batch["questions"], QUERY_ADAPTER, self.encode_batch_size)
         b = queries.shape[0]
         candidates = docs.reshape(b, n, *docs.shape[1:])  # (B, N, n_mem, H)
@@ -197,6 +192,24 @@ class EndToEndObjective(torch.nn.Module):
         else:
             ntp = _generator_loss(model, batch, selected, k)  # selected (B*k, n_mem, H)
         return {"loss": ntp, "ntp": ntp.detach(), "mse": mse.detach(), "topk_idx": topk_idx}
+
+
+def _frozen_candidates(
+    model: ClaraModel,
+    batch: dict[str, Any],
+    fast: bool,
+    cache: MemoryCache | None,
+    encode_batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate memories compressed without gradient (retrieval, e2e) and their MSE term:
+    through the memory cache on the fast step, re-encoded every time on the legacy one."""
+    if fast:
+        docs, mse_rows = _candidates(model, batch, cache, encode_batch_size)
+        return docs, mse_rows.sum() * _scale(batch, "rows", len(mse_rows))
+    with torch.no_grad():
+        return model.encode_texts(
+            batch["cand_texts"], ENCODER_ADAPTER, encode_batch_size, with_mse=True
+        )
 
 
 class RetrievalObjective(torch.nn.Module):
@@ -218,14 +231,7 @@ class RetrievalObjective(torch.nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         model, n = self.model, batch["n_cand"]
-        if self.fast:
-            docs, mse_rows = _candidates(model, batch, self.cache, self.encode_batch_size)
-            mse = mse_rows.sum() * _scale(batch, "rows", len(mse_rows))
-        else:
-            with torch.no_grad():
-                docs, mse = model.encode_texts(
-                    batch["cand_texts"], ENCODER_ADAPTER, self.encode_batch_size, with_mse=True
-                )
+        docs, mse = _frozen_candidates(model, batch, self.fast, self.cache, self.encode_batch_size)
         queries, _ = model.encode_texts(batch["questions"], QUERY_ADAPTER, self.encode_batch_size)
         b = queries.shape[0]
         scores = cosine_scores(queries.flatten(1), docs.reshape(b, n, -1))  # (B, N)

@@ -250,6 +250,15 @@ def test_docs_without_usable_document_stops_with_the_reasons(finetune, tiny_base
     assert f"{docs / 'notes.jsonl'}:1: not valid UTF-8" in out
 
 
+def _three_checkpointed_compress_steps(tiny_data, tiny_base, out):
+    """Flags: 3 compress steps of 2 examples on the tiny base, a checkpoint after each."""
+    return (
+        "--data", tiny_data["compress"], "--stages", "compress", "--output", out,
+        "--base", tiny_base, *TINY_FLAGS, "--max-steps", "3", "--train-batch-size", "2",
+        "--micro-train-batch-size", "2", "--save-steps", "1", "--eval-max-examples", "0",
+    )  # fmt: skip
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(
     finetune, tiny_base, tiny_data, tmp_path, monkeypatch, capsys
 ):
@@ -266,25 +275,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(
     monkeypatch.setattr(losses.CompressionObjective, "forward", poisoned)
     out = tmp_path / "o"
     code = finetune(
-        "--data",
-        tiny_data["compress"],
-        "--stages",
-        "compress",
-        "--output",
-        out,
-        "--base",
-        tiny_base,
-        *TINY_FLAGS,
-        "--max-steps",
-        "3",
-        "--train-batch-size",
-        "2",
-        "--micro-train-batch-size",
-        "2",
-        "--save-steps",
-        "1",
-        "--eval-max-examples",
-        "0",
+        *_three_checkpointed_compress_steps(tiny_data, tiny_base, out),
     )
     assert code == 3
     message = capsys.readouterr().out
@@ -321,25 +312,7 @@ def test_non_finite_gradient_with_finite_loss_never_reaches_a_checkpoint(
     monkeypatch.setattr(loop, "prepare_model_for_stage", poisoned)
     out = tmp_path / "o"
     code = finetune(
-        "--data",
-        tiny_data["compress"],
-        "--stages",
-        "compress",
-        "--output",
-        out,
-        "--base",
-        tiny_base,
-        *TINY_FLAGS,
-        "--max-steps",
-        "3",
-        "--train-batch-size",
-        "2",
-        "--micro-train-batch-size",
-        "2",
-        "--save-steps",
-        "1",
-        "--eval-max-examples",
-        "0",
+        *_three_checkpointed_compress_steps(tiny_data, tiny_base, out),
         "--lr-scheduler",
         "constant",
         "--learning-rate",
