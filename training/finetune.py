@@ -190,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fast step: compress retrieval/e2e candidates per micro-batch instead of once per stage",
     )
     t.add_argument(
+        "--retrieval-negatives",
+        default="candidates",
+        choices=("candidates", "bank"),
+        help="retrieval stage: a question's positives compete with its own candidates "
+        "(reference) or with every document of the stage (bank; compressed once, fast step)",
+    )
+    t.add_argument(
         "--micro-batch-tokens",
         type=int,
         default=0,

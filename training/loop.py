@@ -103,6 +103,7 @@ class StagePlan:
     seed: int
     tokens_per_epoch: int = 0
     fast_step: bool = False  # the fast step (fastpath.py); False: `--legacy-step`
+    negatives: str = "candidates"  # retrieval: `--retrieval-negatives` (losses.NEGATIVES)
 
     def fingerprint(self) -> dict[str, Any]:
         """The plan as JSON-able dict (checkpoints compare it on resume)."""
@@ -126,6 +127,7 @@ def plan_stage(
     mse_weight: float,
     seed: int,
     fast_step: bool = False,
+    negatives: str = "candidates",
 ) -> StagePlan:
     """Steps and accumulation of a stage (reference: ``ceil(epochs * (n // batch))``).
 
@@ -170,6 +172,7 @@ def plan_stage(
         mse_weight,
         seed,
         fast_step=fast_step,
+        negatives=negatives,
     )
 
 
@@ -318,7 +321,13 @@ def train_stage(
         collate_fn=collate,
     )
     objective = objective_for_stage(
-        model, plan.stage, plan.mse_weight, ctx.encode_batch_size, fast=plan.fast_step, cache=cache
+        model,
+        plan.stage,
+        plan.mse_weight,
+        ctx.encode_batch_size,
+        fast=plan.fast_step,
+        cache=cache,
+        negatives=plan.negatives,
     )
     if plan.fast_step and ctx.autocast_dtype is not None:
         # Per forward, as Accelerate does: autocast caches its casts of trainable weights

@@ -31,6 +31,8 @@ __all__ = ["CompressionObjective", "EndToEndObjective", "RetrievalObjective", "o
 
 # Temperature of the retrieval InfoNCE logits (reference `stage2_pretrain_retrieval`).
 RETRIEVAL_TEMPERATURE = 0.02
+#: What the retrieval stage's positives compete with (`RetrievalObjective`).
+NEGATIVES = ("candidates", "bank")
 
 
 def _spliced_embeds(
@@ -213,8 +215,14 @@ def _frozen_candidates(
 
 
 class RetrievalObjective(torch.nn.Module):
-    """Stage `retrieval`: multi-positive InfoNCE of the query reasoner over each example's
-    candidates, logits = cosine / 0.02 (reference `stage2_pretrain_retrieval`, spec §3.5)."""
+    """Stage `retrieval`: multi-positive InfoNCE of the query reasoner, logits = cosine /
+    0.02 (reference `stage2_pretrain_retrieval`, spec §3.5).
+
+    `negatives` picks what a question's positives compete with: ``"candidates"`` (the
+    reference) its own candidates; ``"bank"`` every document of the stage's memory cache
+    (thousands of negatives for the price of one matrix product, as the documents are
+    compressed once; FINDINGS.md: 9 minutes of this closed much of the gap to BM25).
+    """
 
     def __init__(
         self,
@@ -222,21 +230,34 @@ class RetrievalObjective(torch.nn.Module):
         encode_batch_size: int = 64,
         fast: bool = False,
         cache: MemoryCache | None = None,
+        negatives: str = "candidates",
     ) -> None:
         super().__init__()
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+        if negatives == "bank" and cache is None:
+            raise ValueError(
+                "negatives='bank' reads the stage's memory cache: use the fast step with the "
+                "memory cache on (no --legacy-step, no --no-memory-cache)"
+            )
         self.model = model
         self.encode_batch_size = encode_batch_size
         self.fast = fast
         self.cache = cache
+        self.negatives = negatives
+        self._bank: torch.Tensor | None = None  # (U, D) unit rows, built at the first step
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         model, n = self.model, batch["n_cand"]
         docs, mse = _frozen_candidates(model, batch, self.fast, self.cache, self.encode_batch_size)
         queries, _ = model.encode_texts(batch["questions"], QUERY_ADAPTER, self.encode_batch_size)
         b = queries.shape[0]
-        scores = cosine_scores(queries.flatten(1), docs.reshape(b, n, -1))  # (B, N)
-        logits = scores / RETRIEVAL_TEMPERATURE
-        pos = batch["pos_mask"].to(logits.device)
+        pos = batch["pos_mask"].to(queries.device)  # (B, N)
+        if self.negatives == "bank":
+            logits, pos = self._bank_logits(queries.flatten(1), batch["cand_texts"], pos)
+        else:
+            logits = cosine_scores(queries.flatten(1), docs.reshape(b, n, -1))
+            logits = logits / RETRIEVAL_TEMPERATURE  # (B, N)
         has_pos = pos.any(dim=1)  # (B,)
         # A row without positives uses all candidates (its term is then 0, no -inf/NaN)
         # and is left out of the mean, as the reference does.
@@ -249,6 +270,26 @@ class RetrievalObjective(torch.nn.Module):
             loss = (per_example * has_pos).sum() / has_pos.sum().clamp(min=1)
         return {"loss": loss, "ntp": loss.detach(), "mse": mse.detach()}
 
+    def _bank_logits(
+        self, queries: torch.Tensor, cand_texts: list[str], pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, U) logits of the queries (B, D) against the whole bank and the (B, U) mask
+        of each question's positives (its positive candidates' rows)."""
+        assert self.cache is not None
+        if self._bank is None:  # frozen compressor: the bank never changes within a stage
+            with torch.autocast(queries.device.type, enabled=False):
+                bank = self.cache.bank().flatten(1).float()
+                self._bank = torch.nn.functional.normalize(bank, dim=-1)
+        rows = self.cache.rows(cand_texts).reshape(pos.shape)  # (B, N)
+        bank_pos = torch.zeros(
+            pos.shape[0], self._bank.shape[0], dtype=torch.bool, device=pos.device
+        )
+        example, candidate = pos.nonzero(as_tuple=True)
+        bank_pos[example, rows[example, candidate]] = True
+        with torch.autocast(queries.device.type, enabled=False):
+            q = torch.nn.functional.normalize(queries.float(), dim=-1)
+            return q @ self._bank.T / RETRIEVAL_TEMPERATURE, bank_pos
+
 
 def objective_for_stage(
     model: ClaraModel,
@@ -257,13 +298,17 @@ def objective_for_stage(
     encode_batch_size: int = 64,
     fast: bool = False,
     cache: MemoryCache | None = None,
+    negatives: str = "candidates",
 ) -> torch.nn.Module:
     """The objective module of `stage`; `fast` and `cache` as in the module docstring
-    (`cache` only for the stages that read frozen candidates, `retrieval` and `e2e`)."""
+    (`cache` only for the stages that read frozen candidates, `retrieval` and `e2e`),
+    `negatives` as in `RetrievalObjective`."""
     if stage in ("compress", "instruct"):
         return CompressionObjective(model, mse_weight, encode_batch_size, fast=fast)
     if stage == "e2e":
         return EndToEndObjective(model, encode_batch_size, fast=fast, cache=cache)
     if stage == "retrieval":
-        return RetrievalObjective(model, encode_batch_size, fast=fast, cache=cache)
+        return RetrievalObjective(
+            model, encode_batch_size, fast=fast, cache=cache, negatives=negatives
+        )
     raise ValueError(f"unknown stage {stage!r}")

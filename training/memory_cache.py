@@ -112,22 +112,45 @@ class MemoryCache:
             time.perf_counter() - started,
         )
 
+    def _fill_pending(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self.fill(pending)
+
     def lookup(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """((N, n_mem, H), MSE terms (N,)) of `texts`, all of which must have been filled.
 
         Raises:
             KeyError: a text was not filled (the stage's schedule did not contain it).
         """
-        if self._pending:
-            pending, self._pending = self._pending, []
-            self.fill(pending)
+        self._fill_pending()
         if self._memory is None or self._mse is None:
             raise KeyError(
                 "the memory cache is empty: call fill() or expect() with the stage's "
                 "documents first"
             )
+        rows = self.rows(texts)
+        return self._memory[rows], self._mse[rows]
+
+    def rows(self, texts: Sequence[str]) -> torch.Tensor:
+        """Row numbers (N,) of `texts` in `bank()` (all of them must have been filled).
+
+        Raises:
+            KeyError: a text was not filled.
+        """
+        self._fill_pending()
+        if self._memory is None:
+            raise KeyError("the memory cache is empty")
         try:
-            rows = torch.as_tensor([self._index[t] for t in texts], device=self._memory.device)
+            return torch.as_tensor([self._index[t] for t in texts], device=self._memory.device)
         except KeyError as exc:
             raise KeyError(f"document not in the memory cache: {str(exc)[:80]}") from None
-        return self._memory[rows], self._mse[rows]
+
+    def bank(self) -> torch.Tensor:
+        """Every cached memory (U, n_mem, H), in row order: the negatives of
+        `--retrieval-negatives bank` (the whole stage's documents, not only a question's
+        candidates)."""
+        self._fill_pending()
+        if self._memory is None:
+            raise KeyError("the memory cache is empty: call fill() or expect() first")
+        return self._memory

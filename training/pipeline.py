@@ -285,6 +285,9 @@ def plan_for(
         mse_weight=value(args.mse_weight, stage, d.mse_weight),
         seed=args.seed,
         fast_step=not getattr(args, "legacy_step", False),
+        negatives=getattr(args, "retrieval_negatives", "candidates")
+        if stage == "retrieval"
+        else "candidates",
     )
     plan.tokens_per_epoch = tokens
     return plan

@@ -10,6 +10,7 @@ from safetensors import safe_open
 
 from clara_integrations import ClaraModel
 from tests.conftest import SHARED, TINY_BASE
+from training.data import doc_text
 from training.recipes import default_data
 from training.recipes.export_default import export
 
@@ -40,6 +41,26 @@ def test_build_writes_stage_files_and_demo_excerpt_is_held_out(tmp_path):
     excerpt = default_data.demo_excerpt(SHARED / "data")
     assert len(excerpt) == sum(n for _, n in default_data.DEMO_EXCERPT)
     assert trained.isdisjoint(r["id"] for r in excerpt)
+
+
+def test_no_held_out_question_or_passage_reaches_the_training_files(tmp_path):
+    """Every clara_qa question is also in the pretraining sample: stage 1 must not learn
+    the held-out ones, and the rows added for the query reasoner (pretraining questions,
+    crops) hold no held-out passage. (A labeled training question may have a held-out
+    question's passage among its negatives, as in the shared files.)"""
+    counts = default_data.build(SHARED / "data", tmp_path)
+    held_questions, held_docs = set(), set()
+    for source in default_data.QA_SOURCES:
+        for row in default_data.read_jsonl(tmp_path / f"heldout_{source}.jsonl"):
+            held_questions.add(row["question"].strip().lower())
+            held_docs.update(doc_text(d) for d in row["docs"])
+    stage1 = default_data.read_jsonl(tmp_path / "compress.jsonl")
+    asked = {q.strip().lower() for r in stage1 for q in r.get("question", [])}
+    assert asked and asked.isdisjoint(held_questions)
+    retrieval = default_data.read_jsonl(tmp_path / "retrieval.jsonl")
+    assert len(retrieval) == counts["retrieval"] > counts["train_nq"]
+    added = [r for r in retrieval if "gold" not in r]  # beside the labeled training rows
+    assert added and all(doc_text(d) not in held_docs for r in added for d in r["docs"])
 
 
 def test_bundled_demo_corpus_is_the_recipes_excerpt():

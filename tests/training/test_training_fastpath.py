@@ -263,3 +263,41 @@ def test_legacy_step_still_trains_and_a_fast_checkpoint_needs_the_fast_step(
     (tmp_path / "o" / "checkpoints" / "LATEST").write_text("00-retrieval-step000001")
     with pytest.raises(SystemExit, match="plan differs"):
         finetune(*args, "--resume")  # a legacy checkpoint resumes with --legacy-step only
+
+
+def test_bank_negatives_are_every_cached_document(model, tiny_data):
+    """`--retrieval-negatives bank`: the loss is InfoNCE over the whole cache. With one
+    example whose candidates are the whole cache it equals the reference loss; extra
+    documents in the bank only add negatives (the loss grows)."""
+    collator, items = _items(model, "retrieval", tiny_data["qa"], 2)
+    prepare_model_for_stage(model, "retrieval", K)
+    model.eval()
+    one = collator(items[:1])
+    cache = MemoryCache(model)
+    cache.expect(one["cand_texts"])
+    reference = objective_for_stage(model, "retrieval", 0.0, fast=True, cache=cache)(one)["loss"]
+    bank = objective_for_stage(model, "retrieval", 0.0, fast=True, cache=cache, negatives="bank")
+    assert _close(bank(one)["loss"], reference)
+    bigger = MemoryCache(model)
+    bigger.expect(one["cand_texts"] + ["An unrelated page about volcanoes.", "Tea in Assam."])
+    wide = objective_for_stage(model, "retrieval", 0.0, fast=True, cache=bigger, negatives="bank")
+    assert wide(one)["loss"].item() > reference.item()
+    # the second example's positives are its own rows, not the first example's
+    both = collator(items)
+    full = MemoryCache(model)
+    full.expect(both["cand_texts"])
+    out = objective_for_stage(model, "retrieval", 0.0, fast=True, cache=full, negatives="bank")
+    queries, _ = model.encode_texts(both["questions"], QUERY_ADAPTER)
+    bank_rows = torch.nn.functional.normalize(full.bank().flatten(1).float(), dim=-1)
+    logits = torch.nn.functional.normalize(queries.flatten(1).float(), dim=-1) @ bank_rows.T
+    logits = logits / 0.02
+    expected = []
+    for row, (_, ex) in enumerate(items):
+        gold = full.rows([ex.docs[i] for i in ex.pos_index])
+        expected.append(logits[row].logsumexp(0) - logits[row, gold].logsumexp(0))
+    assert _close(out(both)["loss"], torch.stack(expected).mean(), 1e-4)
+
+
+def test_bank_negatives_need_the_memory_cache(model):
+    with pytest.raises(ValueError, match="memory cache"):
+        objective_for_stage(model, "retrieval", 0.0, fast=True, cache=None, negatives="bank")

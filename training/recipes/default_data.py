@@ -18,6 +18,9 @@ import json
 import random
 from pathlib import Path
 
+from training.data import doc_text
+from training.pseudo_queries import pseudo_query_rows, retrieval_rows
+
 #: QA sets with candidates and gold labels (shared data README).
 QA_SOURCES = ("hotpotqa", "musique", "2wikimultihopqa", "squad", "nq", "clara_qa")
 #: Share of each QA set used for training; the rest is held out for evaluation.
@@ -81,23 +84,84 @@ def read_jsonl(path: Path) -> list[dict]:
     ]
 
 
+def without_heldout_questions(pretrain_rows: list[dict], held_questions: set[str]) -> list[dict]:
+    """The pretraining sample without the questions of held-out QA rows: every clara_qa
+    question is one of the sample's, so stage 1 would otherwise learn the held-out
+    answers (the checkpoint of 2026-11-26 did)."""
+    rows = []
+    for row in pretrain_rows:
+        if row.get("data_type", "qa") != "qa" or not isinstance(row.get("question"), list):
+            rows.append(row)
+            continue
+        kept = [
+            (q, a)
+            for q, a in zip(row["question"], row["answers"])
+            if q.strip().lower() not in held_questions
+        ]
+        if kept:
+            rows.append({**row, "question": [q for q, _ in kept], "answers": [a for _, a in kept]})
+    return rows
+
+
+def retrieval_data(
+    qa_train: list[dict],
+    pretrain_rows: list[dict],
+    unlabeled: list[str],
+    held_docs: set[str],
+    seed: int = 0,
+) -> list[dict]:
+    """The query reasoner's data (`--retrieval-negatives bank`): the labeled training
+    questions, the pretraining sample's questions with their document, and one cropped
+    pseudo-query per training-side document (training/pseudo_queries.py), 9 candidates each
+    (BM25 negatives). No held-out candidate passage appears in the added rows, as query
+    source or candidate."""
+    collection = [doc_text(d) for row in qa_train for d in row["docs"]]
+    pairs = []
+    for row in pretrain_rows:
+        questions = row.get("question")
+        if row.get("data_type", "qa") != "qa" or not questions:
+            continue
+        doc = doc_text(row["docs"][0])
+        collection.append(doc)
+        pairs += [(q, doc) for q in ([questions] if isinstance(questions, str) else questions)]
+    collection += unlabeled
+    collection = [d for d in dict.fromkeys(collection) if d not in held_docs]
+    pairs = [(q, d) for q, d in pairs if d not in held_docs]
+    rows = list(qa_train)
+    rows += retrieval_rows(pairs, collection, seed=seed)
+    rows += pseudo_query_rows(collection, seed=seed)
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
 def build(
     shared: Path, output: Path, train_fraction: float = TRAIN_FRACTION, seed: int = 0
 ) -> dict[str, int]:
     output.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
-    stage1 = stage1_rows(read_jsonl(shared / "clara_pretrain_example.jsonl"))
-    random.Random(seed).shuffle(stage1)
-    write_jsonl(output / "compress.jsonl", stage1)
-    counts["compress"] = len(stage1)
     train_all: list[dict] = []
+    held_questions: set[str] = set()
+    held_docs: set[str] = set()
     for source in QA_SOURCES:
         train, held = split_qa(read_jsonl(shared / f"{source}_dev.jsonl"), train_fraction)
         write_jsonl(output / f"heldout_{source}.jsonl", held)
         counts[f"train_{source}"], counts[f"heldout_{source}"] = len(train), len(held)
         train_all.extend(train)
+        held_questions.update(row["question"].strip().lower() for row in held)
+        held_docs.update(doc_text(d) for row in held for d in row["docs"])
     random.Random(seed).shuffle(train_all)  # sources interleaved, so any prefix mixes them
     write_jsonl(output / "qa_train.jsonl", train_all)
+    pretrain = without_heldout_questions(
+        read_jsonl(shared / "clara_pretrain_example.jsonl"), held_questions
+    )
+    stage1 = stage1_rows(pretrain)
+    random.Random(seed).shuffle(stage1)
+    write_jsonl(output / "compress.jsonl", stage1)
+    counts["compress"] = len(stage1)
+    handbook = [doc_text(r) for r in read_jsonl(shared / "handbook_18f_docs.jsonl")]
+    retrieval = retrieval_data(train_all, pretrain, handbook, held_docs, seed)
+    write_jsonl(output / "retrieval.jsonl", retrieval)
+    counts["retrieval"] = len(retrieval)
     return counts
 
 

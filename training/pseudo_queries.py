@@ -1,0 +1,107 @@
+"""Label-free retrieval examples from a document collection (Contriever-style cropping).
+
+A user's private documents come without questions. A span cut from a document is a
+pseudo-query whose positive is that document (Contriever, Izacard et al. 2022: random
+cropping beat the Inverse Cloze Task as a label-free pair); the other candidates are the
+collection's BM25 best matches for the span, so the query reasoner has to do better than
+word overlap among them. The rows are the reference's JSONL layout for the `retrieval`
+stage (`question`, `docs`, `pos_index`), inspectable beside the run.
+
+Spans are taken from the first `window_words` words only: a compressor reads the first
+`doc_max_length` tokens of a document, and a span from past that point would teach the
+query reasoner to find text the memory does not hold.
+
+Example:
+    >>> docs = ["The cat sat on the mat all day long.", "Dogs bark at the mailman every day."]
+    >>> rows = pseudo_query_rows(docs, per_doc=1, n_candidates=2, min_words=3, max_words=4)
+    >>> [row["docs"][row["pos_index"][0]] == docs[i] for i, row in enumerate(rows)]
+    [True, True]
+    >>> all(len(row["question"].split()) in (3, 4) for row in rows)
+    True
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from .bm25 import BM25
+
+__all__ = ["crop", "pseudo_query_rows", "retrieval_rows"]
+
+
+def crop(
+    text: str, rng: random.Random, min_words: int, max_words: int, window_words: int
+) -> str | None:
+    """A random span of `min_words`-`max_words` words from the first `window_words`
+    words of `text`, or None when the text is shorter than `min_words` words."""
+    words = text.split()[:window_words]
+    if len(words) < min_words:
+        return None
+    length = rng.randint(min_words, min(max_words, len(words)))
+    start = rng.randint(0, len(words) - length)
+    return " ".join(words[start : start + length])
+
+
+def retrieval_rows(
+    pairs: Sequence[tuple[str, str]],
+    documents: Sequence[str],
+    n_candidates: int = 9,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Retrieval rows for (query, positive document) pairs: the positive and the
+    `n_candidates - 1` best BM25 matches for the query among the other `documents` (filled
+    at random when fewer share a term), the positive at a random position.
+
+    Returns:
+        rows ``{"data_type": "qa", "question", "answer": "", "docs", "pos_index": [i]}``.
+    """
+    if n_candidates < 1:
+        raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
+    docs = list(dict.fromkeys(d for d in documents if d.strip()))
+    where_doc = {d: i for i, d in enumerate(docs)}
+    index = BM25(docs)
+    rng = random.Random(seed)
+    rows = []
+    for query, positive in pairs:
+        exclude = frozenset({where_doc[positive]}) if positive in where_doc else frozenset()
+        picked = index.top(query, n_candidates - 1, exclude)
+        if len(picked) < n_candidates - 1:
+            taken = set(picked) | exclude
+            others = [j for j in range(len(docs)) if j not in taken]
+            picked += rng.sample(others, min(len(others), n_candidates - 1 - len(picked)))
+        negatives = [docs[j] for j in picked]
+        at = rng.randint(0, len(negatives))
+        rows.append(
+            {
+                "data_type": "qa",
+                "question": query,
+                "answer": "",
+                "docs": negatives[:at] + [positive] + negatives[at:],
+                "pos_index": [at],
+            }
+        )
+    return rows
+
+
+def pseudo_query_rows(
+    documents: Sequence[str],
+    per_doc: int = 1,
+    n_candidates: int = 9,
+    min_words: int = 6,
+    max_words: int = 20,
+    window_words: int = 160,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """`per_doc` cropped pseudo-queries per distinct document, as `retrieval_rows` with
+    BM25 negatives from the same collection. Deterministic for a given `seed`."""
+    docs = list(dict.fromkeys(d for d in documents if d.strip()))
+    rng = random.Random(seed)
+    pairs = []
+    for doc in docs:
+        for _ in range(per_doc):
+            query = crop(doc, rng, min_words, max_words, window_words)
+            if query is not None:
+                pairs.append((query, doc))
+    return retrieval_rows(pairs, docs, n_candidates, seed)
