@@ -8,7 +8,13 @@ imports nothing, so the store can use it without pulling in the model stack.
 
 from __future__ import annotations
 
-__all__ = ["ClaraError", "MissingExtraError", "missing_extra"]
+__all__ = [
+    "ClaraError",
+    "DocumentTruncatedWarning",
+    "MissingExtraError",
+    "NotPicklableError",
+    "missing_extra",
+]
 
 
 class ClaraError(Exception):
@@ -40,3 +46,13 @@ def missing_extra(
     else:
         command = f"pip install {'--no-deps ' if no_deps else ''}{requirement}"
     return MissingExtraError(f"{feature} needs {requirement}, which is not installed: {command}")
+
+
+class NotPicklableError(ClaraError, TypeError):
+    """An object cannot travel to another process as it is; the message says what to do
+    (save the model / persist the store, then pickle)."""
+
+
+class DocumentTruncatedWarning(UserWarning):
+    """Documents were longer than the compressor reads (`doc_max_length`): the rest of
+    their text is not in their memory. Split them first (see the README's "Chunking")."""

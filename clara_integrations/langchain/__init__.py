@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from .chain import create_clara_rag_chain
 from .chat_model import ChatClara
+from .chunking import clara_text_splitter
 from .compressor import ClaraDocumentCompressor
 from .retriever import ClaraRetriever
 from .vector_store import ClaraEmbeddings, ClaraVectorStore
@@ -38,5 +39,6 @@ __all__ = [
     "ClaraEmbeddings",
     "ClaraRetriever",
     "ClaraVectorStore",
+    "clara_text_splitter",
     "create_clara_rag_chain",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -99,6 +100,44 @@ class ClaraVectorStore(VectorStore):
     @property
     def embeddings(self) -> ClaraEmbeddings:
         return self._embedding
+
+    # ------------------------------------------------------------------ persistence
+    def save_local(self, folder_path: str | os.PathLike[str]) -> None:
+        """Persist the store to `folder_path` (LangChain's FAISS/Chroma convention),
+        atomically: a crash leaves the previous version. Refuses a folder holding another
+        store (`FileExistsError`).
+
+        Example:
+            >>> vs.save_local("my-index")  # doctest: +SKIP
+            >>> again = ClaraVectorStore.load_local("my-index", ClaraEmbeddings(model))  # doctest: +SKIP
+        """
+        if not isinstance(self.store, MemoryStore):
+            raise TypeError(
+                f"save_local persists a MemoryStore; {type(self.store).__name__} keeps its data itself"
+            )
+        self.store.persist(folder_path, show_progress=False)
+
+    @classmethod
+    def load_local(
+        cls,
+        folder_path: str | os.PathLike[str],
+        embeddings: ClaraEmbeddings | None = None,
+        *,
+        model: ClaraModel | None = None,
+        **load_options: Any,
+    ) -> ClaraVectorStore:
+        """Open what `save_local` wrote. Nothing is unpickled (the store's files are
+        safetensors-like arrays, SQLite and JSON), so unlike FAISS's no
+        ``allow_dangerous_deserialization`` is needed.
+
+        Raises:
+            StoreMismatchError: the store holds another compressor's memory.
+        """
+        load_options.pop("allow_dangerous_deserialization", None)  # FAISS's flag: moot here
+        if model is None:
+            model = embeddings.model if embeddings is not None else default_model()
+        store = MemoryStore.load(folder_path, model=model, **load_options)
+        return cls(model, store, embedding=embeddings)
 
     # ------------------------------------------------------------------ writing
     def add_texts(

@@ -37,6 +37,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise missing_extra(__name__, "llama-index-core", extra="llama-index") from exc
 
+from .chunking import clara_node_parser
 from .embedding import ClaraEmbedding
 from .llm import ClaraLLM
 from .reranker import ClaraReranker
@@ -51,4 +52,5 @@ __all__ = [
     "ClaraRetriever",
     "ClaraSynthesizer",
     "ClaraVectorStore",
+    "clara_node_parser",
 ]

@@ -10,11 +10,12 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 
 from ..modeling.assets import default_model
 from ..pipeline import ClaraPipeline
+from ._pickle import PicklesWhole
 
 __all__ = ["ClaraEmbedding"]
 
 
-class ClaraEmbedding(BaseEmbedding):
+class ClaraEmbedding(PicklesWhole, BaseEmbedding):
     """Texts embed as their flattened CLaRa memory (``n_mem * H`` floats, the compressor),
     queries as the query reasoner's vector of the same width; cosine between the two is
     CLaRa's retrieval score.

@@ -34,6 +34,7 @@ from ..modeling.assets import default_model
 from ..pipeline import ClaraPipeline, Generation, sampling_kwargs
 from ._context import REGISTRY
 from ._memory import node_memory
+from ._pickle import PicklesWhole
 from ._streaming import astream_text
 
 __all__ = ["ClaraLLM"]
@@ -57,7 +58,7 @@ class _ContextPlan:
     memory: torch.Tensor
 
 
-class ClaraLLM(CustomLLM):
+class ClaraLLM(PicklesWhole, CustomLLM):
     """CLaRa's generator as a LlamaIndex LLM.
 
     With ``memory=`` (documents' memory: a ``(k, n_mem, H)`` / ``(k, n_mem * H)`` tensor,

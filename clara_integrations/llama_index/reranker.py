@@ -15,13 +15,14 @@ from ..modeling.assets import default_model
 from ..pipeline import ClaraPipeline, CompressionCache
 from ._context import register_nodes
 from ._memory import node_item, query_text, with_memory
+from ._pickle import PicklesWhole
 
 __all__ = ["ClaraReranker"]
 
 dispatcher = get_dispatcher(__name__)
 
 
-class ClaraReranker(BaseNodePostprocessor):
+class ClaraReranker(PicklesWhole, BaseNodePostprocessor):
     """Rerank nodes from any retriever (BM25, another vector index, ...) with CLaRa.
 
     Each node's memory is its ``embedding`` when it already carries CLaRa memory, else its

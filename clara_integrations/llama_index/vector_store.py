@@ -23,13 +23,14 @@ from ..store import MemoryStore
 from ._context import register_nodes
 from ._filters import to_store_filters
 from ._memory import item_to_node
+from ._pickle import PicklesWhole
 
 __all__ = ["ClaraVectorStore"]
 
 logger = logging.getLogger(__name__)
 
 
-class ClaraVectorStore(BasePydanticVectorStore):
+class ClaraVectorStore(PicklesWhole, BasePydanticVectorStore):
     """LlamaIndex vector store over a CLaRa `MemoryStore` (nodes + memory + FAISS).
 
     Node embeddings must be CLaRa memory, i.e. come from `ClaraEmbedding` of the model

@@ -9,10 +9,12 @@ mutates the model (`generation_top_k` is a per-call argument, not hidden state).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from .._sharing import ModelOrigin, model_reduce, weights_digest
 from ..config import ClaraConfig
+from ..errors import DocumentTruncatedWarning
 from . import prompts
 from .adapters import DECODER_ADAPTER, ENCODER_ADAPTER, QUERY_ADAPTER, AdapterSet
 from .attention import use_safe_sdpa
@@ -105,6 +109,7 @@ class ClaraModel(torch.nn.Module):
         self.special = special
         self.base_vocab_size = base_vocab_size
         self._identity: str | None = None
+        self._warned_truncation = False  # see _warn_truncation
         # Base-vocabulary rows a loaded checkpoint changed: {"embed_tokens"|"lm_head": ids}.
         self.base_row_patches: dict[str, torch.Tensor] = {}
         self.eval()
@@ -242,7 +247,28 @@ class ClaraModel(torch.nn.Module):
         )
         apply_checkpoint(model, files, adapter_policy)
         model.to(model.device)
+        load_kwargs = {"adapter_policy": adapter_policy, "dtype": model.dtype, **config_overrides}
+        if base_model is not None:
+            load_kwargs["base_model"] = str(base_model)
+        if device is not None:
+            load_kwargs["device"] = str(model.device)
+        # Pickling refers to this folder instead of copying weights (see _sharing.py).
+        model._origin = ModelOrigin(str(folder), load_kwargs, weights_digest(model))
         return model
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle by reference: the same model in this process, the checkpoint folder it
+        was loaded from in another (`NotPicklableError` if there is none)."""
+        return model_reduce(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ClaraModel:
+        # A real copy (pickling goes by reference, copying must not): nn.Module's default.
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        state = copy.deepcopy(self.__dict__, memo)
+        state.pop("_share_token", None)  # the copy is another object
+        new.__setstate__(state)
+        return new
 
     # ------------------------------------------------------------------ properties
     @property
@@ -406,6 +432,7 @@ class ClaraModel(torch.nn.Module):
         texts = validate_texts(texts)
         if not texts:
             return self._empty_memory()
+        self._warn_truncation(texts)
         self.eval()
         memory, _ = self.encode_texts(
             texts,
@@ -416,6 +443,39 @@ class ClaraModel(torch.nn.Module):
             reference_padding=reference_padding,
         )
         return memory
+
+    @property
+    def max_document_tokens(self) -> int:
+        """Text tokens of a document the compressor reads (`doc_max_length` + 1, as the
+        reference); the rest is cut. Size chunks with it (`clara_node_parser`,
+        `clara_text_splitter`)."""
+        return self.config.doc_max_length + 1
+
+    def _warn_truncation(self, texts: Sequence[str]) -> None:
+        """Warn (once per model) when documents are longer than the compressor reads:
+        cutting them silently would make answers worse with no sign of why."""
+        if self._warned_truncation:
+            return
+        limit = self.max_document_tokens
+        lengths = [
+            len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        ]
+        over = [n for n in lengths if n > limit]
+        if not over:
+            return
+        self._warned_truncation = True
+        lost = sum(n - limit for n in over)
+        warnings.warn(
+            f"{len(over)} of {len(texts)} documents are longer than the {limit} tokens the "
+            f"compressor reads (doc_max_length {self.config.doc_max_length}; longest "
+            f"{max(over)} tokens): {lost} of their {sum(over)} tokens ({lost / sum(over):.0%}) "
+            "are cut and not in their memory. Split documents into chunks of at most "
+            f"{self.config.doc_max_length} tokens first: LlamaIndex "
+            "`Settings.node_parser = clara_node_parser(model)`, LangChain "
+            "`clara_text_splitter(model).split_documents(docs)`. (Shown once per model.)",
+            DocumentTruncatedWarning,
+            stacklevel=3,
+        )
 
     @torch.no_grad()
     def encode_queries(

@@ -49,6 +49,18 @@ class CompressionCache:
         self.compressed = 0
         """Texts compressed so far (cache misses), for diagnostics."""
 
+    def __getstate__(self) -> dict:
+        # A copy (pickle, a worker process) starts empty: entries are cheap to recompute
+        # and may be hundreds of MB; the lock cannot be pickled at all.
+        return {
+            "max_items": self.max_items,
+            "max_bytes": self.max_bytes,
+            "batch_size": self.batch_size,
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
     def __len__(self) -> int:
         return len(self._items)
 

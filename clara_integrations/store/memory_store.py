@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._sharing import store_reduce
 from . import _indexing as indexing
 from . import _persistence as persistence
 from . import _validate as check
@@ -121,6 +122,11 @@ class MemoryStore:
         self._st = state
         self._lock = RWLock()
         self._finalizer = weakref.finalize(self, state.res.close)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle by reference to the persisted directory: the same store in this process,
+        ``MemoryStore.load(path)`` in another (`NotPicklableError` while unpersisted)."""
+        return store_reduce(self)
 
     @classmethod
     def load(

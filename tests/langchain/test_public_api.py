@@ -13,6 +13,7 @@ EXPECTED = [
     "ClaraEmbeddings",
     "ClaraRetriever",
     "ClaraVectorStore",
+    "clara_text_splitter",
     "create_clara_rag_chain",
 ]
 

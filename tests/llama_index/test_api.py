@@ -15,6 +15,7 @@ PUBLIC = [
     "ClaraRetriever",
     "ClaraSynthesizer",
     "ClaraVectorStore",
+    "clara_node_parser",
 ]
 
 

@@ -1,0 +1,80 @@
+"""LangChain idioms as users write them (issue: chunking, pickling, prompt chains,
+reloading, token counting)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from clara_integrations.errors import NotPicklableError
+from clara_integrations.langchain import (
+    ChatClara,
+    ClaraEmbeddings,
+    ClaraRetriever,
+    ClaraVectorStore,
+)
+
+TEXTS = ["Paris is the capital of France.", "Rome is the capital of Italy."]
+
+
+def test_pickled_components_keep_their_model(e2e_model):
+    for component in (ChatClara(model=e2e_model), ClaraEmbeddings(e2e_model)):
+        again = pickle.loads(pickle.dumps(component))
+        assert again.model is e2e_model  # not the shipped default
+
+
+def test_vector_store_and_retriever_pickle_once_saved(e2e_model, tmp_path):
+    vs = ClaraVectorStore(model=e2e_model)
+    vs.add_texts(TEXTS, ids=["paris", "rome"])
+    retriever = ClaraRetriever(model=e2e_model, store=vs.store, k=1)
+    with pytest.raises(NotPicklableError, match="persist"):
+        pickle.dumps(retriever)
+    vs.save_local(tmp_path / "index")
+    again = pickle.loads(pickle.dumps(retriever))
+    assert again.store is vs.store and again.model is e2e_model
+    assert [d.id for d in again.invoke("capital of Italy")] == [
+        d.id for d in retriever.invoke("capital of Italy")
+    ]
+
+
+def test_save_local_then_load_local(e2e_model, tmp_path):
+    vs = ClaraVectorStore(model=e2e_model)
+    vs.add_texts(TEXTS, ids=["paris", "rome"], metadatas=[{"c": "fr"}, {"c": "it"}])
+    vs.save_local(tmp_path / "index")
+    again = ClaraVectorStore.load_local(
+        tmp_path / "index", ClaraEmbeddings(e2e_model), allow_dangerous_deserialization=True
+    )
+    before = vs.similarity_search_with_score("capital of France", k=2)
+    after = again.similarity_search_with_score("capital of France", k=2)
+    assert [(d.id, d.metadata["c"]) for d, _ in after] == [
+        (d.id, d.metadata["c"]) for d, _ in before
+    ]
+    assert [s for _, s in after] == pytest.approx([s for _, s in before], abs=1e-5)
+
+
+LONG = " ".join(f"Fact number {i} is that the sky was clear on day {i}." for i in range(60))
+
+
+def test_long_texts_warn_and_the_clara_splitter_fits_them(fixture_dir):
+    import warnings
+
+    import torch
+    from langchain_core.documents import Document
+
+    from clara_integrations import ClaraModel
+    from clara_integrations.errors import DocumentTruncatedWarning
+    from clara_integrations.langchain import clara_text_splitter
+    from tests.conftest import TINY_BASE
+
+    model = ClaraModel.from_pretrained(  # its own: the warning is shown once per model
+        fixture_dir / "ckpt-e2e", base_model=TINY_BASE, dtype=torch.float32
+    )
+    chunks = clara_text_splitter(model).split_documents([Document(page_content=LONG)])
+    vs = ClaraVectorStore(model=model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DocumentTruncatedWarning)
+        vs.add_documents(chunks)
+    assert len(vs.store) == len(chunks) > 5
+    with pytest.warns(DocumentTruncatedWarning, match="longer than the 65 tokens"):
+        vs.add_texts([LONG])

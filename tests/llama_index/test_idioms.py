@@ -1,0 +1,85 @@
+"""LlamaIndex idioms as users write them (issue: chunking, pickling, prompt chains,
+reloading, token counting)."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import pytest
+
+from clara_integrations.errors import NotPicklableError
+from clara_integrations.llama_index import (
+    ClaraEmbedding,
+    ClaraLLM,
+    ClaraReranker,
+    ClaraRetriever,
+    ClaraVectorStore,
+)
+
+
+def test_pickled_components_keep_their_model(e2e_model):
+    """LlamaIndex's unpickling re-runs __init__ without the model: they came back holding
+    the shipped default (hidden size 576 instead of the fixture's 64)."""
+    for component in (ClaraEmbedding(model=e2e_model), ClaraLLM(model=e2e_model)):
+        again = pickle.loads(pickle.dumps(component))
+        assert again.model is e2e_model
+    reranker = pickle.loads(pickle.dumps(ClaraReranker(model=e2e_model, top_n=1)))
+    assert reranker.top_n == 1 and reranker._pipeline.model is e2e_model
+
+
+def test_vector_store_and_retriever_pickle_once_persisted(e2e_model, tmp_path):
+    vector_store = ClaraVectorStore(model=e2e_model)
+    vector_store.client.add_documents(
+        ["Paris is in France.", "Rome is in Italy."], e2e_model, ids=["p", "r"], show_progress=False
+    )
+    with pytest.raises(NotPicklableError, match="persist"):
+        pickle.dumps(vector_store)
+    vector_store.persist(str(tmp_path / "vs"))
+    again = pickle.loads(pickle.dumps(vector_store))
+    assert again.client is vector_store.client
+    retriever = ClaraRetriever(model=e2e_model, store=vector_store, similarity_top_k=1)
+    copy = pickle.loads(pickle.dumps(retriever))
+    assert [n.node.node_id for n in copy.retrieve("Italy")] == [
+        n.node.node_id for n in retriever.retrieve("Italy")
+    ]
+
+
+@pytest.fixture()
+def fresh_model(fixture_dir):
+    """A model of its own: the truncation warning is shown once per model."""
+    import torch
+
+    from clara_integrations import ClaraModel
+    from tests.conftest import TINY_BASE
+
+    return ClaraModel.from_pretrained(
+        fixture_dir / "ckpt-e2e", base_model=TINY_BASE, dtype=torch.float32
+    )
+
+
+LONG = " ".join(f"Fact number {i} is that the sky was clear on day {i}." for i in range(60))
+
+
+def test_default_chunks_are_cut_with_a_warning_clara_chunks_are_not(fresh_model):
+    """The default `SentenceSplitter` makes 1,024-token chunks; the tiny compressor reads
+    65 tokens. That used to be silent."""
+    from llama_index.core import Document, VectorStoreIndex
+
+    from clara_integrations.errors import DocumentTruncatedWarning
+    from clara_integrations.llama_index import clara_node_parser
+
+    embed = ClaraEmbedding(model=fresh_model)
+    parser = clara_node_parser(fresh_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DocumentTruncatedWarning)  # split right: no warning
+        index = VectorStoreIndex.from_documents(
+            [Document(text=LONG)], embed_model=embed, transformations=[parser]
+        )
+    nodes = list(index.docstore.docs.values())
+    assert len(nodes) > 5
+    assert all(
+        len(fresh_model.tokenizer.encode(n.text)) <= fresh_model.max_document_tokens for n in nodes
+    )
+    with pytest.warns(DocumentTruncatedWarning, match=r"1 of 1 documents .* Split documents"):
+        VectorStoreIndex.from_documents([Document(text=LONG)], embed_model=embed)
