@@ -14,8 +14,9 @@ from langchain_core.documents import Document
 from pydantic import BaseModel, PrivateAttr
 
 from ..pipeline import ClaraPipeline, Item
+from ..pipeline.context import REGISTRY
 
-__all__ = ["PipelineOwner", "to_document", "to_items"]
+__all__ = ["PipelineOwner", "register_documents", "to_document", "to_items"]
 
 
 class PipelineOwner(BaseModel):
@@ -51,6 +52,14 @@ def to_items(documents: Sequence[Document]) -> list[Item]:
             )
         items.append(Item(doc.id, doc.page_content, doc.metadata))
     return items
+
+
+def register_documents(
+    identity: str | None, documents: Sequence[Document], items: Sequence[Item]
+) -> None:
+    """Let `ChatClara` find these documents' memory in a prompt filled with their text
+    (`clara_integrations.pipeline.context`)."""
+    REGISTRY.register(identity, [d.page_content for d in documents], [i.memory for i in items])
 
 
 def to_document(item: Item, **metadata: Any) -> Document:

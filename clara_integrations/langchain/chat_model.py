@@ -13,11 +13,12 @@ from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ChatMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import AliasChoices, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr, model_validator
 
 from ..modeling import ClaraModel
 from ..modeling.assets import default_model
 from ..pipeline import Answer, Generation, MemoryStoreProtocol, check_question, sampling_kwargs
+from ..pipeline.context import REGISTRY
 from ._common import PipelineOwner, to_items
 
 __all__ = ["ChatClara"]
@@ -68,6 +69,7 @@ class ChatClara(PipelineOwner, BaseChatModel):
     """Make `invoke` stream internally (callbacks receive tokens)."""
     model_name: str | None = None
     """Name reported in traces and `response_metadata` (default: `clara/<base model>`)."""
+    _warned_dropped: bool = PrivateAttr(default=False)
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
@@ -116,6 +118,16 @@ class ChatClara(PipelineOwner, BaseChatModel):
             digest = hashlib.sha256(documents.detach().float().cpu().numpy().tobytes()).hexdigest()
             kwargs["documents"] = f"memory:{tuple(documents.shape)}:sha256:{digest}"
         return super()._get_llm_string(stop=stop, **kwargs)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of `text` in the model's own tokenizer (what `get_num_tokens`,
+        `trim_messages` and token-buffer memories count with); never a download.
+
+        Example:
+            >>> ChatClara(model=model).get_num_tokens("Paris is in France.") > 0  # doctest: +SKIP
+            True
+        """
+        return self.model.tokenizer.encode(text, add_special_tokens=False)
 
     # ------------------------------------------------------------------ LangChain hooks
     def _generate(
@@ -185,7 +197,12 @@ class ChatClara(PipelineOwner, BaseChatModel):
         }
         documents = kwargs.get("documents")
         if documents is None or len(documents) == 0:
-            return self.pipeline.prepare_chat(_chat_messages(messages), **gen)
+            in_prompt = self._documents_in_prompt(messages)
+            if in_prompt is None:
+                return self.pipeline.prepare_chat(_chat_messages(messages), **gen)
+            question, memory = in_prompt
+            return self.pipeline.prepare_answer(question, self.pipeline.memory_batch(memory), **gen)
+        self._warn_dropped(messages)
         question = _question(messages)
         memories = (
             self.pipeline.memory_batch(documents)
@@ -193,6 +210,50 @@ class ChatClara(PipelineOwner, BaseChatModel):
             else self.pipeline.memories(to_items(list(documents)))
         )
         return self.pipeline.prepare_answer(question, memories, **gen)
+
+    def _documents_in_prompt(
+        self, messages: Sequence[BaseMessage]
+    ) -> tuple[str, torch.Tensor] | None:
+        """(question, memory (k, n_mem, H)) when the last human message holds documents a
+        CLaRa retriever just returned (a prompt template filled with their text: the LCEL
+        ``{"context": retriever | format_docs, ...} | prompt | ChatClara()`` pattern); the
+        question is that message with the documents' text taken out. None otherwise."""
+        humans = [m for m in messages if m.type == "human"]
+        if not humans:
+            return None
+        text = _message_text(humans[-1])
+        found = REGISTRY.find(self.model.model_identity, text)
+        if not found:
+            return None
+        pieces, last = [], 0
+        for start, end, _ in found:
+            pieces.append(text[last:start])
+            last = end
+        pieces.append(text[last:])
+        question = " ".join("".join(pieces).split())
+        logger.info(
+            "ChatClara: the prompt holds %d retrieved documents (%d of its %d characters); "
+            "answering from their memory, with the rest of the prompt as the question",
+            len(found),
+            sum(end - start for start, end, _ in found),
+            len(text),
+        )
+        self._warn_dropped(messages)
+        return check_question(question), torch.stack([m for _, _, m in found])
+
+    def _warn_dropped(self, messages: Sequence[BaseMessage]) -> None:
+        """CLaRa's answer prompt is one question over memories: say once what is left out."""
+        humans = [m for m in messages if m.type == "human"]
+        others = len(messages) - 1 if humans else 0
+        if others and not self._warned_dropped:
+            self._warned_dropped = True
+            logger.warning(
+                "ChatClara answers from memory with CLaRa's single-turn prompt: %d of the %d "
+                "messages (system messages, earlier turns) are not part of it; put what they "
+                "say into the question if it matters (shown once per ChatClara)",
+                others,
+                len(messages),
+            )
 
     def _metadata(self, answer: Answer) -> dict[str, Any]:
         return {
@@ -244,6 +305,4 @@ def _question(messages: Sequence[BaseMessage]) -> str:
     humans = [m for m in messages if m.type == "human"]
     if not humans:
         raise ValueError("ChatClara needs a human message (the question) to answer from documents")
-    if len(messages) > 1:
-        logger.debug("CLaRa's answer prompt is single-turn: using only the last human message")
     return check_question(_message_text(humans[-1]))

@@ -12,7 +12,7 @@ from pydantic import ConfigDict, Field
 from ..modeling import ClaraModel
 from ..modeling.assets import default_model
 from ..pipeline import MemoryStoreProtocol
-from ._common import PipelineOwner, to_document
+from ._common import PipelineOwner, register_documents, to_document
 
 __all__ = ["ClaraRetriever"]
 
@@ -77,4 +77,6 @@ class ClaraRetriever(PipelineOwner, BaseRetriever):
             self.candidate_pool,
             self.filters if filters is None else filters,
         )
-        return [to_document(i, **{SCORE_KEY: i.score}) for i in items]
+        documents = [to_document(i, **{SCORE_KEY: i.score}) for i in items]
+        register_documents(self.model.model_identity, documents, items)
+        return documents

@@ -17,7 +17,7 @@ from ..modeling import ClaraModel
 from ..modeling.assets import default_model
 from ..pipeline import ClaraPipeline, Item, MemoryStoreProtocol
 from ..store import MemoryStore
-from ._common import to_document
+from ._common import register_documents, to_document
 
 __all__ = ["ClaraEmbeddings", "ClaraVectorStore"]
 
@@ -211,7 +211,8 @@ class ClaraVectorStore(VectorStore):
     ) -> list[tuple[Document, float]]:
         """Documents and their cosine similarity (in [-1, 1]) to the query vector."""
         _no_kwargs(kwargs)
-        return [(to_document(i), i.score) for i in self.pipeline.retrieve(query, k, filters=filter)]
+        items = self.pipeline.retrieve(query, k, filters=filter)
+        return list(zip(self._documents(items), (i.score for i in items)))
 
     def similarity_search_by_vector(
         self,
@@ -222,7 +223,7 @@ class ClaraVectorStore(VectorStore):
     ) -> list[Document]:
         _no_kwargs(kwargs)
         q = torch.as_tensor([embedding], dtype=torch.float32)
-        return [to_document(i) for i in self.pipeline.search(q, k, filter)]
+        return self._documents(self.pipeline.search(q, k, filter))
 
     def max_marginal_relevance_search(
         self,
@@ -241,7 +242,14 @@ class ClaraVectorStore(VectorStore):
             return []
         vectors = torch.stack([i.memory for i in items]).flatten(1).float().numpy()
         picked = maximal_marginal_relevance(q.float().cpu().numpy()[0], vectors, lambda_mult, k)
-        return [to_document(items[i]) for i in picked]
+        return self._documents([items[i] for i in picked])
+
+    def _documents(self, items: Sequence[Item]) -> list[Document]:
+        """Search results as documents, registered so that `ChatClara` finds their memory
+        in a prompt filled with their text."""
+        documents = [to_document(i) for i in items]
+        register_documents(self.model.model_identity, documents, items)
+        return documents
 
     def _select_relevance_score_fn(self) -> Any:
         # Cosine similarity in [-1, 1] -> relevance in [0, 1].

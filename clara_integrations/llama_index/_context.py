@@ -1,192 +1,23 @@
-"""Recognising CLaRa nodes inside the text a LlamaIndex synthesizer hands to an LLM.
-
-Why this exists: ``index.as_query_engine(llm=ClaraLLM(...))`` builds LlamaIndex's default
-*text* synthesizer (CompactAndRefine). There is no hook to swap in `ClaraSynthesizer`:
-`RetrieverQueryEngine.from_args` calls `get_response_synthesizer`, whose ``response_mode``
-is a closed enum and which reads no synthesizer from `Settings`. The nodes themselves
-never reach the LLM either: the synthesizer renders them as ``context_str`` text and
-calls ``llm.predict(template, context_str=...)`` (``query_str`` partially formatted into
-the template). Instrumentation spans could expose the nodes of ``synthesize``, but a
-streaming synthesizer calls the LLM lazily, after that span has closed, and a global
-span handler would meddle with the user's tracing.
-
-So the CLaRa components that return nodes with memory (`ClaraRetriever`,
-`ClaraVectorStore.query`, `ClaraReranker`) also record them here: the node's content as
-LlamaIndex renders it for an LLM (``get_content(MetadataMode.LLM)``, stripped, as the
-synthesizers' repacking strips it) -> its memory. `ClaraLLM` then splits a
-``context_str`` back into those contents. It answers from memory only when the whole
-context is exactly registered contents separated by whitespace (the synthesizers join
-chunks with ``"\\n\\n"`` or ``"\\n"``); any other text (a chunk cut by LlamaIndex, a node
-from another retriever, text a postprocessor rewrote) means the text path is used.
-
-The registry is process-wide, keyed by the compressor's identity (a store knows it
-without a model), least recently used first out, bounded in entries and in bytes: it only
-has to bridge the moment between retrieval and generation.
-"""
+"""LlamaIndex nodes in the pipeline's context registry (`clara_integrations.pipeline.context`
+says why it exists): their content as LlamaIndex's text synthesizers render it."""
 
 from __future__ import annotations
 
-import re
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore
 
-_TOKEN = re.compile(r"\S+")
-_SPACE = re.compile(r"\s*")
+from ..pipeline.context import REGISTRY
 
-MAX_ITEMS = 10_000
-MAX_BYTES = 256 * 2**20
+__all__ = ["REGISTRY", "llm_content", "register_nodes"]
 
 
 def llm_content(node: BaseNode | NodeWithScore) -> str:
-    """A node's text exactly as LlamaIndex's text synthesizers put it in a prompt."""
+    """A node's text exactly as LlamaIndex's text synthesizers put it in a prompt
+    (stripped, as their repacking strips it)."""
     node = node.node if isinstance(node, NodeWithScore) else node
     return node.get_content(metadata_mode=MetadataMode.LLM).strip()
-
-
-class ContextRegistry:
-    """``(identity, content) -> memory`` for recently returned nodes, LRU-bounded.
-
-    Example:
-        >>> registry = ContextRegistry(max_items=100)                        # doctest: +SKIP
-        >>> registry.register("clara-x", [node], [memory])                    # doctest: +SKIP
-        >>> registry.match("clara-x", "\\n\\n".join([c1, c2]))                  # doctest: +SKIP
-        [(c1, memory1), (c2, memory2)]
-    """
-
-    def __init__(self, max_items: int = MAX_ITEMS, max_bytes: int = MAX_BYTES) -> None:
-        self.max_items = max_items
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
-        # identity -> first whitespace-delimited token -> contents starting with it
-        self._heads: dict[str, dict[str, dict[str, None]]] = {}
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the registered memories."""
-        return self._bytes
-
-    @staticmethod
-    def _size(content: str, memory: torch.Tensor) -> int:
-        return memory.numel() * memory.element_size() + len(content)
-
-    def register(
-        self,
-        identity: str | None,
-        nodes: Sequence[BaseNode | NodeWithScore],
-        memories: Sequence[torch.Tensor | None],
-    ) -> None:
-        """Record each node's LLM-rendered content with its ``(n_mem, H)`` memory (nodes
-        without memory or content, and an unknown identity, are skipped)."""
-        if not identity:
-            return
-        fresh = [
-            (llm_content(n), m.detach().to("cpu", copy=True))
-            for n, m in zip(nodes, memories)
-            if m is not None
-        ]
-        with self._lock:
-            for content, memory in fresh:
-                if not content:
-                    continue
-                key = (identity, content)
-                old = self._items.pop(key, None)
-                if old is not None:
-                    self._bytes -= self._size(content, old)
-                self._items[key] = memory
-                self._bytes += self._size(content, memory)
-                head = _TOKEN.match(content).group()
-                self._heads.setdefault(identity, {}).setdefault(head, {})[content] = None
-            while self._items and (
-                len(self._items) > self.max_items or self._bytes > self.max_bytes
-            ):
-                self._evict()
-
-    def _evict(self) -> None:
-        (identity, content), memory = self._items.popitem(last=False)
-        self._bytes -= self._size(content, memory)
-        heads = self._heads[identity]
-        head = _TOKEN.match(content).group()
-        heads[head].pop(content, None)
-        if not heads[head]:
-            del heads[head]
-            if not heads:
-                del self._heads[identity]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._heads.clear()
-            self._bytes = 0
-
-    def get(self, identity: str, contents: Sequence[str]) -> list[torch.Tensor] | None:
-        """Memories of `contents`, or None if any is no longer registered."""
-        with self._lock:
-            out = []
-            for content in contents:
-                memory = self._items.get((identity, content))
-                if memory is None:
-                    return None
-                self._items.move_to_end((identity, content))
-                out.append(memory)
-            return out
-
-    def match(self, identity: str, context: str) -> list[tuple[str, torch.Tensor]] | None:
-        """Split `context` into registered contents separated only by whitespace, in
-        order of appearance; None unless every non-space character is accounted for."""
-        if not isinstance(context, str):
-            return None
-        n = len(context)
-        start = _SPACE.match(context).end()
-        if start == n:
-            return None
-        with self._lock:
-            heads = self._heads.get(identity)
-            if not heads:
-                return None
-            # Depth-first search over the positions where a registered content can start;
-            # back[j] = (i, content) means content spans context[i:...] and the next one
-            # (after whitespace) starts at j. Longest candidates are tried first.
-            back: dict[int, tuple[int, str] | None] = {start: None}
-            todo = [start]
-            while todo and n not in back:
-                i = todo.pop()
-                token = _TOKEN.match(context, i).group()
-                candidates = sorted(heads.get(token, ()), key=len)
-                for content in candidates:  # pushed shortest first, so popped longest first
-                    if not context.startswith(content, i):
-                        continue
-                    end = i + len(content)
-                    if end < n and not context[end].isspace():
-                        continue  # the content stops mid-word: not a node boundary
-                    nxt = _SPACE.match(context, end).end()
-                    if nxt not in back:
-                        back[nxt] = (i, content)
-                        todo.append(nxt)
-            if n not in back:
-                return None
-            found: list[str] = []
-            pos = n
-            while (step := back[pos]) is not None:
-                pos, content = step
-                found.append(content)
-            found.reverse()
-            out = []
-            for content in found:
-                self._items.move_to_end((identity, content))
-                out.append((content, self._items[(identity, content)]))
-            return out
-
-
-REGISTRY = ContextRegistry()
 
 
 def register_nodes(
@@ -195,4 +26,4 @@ def register_nodes(
     memories: Sequence[torch.Tensor | None],
 ) -> None:
     """Let `ClaraLLM` recognise these nodes in a text synthesizer's context."""
-    REGISTRY.register(identity, nodes, memories)
+    REGISTRY.register(identity, [llm_content(n) for n in nodes], memories)

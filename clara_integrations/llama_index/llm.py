@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections import OrderedDict
@@ -126,6 +127,7 @@ class ClaraLLM(PicklesWhole, CustomLLM):
 
     _pipeline: ClaraPipeline = PrivateAttr()
     _warned_text_context: bool = PrivateAttr(default=False)
+    _warned_template: bool = PrivateAttr(default=False)
     _answers: OrderedDict = PrivateAttr(default_factory=OrderedDict)
 
     def __init__(self, model: Any = None, **kwargs: Any) -> None:
@@ -357,7 +359,24 @@ class ClaraLLM(PicklesWhole, CustomLLM):
         logger.debug(
             "ClaraLLM: answering a text synthesizer's prompt from %d nodes' memory", len(memories)
         )
+        self._check_template(prompt)
         return _ContextPlan(question, tuple(contents), torch.stack([m.float() for m in memories]))
+
+    def _check_template(self, prompt: Any) -> None:
+        """CLaRa answers from memory with its own fixed prompt (the question and the
+        memories): say once when a user's template is therefore not applied."""
+        template = _template_text(prompt)
+        if template is None or template in _default_templates() or self._warned_template:
+            return
+        self._warned_template = True
+        logger.warning(
+            "ClaraLLM answered from memory with CLaRa's answer prompt (question + memory "
+            "tokens); the custom template %r (%d characters) is not applied on that path. Put "
+            "its instructions into the question, or set use_context_memory=False to answer "
+            "from the template and the documents' text (shown once per ClaraLLM)",
+            template[:60] + ("..." if len(template) > 60 else ""),
+            len(template),
+        )
 
     def _remember(self, plan: _ContextPlan, answer: str) -> None:
         """Note which nodes `answer` came from, for a later refine call."""
@@ -427,3 +446,27 @@ class ClaraLLM(PicklesWhole, CustomLLM):
             self._remember(plan, text)
 
         return tokens()
+
+
+def _template_text(prompt: Any) -> str | None:
+    """The text of a prompt template (a selector's default), or None if it has none."""
+    prompt = getattr(prompt, "default_template", prompt)
+    get = getattr(prompt, "get_template", None)
+    try:
+        return get() if callable(get) else None
+    except Exception:  # a template type without text
+        return None
+
+
+@functools.cache
+def _default_templates() -> frozenset[str]:
+    """LlamaIndex's own QA / refine / summarize templates (their text)."""
+    from llama_index.core.prompts import chat_prompts, default_prompts  # noqa: PLC0415
+
+    prompts = [
+        getattr(module, name)
+        for module in (default_prompts, chat_prompts)
+        for name in dir(module)
+        if name.isupper() and name.endswith("PROMPT")
+    ]
+    return frozenset(t for t in map(_template_text, prompts) if t is not None)

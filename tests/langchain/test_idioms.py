@@ -78,3 +78,74 @@ def test_long_texts_warn_and_the_clara_splitter_fits_them(fixture_dir):
     assert len(vs.store) == len(chunks) > 5
     with pytest.warns(DocumentTruncatedWarning, match="longer than the 65 tokens"):
         vs.add_texts([LONG])
+
+
+def test_token_counting_uses_the_models_tokenizer_without_network(e2e_model, monkeypatch):
+    """It fell back to a GPT-2 tokenizer from the hub, retried for minutes, returned 0."""
+    from langchain_core.messages import HumanMessage, SystemMessage, trim_messages
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    llm = ChatClara(model=e2e_model)
+    text = "Paris is the capital of France."
+    assert (
+        llm.get_num_tokens(text)
+        == len(e2e_model.tokenizer.encode(text, add_special_tokens=False))
+        > 0
+    )
+    messages = [SystemMessage("Be brief."), HumanMessage(text), HumanMessage("And Italy?")]
+    kept = trim_messages(
+        messages,
+        max_tokens=llm.get_num_tokens_from_messages(messages[-1:]) + 1,
+        token_counter=llm,
+        strategy="last",
+    )
+    assert kept == messages[-1:]
+
+
+def test_prompt_chain_answers_from_the_retrieved_memory(e2e_model, caplog):
+    """The LCEL pattern of LangChain's RAG tutorial: ChatClara used to read the prompt
+    text (documents included) with no memory at all."""
+    import logging
+
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.runnables import RunnablePassthrough
+
+    vs = ClaraVectorStore(model=e2e_model)
+    vs.add_texts(TEXTS, ids=["paris", "rome"])
+    retriever = vs.as_retriever(search_kwargs={"k": 2})
+    prompt = ChatPromptTemplate.from_template(
+        "Answer using only this context:\n{context}\n\nQuestion: {question}"
+    )
+    llm = ChatClara(model=e2e_model, max_new_tokens=6)
+
+    def format_docs(docs):
+        return "\n\n".join(d.page_content for d in docs)
+
+    chain = (
+        {"context": retriever | format_docs, "question": RunnablePassthrough()}
+        | prompt
+        | llm
+        | StrOutputParser()
+    )
+    question = "What is the capital of Italy?"
+    with caplog.at_level(logging.INFO, logger="clara_integrations.langchain.chat_model"):
+        via_prompt = chain.invoke(question)
+    assert "answering from their memory" in caplog.text
+    docs = retriever.invoke(question)
+    rest = f"Answer using only this context: Question: {question}"
+    direct = llm.invoke(rest, documents=docs)
+    assert via_prompt == direct.content
+
+
+def test_dropped_system_messages_are_said_once(e2e_model, caplog):
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    vs = ClaraVectorStore(model=e2e_model)
+    vs.add_texts(TEXTS)
+    docs = vs.similarity_search("Italy", k=1)
+    llm = ChatClara(model=e2e_model, max_new_tokens=2)
+    messages = [SystemMessage("Answer in French."), HumanMessage("Capital of Italy?")]
+    llm.invoke(messages, documents=docs)
+    llm.invoke(messages, documents=docs)
+    assert caplog.text.count("1 of the 2 messages") == 1

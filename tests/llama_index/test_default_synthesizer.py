@@ -12,7 +12,7 @@ import torch
 from llama_index.core import Document, StorageContext, VectorStoreIndex
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.query_engine import RetrieverQueryEngine
-from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
+from llama_index.core.schema import MetadataMode
 
 from clara_integrations.llama_index import (
     ClaraEmbedding,
@@ -22,7 +22,6 @@ from clara_integrations.llama_index import (
     ClaraSynthesizer,
     ClaraVectorStore,
 )
-from clara_integrations.llama_index._context import ContextRegistry
 from tests.llama_index.conftest import REFERENCE_MAX_NEW_TOKENS, DecoderSpy, documents
 
 K = 2  # similarity_top_k, = the fixture's generation_top_k
@@ -273,50 +272,16 @@ def _memory(value: float) -> torch.Tensor:
     return torch.full((2, 3), float(value))
 
 
-def _values(matched) -> list[int] | None:
-    return None if matched is None else [int(m[0, 0]) for _, m in matched]
+def test_a_custom_template_on_the_memory_path_is_said_once(index, e2e_model, reference, caplog):
+    """A user's text_qa_template cannot shape CLaRa's answer prompt: that used to be silent."""
+    from llama_index.core import PromptTemplate
 
-
-def test_registry_splits_a_context_into_registered_nodes():
-    registry = ContextRegistry()
-    texts = ["Alpha beta.", "Alpha beta gamma.", "Delta\n\nepsilon.", "a b", "a", "b c"]
-    registry.register(
-        "m", [TextNode(text=t) for t in texts], [_memory(i) for i in range(len(texts))]
-    )
-    match = lambda context: _values(registry.match("m", context))  # noqa: E731
-    assert match("Alpha beta.\n\nDelta\n\nepsilon.") == [0, 2]
-    assert match("  Alpha beta gamma.\nAlpha beta.  ") == [1, 0]  # any whitespace between/around
-    assert match("Delta\n\nepsilon. Alpha beta gamma.") == [2, 1]
-    assert match("a b c") == [4, 5]  # "a b" first (longest) leads nowhere: backtracks
-    assert match("Alpha beta. gamma.") is None  # text left over
-    assert match("Alpha beta.x") is None  # a node ends mid-word
-    assert match("Alpha beta") is None  # a node cut short
-    assert match("") is None and match(" \n ") is None
-    assert registry.match("another-model", "Alpha beta.") is None
-
-
-def test_registry_is_bounded_and_skips_nodes_without_memory():
-    registry = ContextRegistry(max_items=2)
-    nodes = [TextNode(text=t) for t in ("one", "two", "three")]
-    registry.register("m", nodes, [_memory(1), _memory(2), _memory(3)])
-    assert (
-        len(registry) == 2
-        and registry.match("m", "one") is None
-        and _values(registry.match("m", "two three")) == [2, 3]
-    )
-    assert registry.get("m", ["one"]) is None and len(registry.get("m", ["two", "three"])) == 2
-    registry.register(
-        "m", [NodeWithScore(node=nodes[2], score=1.0)], [_memory(4)]
-    )  # replaced, not added
-    assert len(registry) == 2 and _values(registry.match("m", "three")) == [4]
-    registry.register("m", [TextNode(text="four"), TextNode(text="  ")], [None, _memory(5)])
-    registry.register(None, [TextNode(text="five")], [_memory(6)])
-    assert len(registry) == 2
-    per_entry = _memory(0).numel() * 4 + len("three")
-    by_bytes = ContextRegistry(max_bytes=2 * per_entry)
-    by_bytes.register(
-        "m", [TextNode(text=t) for t in ("three", "seven", "eight")], [_memory(i) for i in range(3)]
-    )
-    assert len(by_bytes) == 2 and by_bytes.nbytes == 2 * per_entry
-    by_bytes.clear()
-    assert len(by_bytes) == 0 and by_bytes.nbytes == 0
+    template = PromptTemplate("Reply in French.\n{context_str}\nQ: {query_str}\nA: ")
+    llm = clara_llm(e2e_model)
+    with caplog.at_level(logging.WARNING, logger="clara_integrations.llama_index"):
+        index.as_query_engine(llm=llm, similarity_top_k=K).query(reference["questions"][0])
+        assert "custom template" not in caplog.text  # LlamaIndex's own: nothing to say
+        engine = index.as_query_engine(llm=llm, similarity_top_k=K, text_qa_template=template)
+        engine.query(reference["questions"][0])
+        engine.query(reference["questions"][1])
+    assert caplog.text.count("the custom template 'Reply in French.") == 1
