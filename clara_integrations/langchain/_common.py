@@ -27,6 +27,11 @@ class PipelineOwner(BaseModel):
 
     _pipe: ClaraPipeline | None = PrivateAttr(default=None)
 
+    def __repr_args__(self) -> Any:
+        # The model's field would print its whole module tree (~9,000 characters).
+        for name, value in super().__repr_args__():
+            yield name, (_ShortRepr(value) if name == "model" else value)
+
     @property
     def pipeline(self) -> ClaraPipeline:
         """The framework-free pipeline this adapter translates (`TypeError` /
@@ -36,6 +41,17 @@ class PipelineOwner(BaseModel):
             ClaraPipeline(model, store) if self._pipe is None else self._pipe.rebind(model, store)
         )
         return self._pipe
+
+
+class _ShortRepr:
+    def __init__(self, model: Any) -> None:
+        self.text = (
+            f"ClaraModel({getattr(model, 'model_identity', '?')}, "
+            f"base={getattr(getattr(model, 'config', None), 'decoder_model_name', '?')!r})"
+        )
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 def to_items(documents: Sequence[Document]) -> list[Item]:

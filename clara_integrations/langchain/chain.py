@@ -32,8 +32,9 @@ _TEXT_PROMPT = ChatPromptTemplate.from_messages(
 
 def create_clara_rag_chain(
     retriever: BaseRetriever, llm: BaseChatModel
-) -> Runnable[str, dict[str, Any]]:
-    """Retrieve, then answer: maps a question string to `{"answer": str, "documents": [...]}`.
+) -> Runnable[str | dict[str, Any], dict[str, Any]]:
+    """Retrieve, then answer: maps a question (a string, or `{"input": question}` as
+    LangChain's retrieval chains take it) to `{"answer": str, "documents": [...]}`.
 
     With `ChatClara` the answer is generated from the retrieved documents' memory
     tokens: if the chat model has no `store`, it is given the retriever's (found
@@ -80,11 +81,28 @@ def create_clara_rag_chain(
         else _text_answer(llm)
     )
     chain = (
-        RunnableLambda(check_question, name="question")
+        RunnableLambda(_question_of, name="question")
         | RunnableParallel(question=RunnablePassthrough(), documents=retriever)
         | RunnablePassthrough.assign(answer=answer)
     ).pick(["answer", "documents"])
     return chain.with_config(run_name="clara_rag_chain")
+
+
+#: Keys a dict input may carry its question under (LangChain's retrieval chains: "input").
+QUESTION_KEYS = ("input", "question", "query")
+
+
+def _question_of(value: Any) -> str:
+    """The question of a chain input: a string, or a dict with one of `QUESTION_KEYS`."""
+    if isinstance(value, dict):
+        key = next((k for k in QUESTION_KEYS if k in value), None)
+        if key is None:
+            raise ValueError(
+                f"a dict input needs the question under one of {list(QUESTION_KEYS)}, got "
+                f"keys {sorted(value)}"
+            )
+        value = value[key]
+    return check_question(value)
 
 
 def _memory_answer(llm: ChatClara) -> Any:

@@ -7,12 +7,13 @@ from typing import Any
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from ..modeling import ClaraModel
 from ..modeling.assets import default_model
 from ..pipeline import MemoryStoreProtocol
 from ._common import PipelineOwner, register_documents, to_document
+from .vector_store import ClaraVectorStore
 
 __all__ = ["ClaraRetriever"]
 
@@ -57,6 +58,12 @@ class ClaraRetriever(PipelineOwner, BaseRetriever):
     """If set, fetch this many candidates and re-rank them with `ClaraModel.select`."""
     filters: dict[str, Any] | None = None
     """Metadata filter applied before the top-k cut, e.g. `{"source": "a.pdf"}`."""
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _unwrap_vector_store(cls, store: Any) -> Any:
+        # The LlamaIndex retriever takes its vector store too: the same MemoryStore.
+        return store.store if isinstance(store, ClaraVectorStore) else store
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)

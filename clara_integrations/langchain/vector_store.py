@@ -16,7 +16,7 @@ from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from ..modeling import ClaraModel
 from ..modeling.assets import default_model
 from ..pipeline import ClaraPipeline, Item, MemoryStoreProtocol
-from ..store import MemoryStore
+from ..store import MemoryStore, StoreConfig
 from ._common import register_documents, to_document
 
 __all__ = ["ClaraEmbeddings", "ClaraVectorStore"]
@@ -33,13 +33,21 @@ class ClaraEmbeddings(Embeddings):
         True
     """
 
-    def __init__(self, model: ClaraModel | None = None, batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        model: ClaraModel | None = None,
+        batch_size: int = 16,
+        show_progress: bool | None = None,
+    ) -> None:
         self.pipeline = ClaraPipeline(default_model() if model is None else model)
         self.model: ClaraModel = self.pipeline.model
         self.batch_size = batch_size
+        self.show_progress = show_progress  # None: a bar for many batches only
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.pipeline.embed_documents(texts, self.batch_size, show_progress=None)
+        return self.pipeline.embed_documents(
+            texts, self.batch_size, show_progress=self.show_progress
+        )
 
     def embed_query(self, text: str) -> list[float]:
         return self.pipeline.embed_query(text)
@@ -79,6 +87,17 @@ class ClaraVectorStore(VectorStore):
         embedding: Embeddings | None = None,
         **store_options: Any,
     ) -> None:
+        if "embedding_function" in store_options:  # Chroma's name for it
+            if embedding is not None:
+                raise TypeError("give embedding= or embedding_function=, not both")
+            embedding = store_options.pop("embedding_function")
+        options = set(StoreConfig.model_fields) - {"n_mem", "hidden_size", "model_identity"}
+        unknown = sorted(set(store_options) - options)
+        if unknown:
+            raise TypeError(
+                f"ClaraVectorStore got unexpected keyword arguments {unknown}; besides model, "
+                f"store and embedding it takes MemoryStore options: {sorted(options)}"
+            )
         if embedding is not None and not isinstance(embedding, ClaraEmbeddings):
             raise TypeError(
                 f"ClaraVectorStore stores CLaRa memory, so embedding must be ClaraEmbeddings, got "
@@ -100,6 +119,19 @@ class ClaraVectorStore(VectorStore):
     @property
     def embeddings(self) -> ClaraEmbeddings:
         return self._embedding
+
+    def close(self) -> None:
+        """Release the store's files and writer lock (another object may then open and
+        write the same directory); also ``with ClaraVectorStore(...) as vs:``."""
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> ClaraVectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ persistence
     def save_local(self, folder_path: str | os.PathLike[str]) -> None:

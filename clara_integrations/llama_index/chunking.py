@@ -3,7 +3,9 @@
 LlamaIndex's default `SentenceSplitter` makes 1,024-token chunks; a CLaRa compressor
 reads `doc_max_length` tokens (256 for the shipped model) and cuts the rest, so most of
 every default chunk would never reach its memory. This is LlamaIndex's own splitter,
-counting tokens with the model's tokenizer.
+counting tokens with the model's tokenizer. Set it as ``Settings.transformations =
+[clara_node_parser(model)]`` or pass ``transformations=[...]``: ``Settings.node_parser``
+is read only until LlamaIndex first builds its default transformations list.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def clara_node_parser(
         >>> nodes = parser.get_nodes_from_documents([Document(text="A sentence. " * 200)])
         >>> max(len(model.tokenizer.encode(n.text, add_special_tokens=False)) for n in nodes) <= parser.chunk_size
         True
-        >>> Settings.node_parser = parser  # every index built from documents uses it
+        >>> Settings.transformations = [parser]  # every index built from documents uses it  # doctest: +SKIP
     """
     model = default_model() if model is None else model
     tokenizer = model.tokenizer

@@ -172,14 +172,20 @@ class ClaraLLM(PicklesWhole, CustomLLM):
         """Normalise `memory` to ``(k, n_mem, H)`` on the model's device and dtype.
 
         Accepts a tensor ``(k, n_mem, H)``, ``(k, n_mem * H)`` or ``(n_mem, H)``, or a
-        sequence of nodes (memory in ``embedding``), tensors or float lists.
+        sequence of nodes (memory in ``embedding``), tensors, float lists or document
+        texts (compressed once, cached).
 
         Raises:
             ValueError: empty memory, wrong sizes, or a node without CLaRa memory.
         """
         if not isinstance(memory, torch.Tensor):
+            memory = list(memory)
+            texts = [item for item in memory if isinstance(item, str)]
+            compressed = iter(self._pipeline.cache.get(self.model, texts) if texts else ())
             rows = []
             for i, item in enumerate(memory):
+                if isinstance(item, str):
+                    item = next(compressed)
                 if isinstance(item, (NodeWithScore, BaseNode)):
                     item = node_memory(item, self.model)
                     if item is None:

@@ -210,6 +210,19 @@ class ClaraVectorStore(PicklesWhole, BasePydanticVectorStore):
             nodes=nodes, similarities=[i.score for i in items], ids=[i.id for i in items]
         )
 
+    def close(self) -> None:
+        """Release the store's files and writer lock (another object may then open and
+        write the same directory); also ``with ClaraVectorStore(...) as vs:``."""
+        close = getattr(self._store, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> ClaraVectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ persistence
     def persist(self, persist_path: str, fs: Any = None) -> None:
         """Persist the MemoryStore into the directory `persist_path` (a trailing

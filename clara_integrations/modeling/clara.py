@@ -471,10 +471,10 @@ class ClaraModel(torch.nn.Module):
             f"{max(over)} tokens): {lost} of their {sum(over)} tokens ({lost / sum(over):.0%}) "
             "are cut and not in their memory. Split documents into chunks of at most "
             f"{self.config.doc_max_length} tokens first: LlamaIndex "
-            "`Settings.node_parser = clara_node_parser(model)`, LangChain "
+            "`Settings.transformations = [clara_node_parser(model)]`, LangChain "
             "`clara_text_splitter(model).split_documents(docs)`. (Shown once per model.)",
             DocumentTruncatedWarning,
-            stacklevel=3,
+            stacklevel=4,  # past compress_documents and its no_grad wrapper
         )
 
     @torch.no_grad()

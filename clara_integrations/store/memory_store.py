@@ -319,7 +319,7 @@ class MemoryStore:
         batch_size: int = 16,
         *,
         chunk_size: int = 1024,
-        show_progress: bool = True,
+        show_progress: bool | None = None,
     ) -> list[str]:
         """Compress ``texts`` with ``model`` and add them.
 
@@ -335,7 +335,7 @@ class MemoryStore:
             metadata, ids: as in :meth:`add`.
             batch_size: the model's compression batch size.
             chunk_size: texts per call to the model.
-            show_progress: show a tqdm bar.
+            show_progress: show a tqdm bar (default: for more than 64 texts).
 
         Returns:
             The new ids.
@@ -366,6 +366,8 @@ class MemoryStore:
                 self._st.begin_write()
                 self._st.cfg = self._st.cfg.model_copy(update={"model_identity": identity})
                 logger.info("store adopts model identity %r", identity)
+        if show_progress is None:
+            show_progress = len(texts_) > 64
         bar = tqdm(total=len(texts_), desc="compressing", unit="doc", disable=not show_progress)
         try:
             for s in range(0, len(texts_), chunk_size):

@@ -149,3 +149,24 @@ def test_dropped_system_messages_are_said_once(e2e_model, caplog):
     llm.invoke(messages, documents=docs)
     llm.invoke(messages, documents=docs)
     assert caplog.text.count("1 of the 2 messages") == 1
+
+
+def test_loud_failures_become_conventions(e2e_model):
+    """`{"input": q}` as LangChain's retrieval chains take it, the retriever built on the
+    vector store, Chroma's `embedding_function=`, and a short repr."""
+    from clara_integrations.langchain import create_clara_rag_chain
+
+    vs = ClaraVectorStore(embedding_function=ClaraEmbeddings(e2e_model))
+    vs.add_texts(TEXTS, ids=["paris", "rome"])
+    retriever = ClaraRetriever(model=e2e_model, store=vs, k=1)
+    assert retriever.store is vs.store
+    chain = create_clara_rag_chain(retriever, ChatClara(model=e2e_model, max_new_tokens=3))
+    by_dict = chain.invoke({"input": "capital of Italy?"})
+    assert by_dict == chain.invoke("capital of Italy?")
+    with pytest.raises(ValueError, match="'input'"):
+        chain.invoke({"text": "capital of Italy?"})
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['colour'\\]"):
+        ClaraVectorStore(model=e2e_model, colour="red")
+    assert len(repr(ChatClara(model=e2e_model))) < 300
+    with pytest.raises(ValueError, match="empty"):
+        ChatClara(model=e2e_model).invoke("")  # the same rule as ClaraLLM.complete("")

@@ -83,3 +83,38 @@ def test_default_chunks_are_cut_with_a_warning_clara_chunks_are_not(fresh_model)
     )
     with pytest.warns(DocumentTruncatedWarning, match=r"1 of 1 documents .* Split documents"):
         VectorStoreIndex.from_documents([Document(text=LONG)], embed_model=embed)
+
+
+def test_persist_reload_and_write_again_in_one_process(e2e_model, tmp_path):
+    """`load_index_from_storage` with the vector store opened from the same directory;
+    closing the first store lets a second object write there (it kept the lock)."""
+    from llama_index.core import Document, StorageContext, VectorStoreIndex, load_index_from_storage
+
+    embed = ClaraEmbedding(model=e2e_model)
+    with ClaraVectorStore(model=e2e_model) as vector_store:
+        index = VectorStoreIndex.from_documents(
+            [Document(text="Paris is in France."), Document(text="Rome is in Italy.")],
+            storage_context=StorageContext.from_defaults(vector_store=vector_store),
+            embed_model=embed,
+        )
+        index.storage_context.persist(persist_dir=str(tmp_path))
+        before = [n.node.text for n in index.as_retriever(similarity_top_k=1).retrieve("Italy")]
+    storage = StorageContext.from_defaults(
+        persist_dir=str(tmp_path),
+        vector_store=ClaraVectorStore.from_persist_dir(tmp_path, model=e2e_model),
+    )
+    again = load_index_from_storage(storage, embed_model=embed)
+    assert [n.node.text for n in again.as_retriever(similarity_top_k=1).retrieve("Italy")] == before
+    again.insert(Document(text="Madrid is in Spain."))
+    again.storage_context.persist(persist_dir=str(tmp_path))
+    assert len(ClaraVectorStore.from_persist_dir(tmp_path, model=e2e_model).client) == 3
+
+
+def test_complete_reads_memory_of_document_texts(e2e_model):
+    llm = ClaraLLM(model=e2e_model, max_new_tokens=4)
+    text = "Paris is the capital of France."
+    from_text = llm.complete("Capital of France?", memory=[text])
+    from_tensor = llm.complete("Capital of France?", memory=e2e_model.compress_documents([text]))
+    assert from_text.text == from_tensor.text
+    with pytest.raises(ValueError, match="empty"):
+        llm.complete("")
