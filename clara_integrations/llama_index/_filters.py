@@ -1,9 +1,9 @@
 """LlamaIndex `MetadataFilters` -> the MemoryStore's filter dict.
 
-The store ANDs one clause per key with ``$eq``, ``$ne``, ``$in`` and ``$nin``, and a
-list-valued metadata field matches when any element does; anything else (OR, NOT,
-nesting, range operators, two clauses on one key) is refused with a clear error rather
-than silently widened.
+Equality, membership, ranges, AND / OR and nesting translate one to one
+(`clara_integrations.store.filters`); what the store cannot evaluate before the top-k cut
+(NOT, text matching, empty checks) is refused with a clear error rather than silently
+widened.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 from llama_index.core.vector_stores.types import (
     FilterCondition,
     FilterOperator,
-    MetadataFilter,
     MetadataFilters,
 )
 
@@ -25,7 +24,12 @@ _OPS = {
     FilterOperator.IN: "$in",
     FilterOperator.ANY: "$in",  # list field contains any of the values
     FilterOperator.NIN: "$nin",
+    FilterOperator.GT: "$gt",
+    FilterOperator.GTE: "$gte",
+    FilterOperator.LT: "$lt",
+    FilterOperator.LTE: "$lte",
 }
+_CONDITIONS = {None: "$and", FilterCondition.AND: "$and", FilterCondition.OR: "$or"}
 
 
 def to_store_filters(filters: MetadataFilters | Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -41,26 +45,31 @@ def to_store_filters(filters: MetadataFilters | Mapping[str, Any] | None) -> dic
         return dict(filters) or None
     if not isinstance(filters, MetadataFilters):
         raise TypeError(f"filters must be MetadataFilters or a dict, got {type(filters).__name__}")
-    if filters.condition not in (None, FilterCondition.AND) and len(filters.filters) > 1:
+    return _translate(filters) or None
+
+
+def _translate(filters: MetadataFilters) -> dict[str, Any]:
+    word = _CONDITIONS.get(filters.condition)
+    if word is None:
         raise ValueError(
-            f"ClaraVectorStore filters support only the AND condition, got {filters.condition.value!r}"
+            f"filter condition {filters.condition.value!r} is not supported by the CLaRa store; "
+            "use 'and' or 'or' (a negation can often be written with 'ne' / 'nin')"
         )
-    out: dict[str, Any] = {}
+    parts = []
     for item in filters.filters:
-        if not isinstance(item, MetadataFilter):
-            raise ValueError("nested MetadataFilters are not supported by the CLaRa store")
+        if isinstance(item, MetadataFilters):
+            parts.append(_translate(item))
+            continue
         op = _OPS.get(item.operator)
         if op is None:
             raise ValueError(
                 f"filter operator {item.operator.value!r} on {item.key!r} is not supported; "
                 f"use one of {sorted(o.value for o in _OPS)}"
             )
-        if item.key in out:
-            raise ValueError(
-                f"two filters on {item.key!r}; combine them into one 'in'/'nin' filter"
-            )
         value = item.value
         if op in ("$in", "$nin") and not isinstance(value, list):
             value = [value]
-        out[item.key] = {op: value}
-    return out or None
+        parts.append({item.key: {op: value}})
+    if not parts:
+        return {}
+    return parts[0] if len(parts) == 1 else {word: parts}

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.indices.query.embedding_utils import get_top_k_mmr_embeddings
 from llama_index.core.schema import BaseNode, MetadataMode
 from llama_index.core.vector_stores.types import (
     BasePydanticVectorStore,
@@ -185,10 +186,16 @@ class ClaraVectorStore(PicklesWhole, BasePydanticVectorStore):
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Top ``similarity_top_k`` nodes by cosine with ``query_embedding`` (a
-        `ClaraEmbedding` query vector), with ``filters`` and ``doc_ids`` applied first."""
-        if query.mode != VectorStoreQueryMode.DEFAULT:
+        `ClaraEmbedding` query vector), with ``filters`` and ``doc_ids`` applied first.
+
+        ``mode=MMR`` (``as_retriever(vector_store_query_mode="mmr")``) re-ranks the best
+        ``similarity_top_k * mmr_prefetch_factor`` (default 4) by maximal marginal
+        relevance over their memories (LlamaIndex's own MMR, ``mmr_threshold`` as
+        there); the similarities returned are still the cosines."""
+        if query.mode not in (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.MMR):
             raise ValueError(
-                f"ClaraVectorStore supports only the default (dense) query mode, got {query.mode.value!r}"
+                "ClaraVectorStore supports the default (dense) and mmr query modes, got "
+                f"{query.mode.value!r}"
             )
         if query.query_embedding is None:
             raise ValueError("query_embedding is required; use embed_model=ClaraEmbedding(model)")
@@ -202,7 +209,12 @@ class ClaraVectorStore(PicklesWhole, BasePydanticVectorStore):
                 raise ValueError("give doc_ids or a ref_doc_id filter, not both")
             filters["ref_doc_id"] = {"$in": list(query.doc_ids)}
         q = torch.tensor(query.query_embedding, dtype=torch.float32).unsqueeze(0)
-        items = search_store(self._store, q, query.similarity_top_k, filters or None)
+        k = query.similarity_top_k
+        if query.mode == VectorStoreQueryMode.MMR:
+            fetch = k * int(kwargs.get("mmr_prefetch_factor", 4))
+            items = _mmr(query, search_store(self._store, q, fetch, filters or None), k, kwargs)
+        else:
+            items = search_store(self._store, q, k, filters or None)
         nodes = [item_to_node(i) for i in items]
         # Lets ClaraLLM answer from memory behind LlamaIndex's text synthesizers.
         register_nodes(self._store.config.model_identity, nodes, [i.memory for i in items])
@@ -261,3 +273,17 @@ class ClaraVectorStore(PicklesWhole, BasePydanticVectorStore):
         return cls.from_persist_path(
             Path(persist_dir) / f"{namespace}__vector_store", model=model, mmap=mmap, **load_kwargs
         )
+
+
+def _mmr(query: VectorStoreQuery, items: list[Item], k: int, kwargs: dict[str, Any]) -> list[Item]:
+    """`k` of `items` by LlamaIndex's maximal marginal relevance over their memories."""
+    if not items:
+        return items
+    _, picked = get_top_k_mmr_embeddings(
+        query.query_embedding,
+        [i.memory.flatten().float().tolist() for i in items],
+        similarity_top_k=k,
+        embedding_ids=list(range(len(items))),
+        mmr_threshold=query.mmr_threshold or kwargs.get("mmr_threshold"),
+    )
+    return [items[j] for j in picked]

@@ -8,10 +8,16 @@ Filter syntax (a dict; several keys are AND-ed)::
     {"source": {"$eq": "a.pdf"}}                # equality, explicit
     {"source": {"$ne": "a.pdf"}}                # not equal (nodes without the key match)
     {"source": {"$nin": ["a.pdf", "b.pdf"]}}    # none of (nodes without the key match)
+    {"page": {"$gte": 3, "$lt": 10}}            # ranges: $gt $gte $lt $lte, AND-ed
+    {"$or": [{"source": "a.pdf"}, {"page": {"$gt": 100}}]}   # any of the sub-filters
+    {"$and": [{...}, {...}]}                    # all of them (as several keys are)
 
-Values compare by JSON value: ``1 == 1.0`` and ``True != 1``; ``"1" != 1``. A list-valued
-metadata field matches when any of its elements matches (``{"tags": "x"}`` finds nodes
-whose ``tags`` list contains ``"x"``). Nested dicts are stored but cannot be filtered on.
+Values compare by JSON value: ``1 == 1.0`` and ``True != 1``; ``"1" != 1``. A range
+compares numbers with numbers and strings with strings (code-point order); a bound of one
+type never matches a value of the other, nor booleans or None (strings holding ``"``,
+``\\`` or control characters compare in their JSON-escaped form). A list-valued metadata
+field matches when any of its elements matches (``{"tags": "x"}`` finds nodes whose
+``tags`` list contains ``"x"``). Nested dicts are stored but cannot be filtered on.
 """
 
 from __future__ import annotations
@@ -24,7 +30,14 @@ from typing import Any
 __all__ = ["canonical_value", "compile_filters", "index_pairs"]
 
 _SCALARS = (str, int, float, bool, type(None))
-_OPERATORS = ("$eq", "$in", "$ne", "$nin")
+_MEMBERSHIP = ("$eq", "$in", "$ne", "$nin")
+_RANGES = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_OPERATORS = (*_MEMBERSHIP, *_RANGES)
+_LOGICAL = ("$and", "$or")
+# node_meta values are canonical JSON text: numbers are the rows whose text is neither a
+# quoted string nor true/false/null, and compare as REAL; strings compare as text.
+_IS_NUMBER = "substr(value, 1, 1) != '\"' AND value NOT IN ('true', 'false', 'null')"
+_IS_STRING = "substr(value, 1, 1) = '\"'"
 
 
 def canonical_value(value: Any) -> str:
@@ -57,28 +70,77 @@ def index_pairs(metadata: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
                 yield key, canonical_value(item)
 
 
-def _clause(key: str, spec: Any) -> tuple[str, list[str], bool]:
-    """-> (op, canonical values, negated) for one filter key."""
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"filter keys must be non-empty strings, got {key!r}")
-    if isinstance(spec, Mapping):
-        if len(spec) != 1 or next(iter(spec)) not in _OPERATORS:
-            raise ValueError(
-                f"filter for {key!r} must be a value, a list, or one of "
-                f"{{'$eq': v}}, {{'$ne': v}}, {{'$in': [...]}}, {{'$nin': [...]}}; got {spec!r}"
-            )
-        op, arg = next(iter(spec.items()))
-    elif isinstance(spec, (list, tuple, set, frozenset)):
-        op, arg = "$in", spec
-    else:
-        op, arg = "$eq", spec
+def _membership(key: str, op: str, arg: Any) -> tuple[str, list[Any]]:
     if op in ("$in", "$nin"):
         if not isinstance(arg, (list, tuple, set, frozenset)):
             raise ValueError(f"{op} for {key!r} needs a list of values, got {arg!r}")
         values = [canonical_value(v) for v in arg]
     else:
         values = [canonical_value(arg)]
-    return op, values, op in ("$ne", "$nin")
+    negated = op in ("$ne", "$nin")
+    if not values:  # $in [] matches nothing, $nin [] matches everything
+        return ("1" if negated else "0"), []
+    marks = ",".join("?" * len(values))
+    sub = f"SELECT vid FROM node_meta WHERE key = ? AND value IN ({marks})"
+    return f"n.vid {'NOT IN' if negated else 'IN'} ({sub})", [key, *values]
+
+
+def _range(key: str, op: str, bound: Any) -> tuple[str, list[Any]]:
+    if isinstance(bound, bool) or not isinstance(bound, (int, float, str)):
+        raise ValueError(f"{op} for {key!r} needs a number or a string, got {bound!r}")
+    if isinstance(bound, str):
+        # Compared without the JSON quotes (a closing quote would sort "ab" after "ab c").
+        test = f"{_IS_STRING} AND substr(value, 2, length(value) - 2) {_RANGES[op]} ?"
+        param = canonical_value(bound)[1:-1]
+    else:
+        test, param = (
+            f"{_IS_NUMBER} AND CAST(value AS REAL) {_RANGES[op]} ?",
+            float(canonical_value(bound)),
+        )
+    return f"n.vid IN (SELECT vid FROM node_meta WHERE key = ? AND {test})", [key, param]
+
+
+def _key_condition(key: str, spec: Any) -> tuple[str, list[Any]]:
+    """SQL condition and parameters for one key's filter."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"filter keys must be non-empty strings, got {key!r}")
+    if not isinstance(spec, Mapping):
+        op = "$in" if isinstance(spec, (list, tuple, set, frozenset)) else "$eq"
+        return _membership(key, op, spec)
+    unknown = [op for op in spec if op not in _OPERATORS]
+    if not spec or unknown or (len(spec) > 1 and any(op in _MEMBERSHIP for op in spec)):
+        raise ValueError(
+            f"filter for {key!r} must be a value, a list, one of {{'$eq': v}}, {{'$ne': v}}, "
+            f"{{'$in': [...]}}, {{'$nin': [...]}}, or range bounds ({', '.join(_RANGES)}, "
+            f"several AND-ed); got {spec!r}"
+        )
+    parts = [
+        _membership(key, op, arg) if op in _MEMBERSHIP else _range(key, op, arg)
+        for op, arg in spec.items()
+    ]
+    return _join(parts, "AND")
+
+
+def _join(parts: list[tuple[str, list[Any]]], word: str) -> tuple[str, list[Any]]:
+    if not parts:
+        return ("1" if word == "AND" else "0"), []
+    if len(parts) == 1:
+        return parts[0]
+    return f" {word} ".join(f"({cond})" for cond, _ in parts), [p for _, ps in parts for p in ps]
+
+
+def _condition(filters: Any) -> tuple[str, list[Any]]:
+    if not isinstance(filters, Mapping):
+        raise ValueError(f"filters must be a dict, got {type(filters).__name__}")
+    parts = []
+    for key, spec in filters.items():
+        if key in _LOGICAL:
+            if not isinstance(spec, (list, tuple)) or not spec:
+                raise ValueError(f"{key} needs a non-empty list of filter dicts, got {spec!r}")
+            parts.append(_join([_condition(sub) for sub in spec], key[1:].upper()))
+        else:
+            parts.append(_key_condition(key, spec))
+    return _join(parts, "AND")
 
 
 def compile_filters(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
@@ -86,18 +148,9 @@ def compile_filters(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
 
     Raises:
         ValueError: on malformed filters (the message names the key and the fix).
+
+    Example:
+        >>> compile_filters({"page": {"$gte": 3}})[1]
+        ['page', 3.0]
     """
-    if not isinstance(filters, Mapping):
-        raise ValueError(f"filters must be a dict, got {type(filters).__name__}")
-    conds: list[str] = []
-    params: list[Any] = []
-    for key, spec in filters.items():
-        _op, values, negated = _clause(key, spec)
-        if not values:  # $in [] matches nothing, $nin [] matches everything
-            conds.append("1" if negated else "0")
-            continue
-        marks = ",".join("?" * len(values))
-        sub = f"SELECT vid FROM node_meta WHERE key = ? AND value IN ({marks})"
-        conds.append(f"n.vid {'NOT IN' if negated else 'IN'} ({sub})")
-        params.extend([key, *values])
-    return (" AND ".join(conds) or "1"), params
+    return _condition(filters)

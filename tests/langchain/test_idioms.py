@@ -170,3 +170,21 @@ def test_loud_failures_become_conventions(e2e_model):
     assert len(repr(ChatClara(model=e2e_model))) < 300
     with pytest.raises(ValueError, match="empty"):
         ChatClara(model=e2e_model).invoke("")  # the same rule as ClaraLLM.complete("")
+
+
+def test_range_and_or_filters(e2e_model):
+    vs = ClaraVectorStore(model=e2e_model)
+    vs.add_texts(
+        ["A 1999 report.", "A 2005 report.", "A 2020 report."],
+        metadatas=[
+            {"year": 1999, "kind": "a"},
+            {"year": 2005, "kind": "b"},
+            {"year": 2020, "kind": "c"},
+        ],
+    )
+    newer = vs.similarity_search("report", k=3, filter={"year": {"$gte": 2005}})
+    assert sorted(d.metadata["year"] for d in newer) == [2005, 2020]
+    either = vs.similarity_search(
+        "report", k=3, filter={"$or": [{"kind": "a"}, {"year": {"$gt": 2010}}]}
+    )
+    assert sorted(d.metadata["year"] for d in either) == [1999, 2020]

@@ -118,3 +118,32 @@ def test_complete_reads_memory_of_document_texts(e2e_model):
     assert from_text.text == from_tensor.text
     with pytest.raises(ValueError, match="empty"):
         llm.complete("")
+
+
+def test_mmr_query_mode_as_langchain_has_it(e2e_model):
+    """`as_retriever(vector_store_query_mode="mmr")` was refused."""
+    from llama_index.core import Document, StorageContext, VectorStoreIndex
+
+    texts = [
+        "Paris is in France.",
+        "Paris is in France!",
+        "Rome is in Italy.",
+        "Oslo is in Norway.",
+    ]
+    index = VectorStoreIndex.from_documents(
+        [Document(text=t) for t in texts],
+        storage_context=StorageContext.from_defaults(
+            vector_store=ClaraVectorStore(model=e2e_model)
+        ),
+        embed_model=ClaraEmbedding(model=e2e_model),
+    )
+    dense = index.as_retriever(similarity_top_k=2).retrieve("Paris France")
+    diverse = index.as_retriever(
+        similarity_top_k=2,
+        vector_store_query_mode="mmr",
+        vector_store_kwargs={"mmr_threshold": 0.0},
+    ).retrieve("Paris France")
+    assert len(diverse) == 2 and diverse[0].node.text == dense[0].node.text
+    texts_of = lambda nodes: {n.node.text for n in nodes}  # noqa: E731
+    # threshold 0: pure diversity after the first pick, so the near-duplicate is not second
+    assert texts_of(diverse) != {"Paris is in France.", "Paris is in France!"}

@@ -6,7 +6,12 @@ import asyncio
 
 import pytest
 import torch
-from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
+from llama_index.core.vector_stores.types import (
+    FilterCondition,
+    FilterOperator,
+    MetadataFilter,
+    MetadataFilters,
+)
 
 from clara_integrations import MissingAdapterError
 from clara_integrations.llama_index import ClaraRetriever
@@ -49,7 +54,20 @@ def test_filters_dict_and_metadata_filters(e2e_model, store32, reference):
     )
     as_li = ClaraRetriever(model=e2e_model, store=store32, similarity_top_k=5, filters=li)
     assert sorted(n.node.metadata["i"] for n in as_li.retrieve(question)) == [0, 3]
-    bad = MetadataFilters(filters=[MetadataFilter(key="i", value=2, operator=FilterOperator.GT)])
+    ranged = MetadataFilters(
+        filters=[
+            MetadataFilter(key="i", value=2, operator=FilterOperator.GT),
+            MetadataFilter(key="half", value="first", operator=FilterOperator.EQ),
+        ],
+        condition=FilterCondition.OR,
+    )
+    got = ClaraRetriever(model=e2e_model, store=store32, similarity_top_k=5, filters=ranged)
+    n = len(reference["docs"])
+    want = [i for i in range(n) if i > 2 or i < n // 2]
+    assert sorted(x.node.metadata["i"] for x in got.retrieve(question)) == want[:5]
+    bad = MetadataFilters(
+        filters=[MetadataFilter(key="i", value="x", operator=FilterOperator.TEXT_MATCH)]
+    )
     with pytest.raises(ValueError, match="not supported"):
         ClaraRetriever(model=e2e_model, store=store32, filters=bad)
 

@@ -146,9 +146,9 @@ def test_vector_store_errors(e2e_model, index):
         vector_store.add([TextNode(text="x", embedding=[0.1] * 3)])
     with pytest.raises(ValueError, match="node_ids"):
         vector_store.query(VectorStoreQuery(query_embedding=[0.1] * width, node_ids=["a"]))
-    with pytest.raises(ValueError, match="query mode"):
+    with pytest.raises(ValueError, match="query modes"):
         vector_store.query(
-            VectorStoreQuery(query_embedding=[0.1] * width, mode=VectorStoreQueryMode.MMR)
+            VectorStoreQuery(query_embedding=[0.1] * width, mode=VectorStoreQueryMode.SPARSE)
         )
     with pytest.raises(StoreMismatchError):
         ClaraVectorStore(

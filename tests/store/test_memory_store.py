@@ -82,6 +82,17 @@ def test_filters_equality_membership_negation(small_store):
         "nin": ({"page": {"$nin": [0, 1, 2, 3]}}, lambda m: m["page"] > 3),
         "list-contains": ({"tags": "even"}, lambda m: "even" in m["tags"]),
         "float-int": ({"page": 2.0}, lambda m: m["page"] == 2),
+        "range": ({"page": {"$gte": 2, "$lt": 5}}, lambda m: 2 <= m["page"] < 5),
+        "range-float": ({"page": {"$gt": 4.5}}, lambda m: m["page"] > 4.5),
+        "range-string": ({"source": {"$lte": "s1.pdf"}}, lambda m: m["source"] <= "s1.pdf"),
+        "or": (
+            {"$or": [{"source": "s2.pdf"}, {"page": {"$lte": 1}}]},
+            lambda m: m["source"] == "s2.pdf" or m["page"] <= 1,
+        ),
+        "and-of-or": (
+            {"$and": [{"$or": [{"page": 0}, {"page": 6}]}, {"source": {"$ne": "s0.pdf"}}]},
+            lambda m: m["page"] in (0, 6) and m["source"] != "s0.pdf",
+        ),
     }
     for exact_rows in (10_000, 1):  # exact-on-allowed path, then masked-scan path
         store.configure(exact_filter_rows=exact_rows)
@@ -93,12 +104,27 @@ def test_filters_equality_membership_negation(small_store):
             assert all(pred(h.metadata) for row in hits for h in row), name
     assert store.search(q, k=5, filters={"source": "nope"}) == [[]] * 4
     assert store.search(q, k=5, filters={"page": {"$in": []}}) == [[]] * 4
+    assert store.search(q, k=5, filters={"page": {"$gt": "a"}}) == [[]] * 4  # no number is a string
+
+
+def test_string_ranges_order_like_python():
+    words = ["ab", "ab c", "ab!", "abc", "b", "a"]
+    with MemoryStore(n_mem=N_MEM, hidden_size=H) as store:
+        store.add(clustered(len(words)), ids=words, metadata=[{"w": w} for w in words])
+        for bound in words:
+            for op, test in (("$lt", str.__lt__), ("$gte", str.__ge__)):
+                hits = store.search(queries(1), k=10, filters={"w": {op: bound}})[0]
+                assert sorted(h.id for h in hits) == sorted(w for w in words if test(w, bound))
 
 
 @pytest.mark.parametrize(
     "bad",
     [
-        {"source": {"$gt": 1}},
+        {"source": {"$gt": [1]}},  # a range bound must be a number or a string
+        {"source": {"$gt": True}},
+        {"source": {"$eq": 1, "$gt": 0}},  # membership does not combine with bounds
+        {"$or": []},
+        {"$or": {"source": 1}},
         {"source": {"a": 1}},
         {"source": {"$in": "x"}},
         {"": 1},
