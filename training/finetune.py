@@ -252,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--qa-per-chunk", type=int, default=5)
     s.add_argument("--questions-per-chunk", type=int, default=2)
     s.add_argument("--num-candidates", type=int, default=10, help="candidates per e2e question")
+    s.add_argument(
+        "--crops-per-chunk",
+        type=int,
+        default=1,
+        help="label-free retrieval rows per chunk: a cropped span as the query (0: none)",
+    )
     s.add_argument("--eval-fraction", type=float, default=0.1)
     return p
 

@@ -118,6 +118,7 @@ def _synthesis_config(args: argparse.Namespace, config: ClaraConfig) -> Synthesi
         questions_per_chunk=args.questions_per_chunk,
         instruct_k=args.generation_top_k,
         num_candidates=args.num_candidates,
+        crops_per_chunk=getattr(args, "crops_per_chunk", 1),
         eval_fraction=args.eval_fraction,
         seed=args.seed,
         teacher=teacher,

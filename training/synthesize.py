@@ -8,7 +8,8 @@
    formats (so users can inspect, edit and reuse them with ``--data``):
    ``compress.jsonl`` (stage-1 QA rows and paraphrase rows), ``instruct.jsonl`` (question,
    k documents: the source chunk and BM25 hard negatives), ``e2e.jsonl`` and
-   ``retrieval.jsonl`` (question, N candidates, ``pos_index``), ``eval.jsonl`` (held-out
+   ``retrieval.jsonl`` (question, N candidates, ``pos_index``; plus cropped spans of each
+   chunk as label-free pseudo-queries), ``eval.jsonl`` (held-out
    questions, same layout as e2e) and ``chunks.jsonl``.
 
 Hard negatives are the chunks BM25 ranks highest for the question, skipping the source
@@ -32,6 +33,7 @@ from transformers import PreTrainedTokenizerBase
 from .bm25 import BM25
 from .data import DataError, iter_jsonl, iter_text_lines, summarize_issues, write_jsonl
 from .metrics import normalize_answer
+from .pseudo_queries import pseudo_query_rows
 from .teachers import Teacher
 
 __all__ = ["Chunk", "SynthesisConfig", "chunk_text", "read_documents", "synthesize"]
@@ -59,6 +61,7 @@ class SynthesisConfig:
     questions_per_chunk: int = 2  # stage 2/3 questions
     instruct_k: int = 5  # documents per instruct example
     num_candidates: int = 10  # candidates per e2e/retrieval example
+    crops_per_chunk: int = 1  # label-free retrieval rows: cropped spans (pseudo_queries.py)
     eval_fraction: float = 0.1
     max_eval: int = 200
     seed: int = 42
@@ -297,6 +300,15 @@ def synthesize(
             row = {"question": q, "answer": a, "docs": docs, "pos_index": [pos]}
             rows["e2e"].append(row)
             rows["retrieval"].append(row)
+    if config.crops_per_chunk > 0:  # label-free query reasoner pairs; eval chunks kept out
+        held = {row["chunk"] for row in rows["eval"]}
+        rows["retrieval"] += pseudo_query_rows(
+            [c.text for c in chunks if c.id not in held],
+            per_doc=config.crops_per_chunk,
+            n_candidates=n_neg + 1,
+            window_words=config.doc_max_length * 3 // 4,  # ~tokens the compressor reads
+            seed=config.seed,
+        )
     rows["chunks"] = [asdict(c) for c in chunks]
     if write:
         out = Path(out_dir)

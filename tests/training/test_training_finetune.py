@@ -510,3 +510,48 @@ def test_resume_from_a_stage_end_checkpoint(finetune, tiny_base, tiny_data, sing
     assert finetune(*_run_args(tiny_base, tiny_data, out), "--resume") == 0
     assert [r["loss"] for r in _log(out)] == [r["loss"] for r in _log(single_run)]
     assert _same_adapters(out, single_run)
+
+
+def test_label_free_query_reasoner_on_docs(finetune, fixture_dir, tiny_data, tmp_path):
+    """training/README.md's query-reasoner recipe: --docs, retrieval only, bank negatives.
+    Only the query reasoner changes; the compressor (and so every stored memory) does not."""
+    out = tmp_path / "qr"
+    code = finetune(
+        "--docs",
+        tiny_data["docs"],
+        "--init-from",
+        fixture_dir / "ckpt-e2e",
+        "--base",
+        fixture_dir / "tiny-llama-base",
+        "--stages",
+        "retrieval",
+        "--retrieval-negatives",
+        "bank",
+        "--train-batch-size",
+        "4",
+        "--max-steps",
+        "3",
+        "--learning-rate",
+        "1e-3",
+        "--eval-max-examples",
+        "0",
+        "--output",
+        out,
+        "--quiet",
+    )
+    assert code == 0 and len(_log(out)) == 3
+    crops = [json.loads(x) for x in (out / "data" / "retrieval.jsonl").read_text().splitlines()]
+    assert any(row["answer"] == "" for row in crops)
+    before = ClaraModel.from_pretrained(
+        fixture_dir / "ckpt-e2e", base_model=fixture_dir / "tiny-llama-base", dtype=torch.float32
+    )
+    after = ClaraModel.from_pretrained(out, dtype=torch.float32)
+    assert after.model_identity == before.model_identity  # same compressor
+    moved = [
+        not torch.equal(a, b)
+        for a, b in zip(
+            after.adapters.parameters("query_reasoner_adapter"),
+            before.adapters.parameters("query_reasoner_adapter"),
+        )
+    ]
+    assert any(moved)

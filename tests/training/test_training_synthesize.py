@@ -96,6 +96,16 @@ def test_synthesize_writes_every_stage(tiny_base, tiny_data, tmp_path):
     loaded = load_examples([tmp_path / "e2e.jsonl", tmp_path / "compress.jsonl"])
     assert not loaded.issues
     assert json.loads((tmp_path / "manifest.json").read_text())["chunks"] == len(rows["chunks"])
+    # label-free rows: a span of a training chunk points at that chunk, never an eval chunk
+    crops = [r for r in rows["retrieval"] if r["answer"] == ""]
+    held = {c["text"] for c in rows["chunks"] if c["id"] in {r["chunk"] for r in rows["eval"]}}
+    assert crops and len(rows["retrieval"]) == len(rows["e2e"]) + len(crops)
+    for row in crops:
+        positive = row["docs"][row["pos_index"][0]]
+        assert row["question"] in " ".join(positive.split())  # words of the chunk, re-spaced
+        assert positive in chunks and positive not in held
+        assert len(row["docs"]) == 6
+    assert not load_examples([tmp_path / "retrieval.jsonl"]).issues
 
 
 @contextlib.contextmanager
