@@ -23,7 +23,6 @@ recall@k = |top-k ∩ gold| / |gold|, averaged over questions.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import subprocess
@@ -97,25 +96,9 @@ def clara_order(query: torch.Tensor, memory: torch.Tensor) -> list[int]:
     return torch.argsort(scores, descending=True, stable=True).tolist()
 
 
-def compressor_digest(model) -> str:
-    """Hash of what a document's memory depends on: base, shape, compressor LoRA and the
-    memory-token rows. Checkpoints that only retrained the query reasoner share it."""
-    from clara_integrations.modeling.adapters import ENCODER_ADAPTER  # noqa: PLC0415
-
-    digest = hashlib.sha256(
-        f"{model.config.decoder_model_name}:{model.config.doc_max_length}:"
-        f"{model.config.compr_rate}".encode()
-    )
-    tensors = list(model.adapters.parameters(ENCODER_ADAPTER))
-    rows = sorted(model.special.unique_mem_ids)
-    tensors.append(model.decoder.get_input_embeddings().weight[rows])
-    for tensor in tensors:
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
-# (compressor digest, passage) -> memory (n_mem, H): the held-out sets share candidates
-# (SQuAD: 37 distinct among 1,190) and checkpoints often share a compressor.
+# (compressor identity, passage) -> memory (n_mem, H): the held-out sets share candidates
+# (SQuAD: 37 distinct among 1,190) and checkpoints often share a compressor (one that
+# retrained only the query reasoner has the same `model_identity`).
 _MEMORIES: dict[tuple[str, str], torch.Tensor] = {}
 
 
@@ -123,7 +106,7 @@ def clara_ranker(path: str) -> Ranker:
     from clara_integrations import ClaraModel  # noqa: PLC0415
 
     model = ClaraModel.from_pretrained(path if path != "default" else None, dtype=torch.float32)
-    digest = compressor_digest(model)
+    digest = model.model_identity
 
     def memories(docs: list[str]) -> torch.Tensor:
         missing = list(dict.fromkeys(d for d in docs if (digest, d) not in _MEMORIES))

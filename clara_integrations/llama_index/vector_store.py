@@ -131,11 +131,7 @@ class ClaraVectorStore(PicklesWhole, BasePydanticVectorStore):
 
     def _ids_where(self, filters: dict[str, Any] | None) -> list[str]:
         """Ids of all live nodes matching `filters` (store filter syntax)."""
-        n = len(self._store)
-        if n == 0:
-            return []
-        probe = torch.ones(1, self._store.config.dim)  # every row scores; only ids matter
-        return [h.id for h in self._store.search(probe, k=n, filters=filters)[0]]
+        return self._store.ids_where(filters)
 
     def _select(self, node_ids: list[str] | None, filters: MetadataFilters | None) -> list[str]:
         if node_ids is None and filters is None:

@@ -520,6 +520,25 @@ class MemoryStore:
             results = self._search_rows(q, k, allowed)
             return self._hits(results)
 
+    def ids_where(self, filters: Mapping[str, Any] | None = None) -> list[str]:
+        """Ids of every live node matching ``filters`` (the `search` syntax; all nodes
+        without), sorted; no vectors are read.
+
+        Raises:
+            ValueError: malformed filters.
+
+        Example:
+            >>> store = MemoryStore(n_mem=2, hidden_size=4)
+            >>> _ = store.add(torch.randn(3, 2, 4), ids=["a", "b", "c"],
+            ...               metadata=[{"year": 1990}, {"year": 2005}, {"year": 2020}])
+            >>> store.ids_where({"year": {"$gte": 2000}})
+            ['b', 'c']
+        """
+        if filters is not None:
+            compile_filters(filters)  # validate before taking the lock
+        with self._reading():
+            return self._st.db.ids_for_filter(filters, self._st.view)
+
     def _filter_rows(self, filters: Mapping[str, Any]) -> np.ndarray:
         key = repr(sorted((str(k), repr(v)) for k, v in filters.items()))
         rows = self._st.filter_cache.get(key)

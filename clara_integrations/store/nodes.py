@@ -405,6 +405,16 @@ class NodeDB:
         rows.sort()
         return rows
 
+    def ids_for_filter(self, filters: Mapping[str, Any] | None, view: int) -> list[str]:
+        """Ids of the live nodes that satisfy ``filters`` (all without), sorted."""
+        cond, params = compile_filters(filters) if filters else ("1", [])
+        with self.reading() as conn:
+            cur = conn.execute(
+                f"SELECT n.id FROM nodes n WHERE {_LIVE} AND {cond} ORDER BY n.id",
+                (view, view, *params),
+            )
+            return [r[0] for r in cur]
+
     def count_live(self, view: int) -> int:
         with self.reading() as conn:
             cur = conn.execute(f"SELECT count(*) FROM nodes n WHERE {_LIVE}", (view, view))

@@ -56,6 +56,9 @@ class MemoryStoreProtocol(Protocol):
     ) -> list[list[Hit]]:
         """Top-`k` hits per query row ``(B, n_mem * H)``, best first."""
 
+    def ids_where(self, filters: Mapping[str, Any] | None = None) -> list[str]:
+        """Ids of every node matching `filters` (all without), sorted."""
+
     def get_memories(self, ids: Sequence[str]) -> torch.Tensor:
         """``(len(ids), n_mem, H)`` memories, in order."""
 

@@ -280,6 +280,7 @@ class _Forwarding:
             "search",
             "get_memories",
             "get_nodes",
+            "ids_where",
             "add",
             "add_documents",
             "update",
