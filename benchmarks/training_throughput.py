@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,8 +45,9 @@ STAGES = ("compress", "instruct", "retrieval", "e2e")
 PATHS = ("legacy", "fast")
 
 
-def _args(base: str, batch: int, steps: int, out: Path, legacy: bool) -> argparse.Namespace:
-    from training.finetune import build_parser  # noqa: PLC0415 - keep `--help` light
+def _args(base: str, batch: int, steps: int, out: Path, legacy: bool) -> Any:
+    from training.config import FinetuneConfig  # noqa: PLC0415 - keep `--help` light
+    from training.finetune import build_parser  # noqa: PLC0415
 
     qa = str(DATA / "squad_dev.jsonl")
     argv = [
@@ -71,13 +73,12 @@ def _args(base: str, batch: int, steps: int, out: Path, legacy: bool) -> argpars
     ] + (["--legacy-step"] if legacy else [])
     if base == BASES["tiny"]:
         argv += ["--doc-max-length", "64", "--compress-rate", "16", "--lora-r", "4"]
-    return build_parser().parse_args(argv)
+    return FinetuneConfig.from_namespace(build_parser().parse_args(argv))
 
 
 def _prepare(base: str, batch: int, steps: int, out: Path):
     """Config, tokenizer, and per stage: examples, collator and the two plans."""
     from training import pipeline  # noqa: PLC0415
-    from training.finetune import _stage_value  # noqa: PLC0415
     from training.stages import STAGE_DEFAULTS  # noqa: PLC0415
 
     args = {path: _args(base, batch, steps, out, path == "legacy") for path in PATHS}
@@ -86,7 +87,7 @@ def _prepare(base: str, batch: int, steps: int, out: Path):
     stages = {}
     for index, stage in enumerate(STAGES):
         k = 1 if stage == "compress" else args["fast"].generation_top_k
-        max_len = _stage_value(args["fast"].max_len, stage, STAGE_DEFAULTS[stage].max_len)
+        max_len = args["fast"].max_len.get(stage, STAGE_DEFAULTS[stage].max_len)
         collator = pipeline.make_collator(tokenizer, special, stage, k, config, max_len, 42)
         kept, _, tokens = pipeline.prepare_stage_data(
             stage,
@@ -101,9 +102,7 @@ def _prepare(base: str, batch: int, steps: int, out: Path):
             args["fast"],
         )
         plans = {
-            path: pipeline.plan_for(
-                stage, index, kept, k, tokens, args[path], 1, _stage_value, collator
-            )
+            path: pipeline.plan_for(stage, index, kept, k, tokens, args[path], 1, collator)
             for path in PATHS
         }
         stages[stage] = {"examples": kept, "collator": collator, "plans": plans}

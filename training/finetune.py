@@ -37,6 +37,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from . import pipeline
+from .config import FinetuneConfig
 from .data import STAGES, DataError
 from .stages import STAGE_DEFAULTS, enable_gradient_checkpointing
 
@@ -262,10 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _stage_value(table: dict[str, Any], stage: str, default: Any) -> Any:
-    return table.get(stage, table.get("*", default))
-
-
 def _parse_stages(text: str) -> list[str]:
     stages = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
@@ -292,9 +289,7 @@ def _setup_logging(quiet: bool, is_main: bool) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
-def _stage_files(
-    args: argparse.Namespace, stages: list[str], data_dir: Path
-) -> dict[str, list[str]]:
+def _stage_files(args: FinetuneConfig, stages: list[str], data_dir: Path) -> dict[str, list[str]]:
     files: dict[str, list[str]] = {}
     for item in args.data:
         stage, sep, path = item.partition("=")
@@ -313,7 +308,9 @@ def _stage_files(
     return files
 
 
-def _synthesize(args, accelerator, config, tokenizer, data_dir: Path) -> Path | None:
+def _synthesize(
+    args: FinetuneConfig, accelerator: Accelerator, config: Any, tokenizer: Any, data_dir: Path
+) -> Path | None:
     """`--docs` -> `data_dir/*.jsonl` on the main process; None (logged) if the documents
     give no data. Every process learns of a failure, so none waits for the others forever."""
     failed = False
@@ -331,28 +328,32 @@ def _synthesize(args, accelerator, config, tokenizer, data_dir: Path) -> Path | 
     return None if flag.item() > 0 else data_dir
 
 
-def _plan_stages(args, stages, files, config, tokenizer, special, world_size):
+def _plan_stages(
+    args: FinetuneConfig,
+    stages: list[str],
+    files: dict[str, list[str]],
+    config: Any,
+    tokenizer: Any,
+    special: Any,
+    world_size: int,
+) -> tuple[list[Any], dict[str, list[Any]]]:
     """Read every stage's data and plan its steps: ([StagePlan], {stage: [Example]})."""
     plans, examples = [], {}
     for index, stage in enumerate(stages):
         k = args.compress_top_k if stage == "compress" else args.generation_top_k
-        max_len = _stage_value(args.max_len, stage, STAGE_DEFAULTS[stage].max_len)
+        max_len = args.max_len.get(stage, STAGE_DEFAULTS[stage].max_len)
         collator = pipeline.make_collator(tokenizer, special, stage, k, config, max_len, args.seed)
         kept, issues, tokens = pipeline.prepare_stage_data(stage, files[stage], k, collator, args)
         pipeline.report_issues(stage, files[stage], issues)
         examples[stage] = kept
-        plans.append(
-            pipeline.plan_for(
-                stage, index, kept, k, tokens, args, world_size, _stage_value, collator
-            )
-        )
+        plans.append(pipeline.plan_for(stage, index, kept, k, tokens, args, world_size, collator))
     return plans, examples
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad data, 3 non-finite loss,
     gradient or weights)."""
-    args = build_parser().parse_args(argv)
+    args = FinetuneConfig.from_namespace(build_parser().parse_args(argv))
     stages = _parse_stages(args.stages)
     if args.allow_network:
         os.environ["CLARA_ALLOW_NETWORK"] = "1"

@@ -4,7 +4,6 @@ plan, load the model, train every stage with evaluations and checkpoints, write 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from clara_integrations.modeling.tokens import SpecialTokens, prepare_tokenizer
 
 from .checkpoint import CheckpointManager, NonFiniteError
 from .collate import Collator
+from .config import FinetuneConfig
 from .data import REFERENCE_STAGE, DataError, Example, load_examples, summarize_issues, write_jsonl
 from .evaluate import evaluate_model, format_metrics, results_logger
 from .fastpath import (
@@ -65,7 +65,7 @@ def _base_name(name: str | None) -> str:
     return str(Path(name).resolve()) if Path(name).is_dir() else name
 
 
-def model_config(args: argparse.Namespace, stages: list[str]) -> ClaraConfig:
+def model_config(args: FinetuneConfig, stages: list[str]) -> ClaraConfig:
     """The CLaRa config of the run: from the checkpoint being continued, or fresh with the
     reference training CLI's settings.
 
@@ -110,7 +110,7 @@ def load_tokenizer(config: ClaraConfig) -> tuple[PreTrainedTokenizerBase, Specia
     return tokenizer, prepare_tokenizer(tokenizer, config.n_mem, config.different_mem_tokens)
 
 
-def _synthesis_config(args: argparse.Namespace, config: ClaraConfig) -> SynthesisConfig:
+def _synthesis_config(args: FinetuneConfig, config: ClaraConfig) -> SynthesisConfig:
     teacher = args.teacher if args.teacher == "offline" else f"{args.teacher}:{args.teacher_model}"
     return SynthesisConfig(
         doc_max_length=config.doc_max_length,
@@ -118,7 +118,7 @@ def _synthesis_config(args: argparse.Namespace, config: ClaraConfig) -> Synthesi
         questions_per_chunk=args.questions_per_chunk,
         instruct_k=args.generation_top_k,
         num_candidates=args.num_candidates,
-        crops_per_chunk=getattr(args, "crops_per_chunk", 1),
+        crops_per_chunk=args.crops_per_chunk,
         eval_fraction=args.eval_fraction,
         seed=args.seed,
         teacher=teacher,
@@ -126,7 +126,7 @@ def _synthesis_config(args: argparse.Namespace, config: ClaraConfig) -> Synthesi
 
 
 def synthesize_if_needed(
-    args: argparse.Namespace,
+    args: FinetuneConfig,
     config: ClaraConfig,
     tokenizer: PreTrainedTokenizerBase,
     data_dir: Path,
@@ -183,7 +183,7 @@ def make_collator(
 
 
 def prepare_stage_data(
-    stage: str, paths: list[str], k: int, collator: Collator, args: argparse.Namespace
+    stage: str, paths: list[str], k: int, collator: Collator, args: FinetuneConfig
 ) -> tuple[list[Example], list[str], int]:
     """Read, shape and length-check one stage's examples.
 
@@ -234,24 +234,23 @@ def report_issues(stage: str, paths: list[str], issues: list[str]) -> None:
 def _micro_batch(
     stage: str,
     examples: list[Example],
-    args: argparse.Namespace,
+    args: FinetuneConfig,
     world_size: int,
-    value,
     collator: Collator | None,
 ) -> int:
     """`--micro-train-batch-size` if given; else for the fast step the largest micro-batch
     within `--micro-batch-tokens` (tokens with gradient), else the reference's 2."""
-    given = value(args.micro_train_batch_size, stage, None)
+    given = args.micro_train_batch_size.get(stage)
     if given is not None:
         return given
     default = STAGE_DEFAULTS[stage].micro_train_batch_size
-    if getattr(args, "legacy_step", False) or collator is None or not examples:
+    if args.legacy_step or collator is None or not examples:
         return default
     batch = min(
-        value(args.train_batch_size, stage, STAGE_DEFAULTS[stage].train_batch_size), len(examples)
+        args.train_batch_size.get(stage, STAGE_DEFAULTS[stage].train_batch_size), len(examples)
     )
     per_process = max(batch // world_size, 1)
-    budget = getattr(args, "micro_batch_tokens", 0) or micro_batch_token_budget(default_device())
+    budget = args.micro_batch_tokens or micro_batch_token_budget(default_device())
     tokens = mean_example_tokens(examples, collator.grad_tokens)
     return auto_micro_batch(per_process, tokens, budget)
 
@@ -262,13 +261,12 @@ def plan_for(
     examples: list[Example],
     k: int,
     tokens: int,
-    args: argparse.Namespace,
+    args: FinetuneConfig,
     world_size: int,
-    value,
     collator: Collator | None = None,
 ) -> StagePlan:
-    """The stage's plan from the flags (`value(table, stage, default)`) and its data
-    (`collator` sizes the fast step's micro-batches)."""
+    """The stage's plan from the run's settings and its data (`collator` sizes the fast
+    step's micro-batches)."""
     d = STAGE_DEFAULTS[stage]
     plan = plan_stage(
         stage,
@@ -276,25 +274,23 @@ def plan_for(
         len(examples),
         world_size=world_size,
         k=k,
-        learning_rate=value(args.learning_rate, stage, d.learning_rate),
-        lr_scheduler=value(args.lr_scheduler, stage, d.lr_scheduler),
-        micro_batch_size=_micro_batch(stage, examples, args, world_size, value, collator),
-        train_batch_size=value(args.train_batch_size, stage, d.train_batch_size),
-        epochs=value(args.epochs, stage, 1.0),
-        max_steps=value(args.max_steps, stage, None),
-        max_len=value(args.max_len, stage, d.max_len),
-        mse_weight=value(args.mse_weight, stage, d.mse_weight),
+        learning_rate=args.learning_rate.get(stage, d.learning_rate),
+        lr_scheduler=args.lr_scheduler.get(stage, d.lr_scheduler),
+        micro_batch_size=_micro_batch(stage, examples, args, world_size, collator),
+        train_batch_size=args.train_batch_size.get(stage, d.train_batch_size),
+        epochs=args.epochs.get(stage, 1.0),
+        max_steps=args.max_steps.get(stage),
+        max_len=args.max_len.get(stage, d.max_len),
+        mse_weight=args.mse_weight.get(stage, d.mse_weight),
         seed=args.seed,
-        fast_step=not getattr(args, "legacy_step", False),
-        negatives=getattr(args, "retrieval_negatives", "candidates")
-        if stage == "retrieval"
-        else "candidates",
+        fast_step=not args.legacy_step,
+        negatives=args.retrieval_negatives if stage == "retrieval" else "candidates",
     )
     plan.tokens_per_epoch = tokens
     return plan
 
 
-def log_plan(plans: list[StagePlan], args: argparse.Namespace, config: ClaraConfig) -> None:
+def log_plan(plans: list[StagePlan], args: FinetuneConfig, config: ClaraConfig) -> None:
     """The dry-run plan: one line per stage (logged on stdout)."""
     results = results_logger()
     lines = [
@@ -321,7 +317,7 @@ class Trainer:
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        args: FinetuneConfig,
         accelerator: Accelerator,
         config: ClaraConfig,
         plans: list[StagePlan],
@@ -473,12 +469,12 @@ class Trainer:
                 encode_batch_size=args.encode_batch_size,
                 history=self.history,
                 state_for_checkpoint=self._state,
-                memory_cache=not getattr(args, "no_memory_cache", False),
+                memory_cache=not args.no_memory_cache,
                 autocast_dtype=fast_autocast_dtype(
                     self.acc.device,
                     args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION"),
                     self.acc.mixed_precision,
-                    legacy=getattr(args, "legacy_step", False),
+                    legacy=args.legacy_step,
                 ),
             )
             logger.info("stage %s: %d examples, %d steps", plan.stage, plan.n_examples, plan.steps)
@@ -510,7 +506,7 @@ class Trainer:
             self.model.save_pretrained(self.output / "official", official_format=True)
         write_jsonl(self.output / "training_log.jsonl", self.history)
         (self.output / "training_args.json").write_text(
-            json.dumps(vars(self.args), indent=1, default=str), encoding="utf-8"
+            json.dumps(self.args.to_json(), indent=1, default=str), encoding="utf-8"
         )
         write_report(self.output, self.plans, self.history, self.metrics, self.model.config)
         logger.info(
