@@ -1,7 +1,7 @@
 """LangChain adapters for CLaRa: retriever, chat model, RAG chain, reranker, vector store.
 
 Only this subpackage imports `langchain-core`; install it with
-`pip install clara-integrations[langchain]`.
+``pip install "clara-integrations[langchain]"``.
 
 How memory reaches the chat model: documents are passed to `ChatClara` as a call
 keyword, `llm.invoke(question, documents=docs)`. A document whose `id` is in the
@@ -18,13 +18,12 @@ Example:
 
 from __future__ import annotations
 
+from ..errors import missing_extra
+
 try:
     import langchain_core  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "clara_integrations.langchain needs langchain-core; install it with "
-        "`pip install clara-integrations[langchain]`"
-    ) from exc
+    raise missing_extra(__name__, "langchain-core", extra="langchain") from exc
 
 from .chain import create_clara_rag_chain
 from .chat_model import ChatClara

@@ -1,29 +1,16 @@
-"""Streaming glue for `ClaraLLM`: the pipeline's streamer as (text, delta) pairs, and
-async iteration of a blocking iterator."""
+"""Streaming glue for `ClaraLLM`: async iteration of a blocking iterator (the pipeline's
+one streamer does the rest)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
-
-from ..pipeline import Generation
 
 logger = logging.getLogger(__name__)
 
 _DONE = object()
-
-
-def stream_text(
-    run: Callable[..., Any], tokenizer: Any, lock: Any = None
-) -> Iterator[tuple[str, str]]:
-    """(text so far, delta) of ``run(streamer=..., stopping_criteria=...)``, through the
-    pipeline's one streamer and hold-back rule. `lock` is accepted for compatibility and
-    not needed: the model's `AdapterSet` lock serialises generation."""
-    stream = Generation(tokenizer, run).stream()
-    for delta in stream:
-        yield stream.text, delta
 
 
 async def astream_text(sync_iter: Iterator[Any]) -> AsyncIterator[Any]:

@@ -39,4 +39,7 @@ def test_langchain_is_optional_and_its_absence_names_the_extra():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "pip install clara-integrations[langchain]" in out.stdout
+    assert (
+        'needs langchain-core, which is not installed: pip install "clara-integrations[langchain]"'
+        in out.stdout
+    )

@@ -11,8 +11,8 @@ from llama_index.core.llms import ChatMessage, MessageRole
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from clara_integrations.llama_index import ClaraLLM
-from clara_integrations.llama_index._streaming import stream_text
 from clara_integrations.modeling.tokens import reference_decode
+from clara_integrations.pipeline import Generation
 
 N_NEW = 6
 
@@ -169,7 +169,8 @@ def test_stream_deltas_survive_the_reference_space_cleanup(e2e_model):
             streamer.put(torch.tensor([i]))
         streamer.end()
 
-    pieces = list(stream_text(run, tok, threading.RLock()))
+    stream = Generation(tok, run).stream()  # the one streamer both adapters use
+    pieces = [(stream.text, delta) for delta in stream]
     final = reference_decode(tok, [ids])[0]
     assert "".join(d for _, d in pieces) == final and pieces[-1][0] == final
     assert all("\ufffd" not in d for _, d in pieces)
@@ -181,4 +182,4 @@ def test_generation_errors_reach_the_consumer(e2e_model):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        list(stream_text(run, e2e_model.tokenizer, threading.RLock()))
+        list(Generation(e2e_model.tokenizer, run).stream())
