@@ -17,6 +17,7 @@ from ..modeling import ClaraModel
 from ..modeling.assets import default_model
 from ..pipeline import ClaraPipeline, Item, MemoryStoreProtocol
 from ..store import MemoryStore, StoreConfig
+from ..store.closing import ClosesStore
 from ._common import register_documents, to_document
 
 __all__ = ["ClaraEmbeddings", "ClaraVectorStore"]
@@ -53,7 +54,7 @@ class ClaraEmbeddings(Embeddings):
         return self.pipeline.embed_query(text)
 
 
-class ClaraVectorStore(VectorStore):
+class ClaraVectorStore(ClosesStore, VectorStore):
     """LangChain `VectorStore` whose vectors are CLaRa memories in a `MemoryStore`.
 
     `add_texts` compresses texts with the model (upserting ids already present);
@@ -120,18 +121,8 @@ class ClaraVectorStore(VectorStore):
     def embeddings(self) -> ClaraEmbeddings:
         return self._embedding
 
-    def close(self) -> None:
-        """Release the store's files and writer lock (another object may then open and
-        write the same directory); also ``with ClaraVectorStore(...) as vs:``."""
-        close = getattr(self.store, "close", None)
-        if close is not None:
-            close()
-
-    def __enter__(self) -> ClaraVectorStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _held_store(self) -> Any:  # ClosesStore: close() and `with`
+        return self.store
 
     # ------------------------------------------------------------------ persistence
     def save_local(self, folder_path: str | os.PathLike[str]) -> None:

@@ -21,6 +21,7 @@ from llama_index.core.vector_stores.utils import node_to_metadata_dict
 
 from ..pipeline import Item, search_store, upsert_store
 from ..store import MemoryStore
+from ..store.closing import ClosesStore
 from ._context import register_nodes
 from ._filters import to_store_filters
 from ._memory import item_to_node
@@ -31,7 +32,7 @@ __all__ = ["ClaraVectorStore"]
 logger = logging.getLogger(__name__)
 
 
-class ClaraVectorStore(PicklesWhole, BasePydanticVectorStore):
+class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
     """LlamaIndex vector store over a CLaRa `MemoryStore` (nodes + memory + FAISS).
 
     Node embeddings must be CLaRa memory, i.e. come from `ClaraEmbedding` of the model
@@ -218,18 +219,8 @@ class ClaraVectorStore(PicklesWhole, BasePydanticVectorStore):
             nodes=nodes, similarities=[i.score for i in items], ids=[i.id for i in items]
         )
 
-    def close(self) -> None:
-        """Release the store's files and writer lock (another object may then open and
-        write the same directory); also ``with ClaraVectorStore(...) as vs:``."""
-        close = getattr(self._store, "close", None)
-        if close is not None:
-            close()
-
-    def __enter__(self) -> ClaraVectorStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _held_store(self) -> Any:  # ClosesStore: close() and `with`
+        return self._store
 
     # ------------------------------------------------------------------ persistence
     def persist(self, persist_path: str, fs: Any = None) -> None:
