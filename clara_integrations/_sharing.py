@@ -29,7 +29,8 @@ __all__ = ["ModelOrigin", "model_reduce", "store_reduce", "weights_digest"]
 _LIVE: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 # Models loaded again in this process, by (folder, digest): many unpickled components
 # share one model instead of loading it once each.
-_RELOADED: weakref.WeakValueDictionary[tuple[str, str], Any] = weakref.WeakValueDictionary()
+_RELOADED: weakref.WeakValueDictionary[tuple[str, str, str], Any] = weakref.WeakValueDictionary()
+_LOADING: dict[tuple[str, str, str], threading.Lock] = {}
 _LOCK = threading.Lock()
 
 
@@ -50,10 +51,18 @@ def weights_digest(model: Any) -> str:
         for key, tensor in sorted(model.adapters.state_dict(name).items()):
             digest.update(f"{name}/{key}".encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    rows = model.decoder.get_input_embeddings().weight[model.base_vocab_size :]
-    digest.update(rows.detach().float().cpu().numpy().tobytes())
-    for key, ids in sorted(model.base_row_patches.items()):
-        digest.update(key.encode() + ids.cpu().numpy().tobytes())
+    embed = model.decoder.get_input_embeddings().weight
+    head = model.decoder.get_output_embeddings()
+    tables = {"embed_tokens": embed}
+    if head is not None and head.weight.data_ptr() != embed.data_ptr():  # untied head
+        tables["lm_head"] = head.weight
+    for key, weight in tables.items():  # new-token rows, and base rows a checkpoint patched
+        rows = weight[model.base_vocab_size :]
+        digest.update(key.encode() + rows.detach().float().cpu().numpy().tobytes())
+        ids = model.base_row_patches.get(key)
+        if ids is not None:
+            digest.update(ids.cpu().numpy().tobytes())
+            digest.update(weight[ids.to(weight.device)].detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -96,21 +105,24 @@ def _restore_model(token: str, origin: ModelOrigin) -> Any:
     live = _LIVE.get(token)
     if live is not None:
         return live
-    key = (origin.folder, origin.digest)
+    # The load options are part of the key: the same folder in another dtype or with
+    # other config overrides is another model.
+    key = (origin.folder, origin.digest, repr(sorted(origin.load_kwargs.items())))
     with _LOCK:
+        loading = _LOADING.setdefault(key, threading.Lock())
+    with loading:  # threads unpickling the same model at once load it once
         model = _RELOADED.get(key)
-    if model is not None:
-        return model
-    from .modeling import ClaraModel  # noqa: PLC0415 - the model stack loads on demand
+        if model is None:
+            from .modeling import ClaraModel  # noqa: PLC0415 - the model stack loads on demand
 
-    model = ClaraModel.from_pretrained(origin.folder, **origin.load_kwargs)
-    if model._origin.digest != origin.digest:
-        raise NotPicklableError(
-            f"the checkpoint folder {origin.folder} changed since the model was pickled "
-            "(its weights differ); pickle the components again"
-        )
+            model = ClaraModel.from_pretrained(origin.folder, **origin.load_kwargs)
+            if model._origin.digest != origin.digest:
+                raise NotPicklableError(
+                    f"the checkpoint folder {origin.folder} changed since the model was "
+                    "pickled (its weights differ); pickle the components again"
+                )
+            _RELOADED[key] = model
     with _LOCK:
-        _RELOADED[key] = model
         _LIVE[token] = model
         object.__setattr__(model, "_share_token", token)
     return model
@@ -129,16 +141,22 @@ def store_reduce(store: Any) -> tuple[Any, tuple[Any, ...]]:
             "store.persist(DIR) first; then it (and the components holding it) pickle by "
             "reference and reopen with MemoryStore.load(DIR)"
         )
-    return _restore_store, (_token(store), str(store.path), store.config.fingerprint)
+    from .store.config import RUNTIME_FIELDS  # noqa: PLC0415
+
+    # Runtime settings (`configure`, `load(**runtime)`) are not saved with the data.
+    runtime = {name: getattr(store.config, name) for name in RUNTIME_FIELDS}
+    return _restore_store, (_token(store), str(store.path), store.config.fingerprint, runtime)
 
 
-def _restore_store(token: str, path: str, fingerprint: str) -> Any:
+def _restore_store(
+    token: str, path: str, fingerprint: str, runtime: dict[str, Any] | None = None
+) -> Any:
     live = _LIVE.get(token)
     if live is not None:
         return live
     from .store import MemoryStore  # noqa: PLC0415
 
-    store = MemoryStore.load(path, fingerprint=fingerprint)
+    store = MemoryStore.load(path, fingerprint=fingerprint, **(runtime or {}))
     with _LOCK:
         _LIVE[token] = store
         object.__setattr__(store, "_share_token", token)

@@ -21,7 +21,7 @@ import pickle, sys
 obj = pickle.loads(sys.stdin.buffer.read())
 model = obj[0]
 vector = model.compress_documents(["Paris is in France."]).flatten()
-print(model.hidden_size, len(obj[1]), float(vector[:8].sum()))
+print(model.hidden_size, len(obj[1]), float(vector[:8].sum()), obj[1].config.exact_filter_rows)
 """
 
 
@@ -34,6 +34,7 @@ def test_another_process_loads_the_same_weights(e2e_model, tmp_path):
     store = MemoryStore.for_model(e2e_model)
     store.add_documents(["Rome is in Italy."], e2e_model, show_progress=False)
     store.persist(tmp_path / "store", show_progress=False)
+    store.configure(exact_filter_rows=123)  # a runtime setting: not saved with the data
     payload = pickle.dumps((e2e_model, store))
     out = subprocess.run(
         [sys.executable, "-c", CHILD],
@@ -46,6 +47,7 @@ def test_another_process_loads_the_same_weights(e2e_model, tmp_path):
     expected = e2e_model.compress_documents(["Paris is in France."]).flatten()
     assert int(out[0]) == e2e_model.hidden_size and int(out[1]) == 1
     assert abs(float(out[2]) - float(expected[:8].sum())) < 1e-4
+    assert int(out[3]) == 123
 
 
 def test_models_without_a_folder_or_changed_since_refuse(fixture_dir, e2e_model):
@@ -58,6 +60,8 @@ def test_models_without_a_folder_or_changed_since_refuse(fixture_dir, e2e_model)
         pickle.dumps(changed)
     clone = copy.deepcopy(e2e_model)  # a copy is a real copy, and refers to the folder
     assert clone is not e2e_model and pickle.loads(pickle.dumps(clone)) is clone
+    shallow = copy.copy(e2e_model)
+    assert shallow is not e2e_model and shallow.decoder is e2e_model.decoder
     built = ClaraModel.from_base(TINY_BASE, e2e_model.config, dtype=torch.float32)
     with pytest.raises(NotPicklableError, match="save_pretrained"):
         pickle.dumps(built)

@@ -101,6 +101,17 @@ class FinetuneConfig:
     crops_per_chunk: int = 1
     eval_fraction: float = 0.1
 
+    def __post_init__(self) -> None:
+        if self.retrieval_negatives not in ("candidates", "bank"):
+            raise ValueError(
+                f"retrieval_negatives must be 'candidates' or 'bank', got {self.retrieval_negatives!r}"
+            )
+        if self.retrieval_negatives == "bank" and (self.legacy_step or self.no_memory_cache):
+            raise ValueError(
+                "--retrieval-negatives bank reads the stage's memory cache: drop --legacy-step "
+                "and --no-memory-cache"
+            )
+
     @classmethod
     def from_namespace(cls, namespace: argparse.Namespace) -> FinetuneConfig:
         """The config of parsed command-line flags (per-stage dicts become `PerStage`).

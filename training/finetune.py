@@ -353,8 +353,13 @@ def _plan_stages(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad data, 3 non-finite loss,
     gradient or weights)."""
-    args = FinetuneConfig.from_namespace(build_parser().parse_args(argv))
+    try:
+        args = FinetuneConfig.from_namespace(build_parser().parse_args(argv))
+    except ValueError as exc:  # flags that contradict each other
+        raise SystemExit(f"python -m training.finetune: {exc}") from None
     stages = _parse_stages(args.stages)
+    if args.retrieval_negatives != "candidates" and "retrieval" not in stages:
+        logger.warning("--retrieval-negatives applies to the retrieval stage, which is not run")
     if args.allow_network:
         os.environ["CLARA_ALLOW_NETWORK"] = "1"
     mixed = args.mixed_precision or (

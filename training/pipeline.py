@@ -387,6 +387,7 @@ class Trainer:
             # Checkpoints from before the fast step ran the legacy step.
             return {
                 "fast_step": False,
+                "negatives": "candidates",  # and before --retrieval-negatives, candidates
                 **{k: v for k, v in plan.items() if k != "tokens_per_epoch"},
             }
 

@@ -61,11 +61,16 @@ def retrieval_rows(
         raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
     docs = list(dict.fromkeys(d for d in documents if d.strip()))
     where_doc = {d: i for i, d in enumerate(docs)}
+    flat = [" ".join(d.split()).lower() for d in docs]
     index = BM25(docs)
     rng = random.Random(seed)
     rows = []
     for query, positive in pairs:
         exclude = frozenset({where_doc[positive]}) if positive in where_doc else frozenset()
+        # A document holding the query word for word is another positive, not a negative.
+        words = " ".join(query.split()).lower()
+        also = frozenset(j for j in index.top(query, 4 * n_candidates) if words in flat[j])
+        exclude = exclude | also
         picked = index.top(query, n_candidates - 1, exclude)
         if len(picked) < n_candidates - 1:
             taken = set(picked) | exclude

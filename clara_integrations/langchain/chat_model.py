@@ -214,32 +214,44 @@ class ChatClara(PipelineOwner, BaseChatModel):
     def _documents_in_prompt(
         self, messages: Sequence[BaseMessage]
     ) -> tuple[str, torch.Tensor] | None:
-        """(question, memory (k, n_mem, H)) when the last human message holds documents a
-        CLaRa retriever just returned (a prompt template filled with their text: the LCEL
-        ``{"context": retriever | format_docs, ...} | prompt | ChatClara()`` pattern); the
-        question is that message with the documents' text taken out. None otherwise."""
-        humans = [m for m in messages if m.type == "human"]
+        """(question, memory (k, n_mem, H)) when the messages hold documents a CLaRa
+        retriever just returned (a prompt template filled with their text: the LCEL
+        ``{"context": retriever | format_docs, ...} | prompt | ChatClara()`` pattern, or
+        the context in a system message); the question is the last human message with
+        the documents' text taken out. None (the text path) otherwise."""
+        humans = [i for i, m in enumerate(messages) if m.type == "human"]
         if not humans:
             return None
-        text = _message_text(humans[-1])
-        found = REGISTRY.find(self.model.model_identity, text)
-        if not found:
+        identity = self.model.model_identity
+        texts = [_message_text(m) for m in messages]
+        found = [REGISTRY.find(identity, t) for t in texts]
+        if not any(found):
             return None
-        pieces, last = [], 0
-        for start, end, _ in found:
-            pieces.append(text[last:start])
-            last = end
-        pieces.append(text[last:])
+        last = texts[humans[-1]]
+        pieces, at = [], 0
+        for start, end, _ in found[humans[-1]]:
+            pieces.append(last[at:start])
+            at = end
+        pieces.append(last[at:])
         question = " ".join("".join(pieces).split())
+        spans = [span for per_message in found for span in per_message]
+        if not question:
+            logger.warning(
+                "ChatClara: the prompt is only the text of %d retrieved documents, with no "
+                "question left beside them; answering from the text",
+                len(spans),
+            )
+            return None
         logger.info(
             "ChatClara: the prompt holds %d retrieved documents (%d of its %d characters); "
-            "answering from their memory, with the rest of the prompt as the question",
-            len(found),
-            sum(end - start for start, end, _ in found),
-            len(text),
+            "answering from their memory, with the rest of the last human message as the "
+            "question",
+            len(spans),
+            sum(end - start for start, end, _ in spans),
+            sum(map(len, texts)),
         )
         self._warn_dropped(messages)
-        return check_question(question), torch.stack([m for _, _, m in found])
+        return check_question(question), torch.stack([m for _, _, m in spans])
 
     def _warn_dropped(self, messages: Sequence[BaseMessage]) -> None:
         """CLaRa's answer prompt is one question over memories: say once what is left out."""

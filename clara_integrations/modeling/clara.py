@@ -261,6 +261,14 @@ class ClaraModel(torch.nn.Module):
         was loaded from in another (`NotPicklableError` if there is none)."""
         return model_reduce(self)
 
+    def __copy__(self) -> ClaraModel:
+        # A shallow copy, as before pickling went by reference (copy uses __reduce_ex__).
+        new = type(self).__new__(type(self))
+        state = dict(self.__dict__)
+        state.pop("_share_token", None)
+        new.__setstate__(state)
+        return new
+
     def __deepcopy__(self, memo: dict[int, Any]) -> ClaraModel:
         # A real copy (pickling goes by reference, copying must not): nn.Module's default.
         new = type(self).__new__(type(self))

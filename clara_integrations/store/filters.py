@@ -153,4 +153,6 @@ def compile_filters(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
         >>> compile_filters({"page": {"$gte": 3}})[1]
         ['page', 3.0]
     """
-    return _condition(filters)
+    cond, params = _condition(filters)
+    # Bracketed: callers AND it with the live-row test, and AND binds tighter than OR.
+    return f"({cond})", params

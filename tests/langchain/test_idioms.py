@@ -138,6 +138,28 @@ def test_prompt_chain_answers_from_the_retrieved_memory(e2e_model, caplog):
     assert via_prompt == direct.content
 
 
+def test_context_in_a_system_message_reads_memory_too(e2e_model, caplog):
+    """create_stuff_documents_chain's prompt shape: the context in the system message."""
+    import logging
+
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    vs = ClaraVectorStore(model=e2e_model)
+    vs.add_texts(TEXTS, ids=["paris", "rome"])
+    docs = vs.similarity_search("Italy", k=2)
+    context = "\n\n".join(d.page_content for d in docs)
+    llm = ChatClara(model=e2e_model, max_new_tokens=4)
+    with caplog.at_level(logging.INFO, logger="clara_integrations.langchain.chat_model"):
+        answer = llm.invoke(
+            [SystemMessage(f"Use this context:\n{context}"), HumanMessage("Capital of Italy?")]
+        )
+    assert "answering from their memory" in caplog.text
+    assert answer.content == llm.invoke("Capital of Italy?", documents=docs).content
+    with caplog.at_level(logging.WARNING, logger="clara_integrations.langchain.chat_model"):
+        llm.invoke(context)  # nothing but the documents: no question to ask
+    assert "no question left" in caplog.text
+
+
 def test_dropped_system_messages_are_said_once(e2e_model, caplog):
     from langchain_core.messages import HumanMessage, SystemMessage
 

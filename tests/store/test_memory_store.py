@@ -107,6 +107,18 @@ def test_filters_equality_membership_negation(small_store):
     assert store.search(q, k=5, filters={"page": {"$gt": "a"}}) == [[]] * 4  # no number is a string
 
 
+def test_or_filters_never_return_deleted_or_replaced_nodes(tmp_path):
+    """`$or` compiles to `A OR B`: without brackets the live-row test bound to A only."""
+    with MemoryStore(n_mem=N_MEM, hidden_size=H) as store:
+        store.add(clustered(3), ids=["a", "b", "c"], metadata=[{"k": 1}, {"k": 2}, {"k": 3}])
+        store.persist(tmp_path / "s", show_progress=False)
+        store.delete(["b"])
+        store.update(["c"], clustered(1), metadata=[{"k": 4}])
+        either = {"$or": [{"k": 1}, {"k": 2}, {"k": 3}]}
+        assert store.ids_where(either) == ["a"]
+        assert [h.id for h in store.search(queries(1), k=5, filters=either)[0]] == ["a"]
+
+
 def test_string_ranges_order_like_python():
     words = ["ab", "ab c", "ab!", "abc", "b", "a"]
     with MemoryStore(n_mem=N_MEM, hidden_size=H) as store:

@@ -54,9 +54,14 @@ def test_no_held_out_question_or_passage_reaches_the_training_files(tmp_path):
         for row in default_data.read_jsonl(tmp_path / f"heldout_{source}.jsonl"):
             held_questions.add(row["question"].strip().lower())
             held_docs.update(doc_text(d) for d in row["docs"])
+    held_gold = set()
+    for source in default_data.QA_SOURCES:
+        for row in default_data.read_jsonl(tmp_path / f"heldout_{source}.jsonl"):
+            held_gold.update(doc_text(row["docs"][g]) for g in row["gold"])
     stage1 = default_data.read_jsonl(tmp_path / "compress.jsonl")
     asked = {q.strip().lower() for r in stage1 for q in r.get("question", [])}
     assert asked and asked.isdisjoint(held_questions)
+    assert not {doc_text(r["docs"][0]) for r in stage1} & held_gold
     retrieval = default_data.read_jsonl(tmp_path / "retrieval.jsonl")
     assert len(retrieval) == counts["retrieval"] > counts["train_nq"]
     added = [r for r in retrieval if "gold" not in r]  # beside the labeled training rows

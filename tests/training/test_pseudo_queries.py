@@ -39,3 +39,10 @@ def test_retrieval_rows_mine_the_lexical_neighbour():
     rows = retrieval_rows([("Which rock do volcanoes make?", DOCS[0])], DOCS, n_candidates=2)
     docs, pos = rows[0]["docs"], rows[0]["pos_index"][0]
     assert docs[pos] == DOCS[0] and docs[1 - pos] == DOCS[1]  # the other volcano page
+
+
+def test_a_document_holding_the_query_is_not_a_negative():
+    docs = [DOCS[0], DOCS[0] + " It also erupts ash.", DOCS[2], DOCS[3]]
+    query = "molten rock called lava when pressure builds"
+    row = retrieval_rows([(query, docs[0])], docs, n_candidates=3)[0]
+    assert docs[1] not in row["docs"]  # it holds the span word for word: a false negative

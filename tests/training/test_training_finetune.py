@@ -555,3 +555,21 @@ def test_label_free_query_reasoner_on_docs(finetune, fixture_dir, tiny_data, tmp
         )
     ]
     assert any(moved)
+
+
+def test_bank_negatives_without_the_memory_cache_are_refused_before_training(
+    finetune, tiny_data, tmp_path
+):
+    with pytest.raises(SystemExit, match="memory cache"):
+        finetune(
+            "--data",
+            tiny_data["qa"],
+            "--stages",
+            "retrieval",
+            "--retrieval-negatives",
+            "bank",
+            "--legacy-step",
+            "--output",
+            tmp_path / "x",
+            "--dry-run",
+        )

@@ -84,15 +84,25 @@ def read_jsonl(path: Path) -> list[dict]:
     ]
 
 
-def without_heldout_questions(pretrain_rows: list[dict], held_questions: set[str]) -> list[dict]:
-    """The pretraining sample without the questions of held-out QA rows: every clara_qa
-    question is one of the sample's, so stage 1 would otherwise learn the held-out
-    answers (the checkpoint of 2026-11-26 did)."""
+def without_heldout_questions(
+    pretrain_rows: list[dict], held_questions: set[str], held_gold: set[str] = frozenset()
+) -> list[dict]:
+    """The pretraining sample without held-out material: rows whose document is a held-out
+    question's gold passage are dropped, and the held-out questions from the others (every
+    clara_qa question is one of the sample's, so stage 1 would otherwise learn the held-out
+    answers; the checkpoint of 2026-11-26 did)."""
     rows = []
     for row in pretrain_rows:
+        if row.get("docs") and doc_text(row["docs"][0]) in held_gold:
+            continue
         if row.get("data_type", "qa") != "qa" or not isinstance(row.get("question"), list):
             rows.append(row)
             continue
+        if len(row["question"]) != len(row["answers"]):
+            raise ValueError(
+                f"a pretraining row has {len(row['question'])} questions but "
+                f"{len(row['answers'])} answers"
+            )
         kept = [
             (q, a)
             for q, a in zip(row["question"], row["answers"])
@@ -142,6 +152,7 @@ def build(
     train_all: list[dict] = []
     held_questions: set[str] = set()
     held_docs: set[str] = set()
+    held_gold: set[str] = set()
     for source in QA_SOURCES:
         train, held = split_qa(read_jsonl(shared / f"{source}_dev.jsonl"), train_fraction)
         write_jsonl(output / f"heldout_{source}.jsonl", held)
@@ -149,10 +160,11 @@ def build(
         train_all.extend(train)
         held_questions.update(row["question"].strip().lower() for row in held)
         held_docs.update(doc_text(d) for row in held for d in row["docs"])
+        held_gold.update(doc_text(row["docs"][g]) for row in held for g in row["gold"])
     random.Random(seed).shuffle(train_all)  # sources interleaved, so any prefix mixes them
     write_jsonl(output / "qa_train.jsonl", train_all)
     pretrain = without_heldout_questions(
-        read_jsonl(shared / "clara_pretrain_example.jsonl"), held_questions
+        read_jsonl(shared / "clara_pretrain_example.jsonl"), held_questions, held_gold
     )
     stage1 = stage1_rows(pretrain)
     random.Random(seed).shuffle(stage1)
