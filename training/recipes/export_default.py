@@ -46,8 +46,14 @@ def export(run_dir: Path, dest: Path) -> int:
     size = sum(p.stat().st_size for p in staging.iterdir())
     if size > MAX_BYTES:
         raise ValueError(f"exported checkpoint is {size / 2**20:.1f} MiB, over the 40 MiB budget")
-    shutil.rmtree(dest, ignore_errors=True)
+    # Never a moment without a checkpoint at `dest`: the old one moves aside first and is
+    # removed only once the new one is in place.
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
     staging.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
     return size
 
 
