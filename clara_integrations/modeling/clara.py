@@ -38,6 +38,7 @@ from .checkpoint import (
 )
 from .hub import DEFAULT_BASE_MODEL, resolve_base_model, resolve_checkpoint
 from .layout import (
+    ENCODER_EXTRA_TOKENS,
     encoder_token_ids,
     memory_mse,
     pack_encoder_batch,
@@ -351,6 +352,8 @@ class ClaraModel(torch.nn.Module):
         """
         self.adapters.require(adapter)
         rows = encoder_token_ids(self.tokenizer, self.special, texts, self.config.doc_max_length)
+        if adapter == ENCODER_ADAPTER:
+            self._warn_truncation(texts, rows)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
         out = [None] * len(rows)
         mse_parts = []
@@ -440,7 +443,6 @@ class ClaraModel(torch.nn.Module):
         texts = validate_texts(texts)
         if not texts:
             return self._empty_memory()
-        self._warn_truncation(texts)
         self.eval()
         memory, _ = self.encode_texts(
             texts,
@@ -459,14 +461,20 @@ class ClaraModel(torch.nn.Module):
         `clara_text_splitter`)."""
         return self.config.doc_max_length + 1
 
-    def _warn_truncation(self, texts: Sequence[str]) -> None:
+    def _warn_truncation(self, texts: Sequence[str], rows: Sequence[Sequence[int]]) -> None:
         """Warn (once per model) when documents are longer than the compressor reads:
-        cutting them silently would make answers worse with no sign of why."""
+        cutting them silently would make answers worse with no sign of why. Only rows
+        that reached the length cap can have been cut, so only those are tokenized again
+        (in full, to count what was lost)."""
         if self._warned_truncation:
+            return
+        cap = self.config.doc_max_length + ENCODER_EXTRA_TOKENS
+        at_cap = [texts[i] for i, row in enumerate(rows) if len(row) >= cap]
+        if not at_cap:
             return
         limit = self.max_document_tokens
         lengths = [
-            len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+            len(ids) for ids in self.tokenizer(at_cap, add_special_tokens=False)["input_ids"]
         ]
         over = [n for n in lengths if n > limit]
         if not over:
@@ -482,7 +490,7 @@ class ClaraModel(torch.nn.Module):
             "`Settings.transformations = [clara_node_parser(model)]`, LangChain "
             "`clara_text_splitter(model).split_documents(docs)`. (Shown once per model.)",
             DocumentTruncatedWarning,
-            stacklevel=4,  # past compress_documents and its no_grad wrapper
+            stacklevel=5,  # past encode_texts, compress_documents and its no_grad wrapper
         )
 
     @torch.no_grad()
