@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import bm25s
 import numpy as np
@@ -44,7 +44,20 @@ class BM25:
         """Every document's index, best first (ties: lower index first)."""
         return np.argsort(-self.scores(query), kind="stable").tolist()
 
-    def top(self, query: str, n: int, exclude: frozenset[int] = frozenset()) -> list[int]:
-        """Indices of the `n` best documents that share a term with `query`."""
+    def top(
+        self,
+        query: str,
+        n: int,
+        exclude: frozenset[int] = frozenset(),
+        keep: Callable[[int], bool] | None = None,
+    ) -> list[int]:
+        """Indices of the `n` best documents that share a term with `query`, leaving out
+        `exclude` and those for which `keep` is false (scored once)."""
         scores = self.scores(query)
-        return [i for i in self.ranking(query) if scores[i] > 0 and i not in exclude][:n]
+        out = []
+        for i in np.argsort(-scores, kind="stable").tolist():
+            if scores[i] <= 0 or len(out) == n:
+                break
+            if i not in exclude and (keep is None or keep(i)):
+                out.append(i)
+        return out

@@ -69,11 +69,11 @@ def retrieval_rows(
         exclude = frozenset({where_doc[positive]}) if positive in where_doc else frozenset()
         # A document holding the query word for word is another positive, not a negative.
         words = " ".join(query.split()).lower()
-        also = frozenset(j for j in index.top(query, 4 * n_candidates) if words in flat[j])
-        exclude = exclude | also
-        picked = index.top(query, n_candidates - 1, exclude)
+        picked = index.top(
+            query, n_candidates - 1, exclude, keep=lambda j, w=words: w not in flat[j]
+        )
         if len(picked) < n_candidates - 1:
-            taken = set(picked) | exclude
+            taken = set(picked) | exclude | {j for j in range(len(docs)) if words in flat[j]}
             others = [j for j in range(len(docs)) if j not in taken]
             picked += rng.sample(others, min(len(others), n_candidates - 1 - len(picked)))
         negatives = [docs[j] for j in picked]
