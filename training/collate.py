@@ -67,6 +67,7 @@ class Collator:
     max_len: int
     doc_max_length: int
     seed: int = 42
+    frozen_compressor: bool = False  # instruct with `--instruct-compressor frozen`
 
     def render(
         self, ex: Example, position: int, template_index: int | None = None
@@ -126,8 +127,11 @@ class Collator:
 
     def grad_tokens(self, ex: Example) -> int:
         """Tokens of `ex` that the fast step runs with gradient: documents and decoder
-        (stages 1-2), question and decoder (e2e; candidates come from the memory cache),
-        question (retrieval). For micro-batch sizing and length bucketing."""
+        (stages 1-2; decoder only when the compressor is frozen), question and decoder
+        (e2e; candidates come from the memory cache), question (retrieval). For micro-batch
+        sizing and length bucketing."""
+        if self.frozen_compressor:
+            return self.check(ex)
         if self.stage in ("compress", "instruct"):
             return self.encoder_tokens(ex.docs) + self.check(ex)
         question = self.encoder_tokens([ex.question])

@@ -78,6 +78,7 @@ class FinetuneConfig:
     retrieval_negatives: str = "candidates"
     micro_batch_tokens: int = 0
     instruct_decoder: str = "fresh"
+    instruct_compressor: str = "train"
     no_train_mem_tokens: bool = False
     encode_batch_size: int = 64
     # run control
@@ -105,6 +106,10 @@ class FinetuneConfig:
         if self.retrieval_negatives not in ("candidates", "bank"):
             raise ValueError(
                 f"retrieval_negatives must be 'candidates' or 'bank', got {self.retrieval_negatives!r}"
+            )
+        if self.instruct_compressor not in ("train", "frozen"):
+            raise ValueError(
+                f"instruct_compressor must be 'train' or 'frozen', got {self.instruct_compressor!r}"
             )
         if self.retrieval_negatives == "bank" and (self.legacy_step or self.no_memory_cache):
             raise ValueError(

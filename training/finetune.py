@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="instruct starts from a fresh generator (reference) or continues the current one",
     )
     t.add_argument(
+        "--instruct-compressor",
+        default="train",
+        choices=("train", "frozen"),
+        help="instruct trains the compressor with the generator (reference) or keeps it frozen "
+        "and trains the generator alone on cached memory (stores built with the model stay valid)",
+    )
+    t.add_argument(
         "--no-train-mem-tokens",
         action="store_true",
         help="freeze the <MEM> embedding rows in stage 1",
@@ -342,7 +349,16 @@ def _plan_stages(
     for index, stage in enumerate(stages):
         k = args.compress_top_k if stage == "compress" else args.generation_top_k
         max_len = args.max_len.get(stage, STAGE_DEFAULTS[stage].max_len)
-        collator = pipeline.make_collator(tokenizer, special, stage, k, config, max_len, args.seed)
+        collator = pipeline.make_collator(
+            tokenizer,
+            special,
+            stage,
+            k,
+            config,
+            max_len,
+            args.seed,
+            frozen_compressor=pipeline.compressor_frozen(stage, args),
+        )
         kept, issues, tokens = pipeline.prepare_stage_data(stage, files[stage], k, collator, args)
         pipeline.report_issues(stage, files[stage], issues)
         examples[stage] = kept
@@ -358,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # flags that contradict each other
         raise SystemExit(f"python -m training.finetune: {exc}") from None
     stages = _parse_stages(args.stages)
+    if args.instruct_compressor != "train" and "instruct" not in stages:
+        logger.warning("--instruct-compressor applies to the instruct stage, which is not run")
     if args.retrieval_negatives != "candidates" and "retrieval" not in stages:
         logger.warning("--retrieval-negatives applies to the retrieval stage, which is not run")
     if args.allow_network:

@@ -104,6 +104,7 @@ class StagePlan:
     tokens_per_epoch: int = 0
     fast_step: bool = False  # the fast step (fastpath.py); False: `--legacy-step`
     negatives: str = "candidates"  # retrieval: `--retrieval-negatives` (losses.NEGATIVES)
+    frozen_compressor: bool = False  # instruct: `--instruct-compressor frozen`
 
     def fingerprint(self) -> dict[str, Any]:
         """The plan as JSON-able dict (checkpoints compare it on resume)."""
@@ -128,6 +129,7 @@ def plan_stage(
     seed: int,
     fast_step: bool = False,
     negatives: str = "candidates",
+    frozen_compressor: bool = False,
 ) -> StagePlan:
     """Steps and accumulation of a stage (reference: ``ceil(epochs * (n // batch))``).
 
@@ -173,6 +175,7 @@ def plan_stage(
         seed,
         fast_step=fast_step,
         negatives=negatives,
+        frozen_compressor=frozen_compressor,
     )
 
 
@@ -310,6 +313,7 @@ def train_stage(
         fresh_decoder=ctx.fresh_decoder and start_step == 0,
         train_mem_tokens=ctx.train_mem_tokens,
         fast=plan.fast_step,
+        frozen_compressor=plan.frozen_compressor,
     )
     order, collate, cache = schedule_order(len(examples), plan), collator, None
     if plan.fast_step:
@@ -328,6 +332,7 @@ def train_stage(
         fast=plan.fast_step,
         cache=cache,
         negatives=plan.negatives,
+        frozen_compressor=plan.frozen_compressor,
     )
     if plan.fast_step and ctx.autocast_dtype is not None:
         # Per forward, as Accelerate does: autocast caches its casts of trainable weights
@@ -387,7 +392,7 @@ def _fast_schedule(
         labels, plan.train_batch_size, rows, plan.grad_accum, ctx.accelerator.num_processes
     )
     cache = None
-    if ctx.memory_cache and plan.stage in ("retrieval", "e2e"):
+    if ctx.memory_cache and (plan.stage in ("retrieval", "e2e") or plan.frozen_compressor):
         # Every candidate of the whole schedule (not only from a resumed step on): the same
         # set gives the same batches, so a resumed run gets bit-identical memory.
         cache = MemoryCache(model, ctx.encode_batch_size)

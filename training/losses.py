@@ -117,14 +117,20 @@ class CompressionObjective(torch.nn.Module):
         mse_weight: float = 0.1,
         encode_batch_size: int = 64,
         fast: bool = False,
+        frozen_compressor: bool = False,
+        cache: MemoryCache | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.mse_weight = mse_weight
         self.encode_batch_size = encode_batch_size
         self.fast = fast
+        self.frozen_compressor = frozen_compressor
+        self.cache = cache
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if self.frozen_compressor:
+            return self._frozen(batch)
         if self.fast:
             return self._fast(batch)
         memory, mse = self.model.encode_texts(
@@ -144,6 +150,25 @@ class CompressionObjective(torch.nn.Module):
         ntp = ntp_sum * _scale(batch, "ntp", n_targets)
         mse = mse_rows.sum() * _scale(batch, "rows", len(index))
         return {"loss": ntp + self.mse_weight * mse, "ntp": ntp.detach(), "mse": mse.detach()}
+
+    def _frozen(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The generator alone: its documents' memory comes without gradient (from the
+        memory cache on the fast step), so the loss is the next-token loss only; the MSE
+        term is reported, not trained."""
+        model, k = self.model, batch["k"]
+        memory, mse = _frozen_candidates(
+            model,
+            {**batch, "cand_texts": batch["enc_texts"]},
+            self.fast,
+            self.cache,
+            self.encode_batch_size,
+        )  # (B*k, n_mem, H)
+        if self.fast:
+            ntp_sum, n_targets = _generator_token_loss(model, batch, memory, k)
+            ntp = ntp_sum * _scale(batch, "ntp", n_targets)
+        else:
+            ntp = _generator_loss(model, batch, memory, k)
+        return {"loss": ntp, "ntp": ntp.detach(), "mse": mse.detach()}
 
 
 def _candidates(
@@ -299,12 +324,20 @@ def objective_for_stage(
     fast: bool = False,
     cache: MemoryCache | None = None,
     negatives: str = "candidates",
+    frozen_compressor: bool = False,
 ) -> torch.nn.Module:
     """The objective module of `stage`; `fast` and `cache` as in the module docstring
-    (`cache` only for the stages that read frozen candidates, `retrieval` and `e2e`),
-    `negatives` as in `RetrievalObjective`."""
+    (`cache` only for the stages that read frozen candidates: `retrieval`, `e2e`, and
+    `instruct` with `frozen_compressor`), `negatives` as in `RetrievalObjective`."""
     if stage in ("compress", "instruct"):
-        return CompressionObjective(model, mse_weight, encode_batch_size, fast=fast)
+        return CompressionObjective(
+            model,
+            mse_weight,
+            encode_batch_size,
+            fast=fast,
+            frozen_compressor=frozen_compressor and stage == "instruct",
+            cache=cache,
+        )
     if stage == "e2e":
         return EndToEndObjective(model, encode_batch_size, fast=fast, cache=cache)
     if stage == "retrieval":

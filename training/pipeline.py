@@ -177,9 +177,18 @@ def make_collator(
     config: ClaraConfig,
     max_len: int,
     seed: int,
+    frozen_compressor: bool = False,
 ) -> Collator:
-    """The batch builder of one stage."""
-    return Collator(tokenizer, special, stage, k, max_len, config.doc_max_length, seed)
+    """The batch builder of one stage (`frozen_compressor`: instruct reads cached memory)."""
+    return Collator(
+        tokenizer, special, stage, k, max_len, config.doc_max_length, seed, frozen_compressor
+    )
+
+
+def compressor_frozen(stage: str, args: FinetuneConfig) -> bool:
+    """Whether `stage` reads its documents through a frozen compressor by request
+    (`--instruct-compressor frozen`; retrieval and e2e always do)."""
+    return stage == "instruct" and args.instruct_compressor == "frozen"
 
 
 def prepare_stage_data(
@@ -285,6 +294,7 @@ def plan_for(
         seed=args.seed,
         fast_step=not args.legacy_step,
         negatives=args.retrieval_negatives if stage == "retrieval" else "candidates",
+        frozen_compressor=compressor_frozen(stage, args),
     )
     plan.tokens_per_epoch = tokens
     return plan
@@ -388,6 +398,7 @@ class Trainer:
             return {
                 "fast_step": False,
                 "negatives": "candidates",  # and before --retrieval-negatives, candidates
+                "frozen_compressor": False,  # and before --instruct-compressor, trained
                 **{k: v for k, v in plan.items() if k != "tokens_per_epoch"},
             }
 
@@ -458,6 +469,7 @@ class Trainer:
                 self.config,
                 plan.max_len,
                 args.seed,
+                frozen_compressor=plan.frozen_compressor,
             )
             ctx = StageContext(
                 self.acc,

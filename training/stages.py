@@ -3,7 +3,7 @@
 | stage | reference `--stage` | trains (spec §5.5) |
 |---|---|---|
 | `compress` | `stage1` | compressor + generator adapters, `<MEM…>` embedding rows |
-| `instruct` | `stage1_2` | compressor + a *fresh* generator (reference) or the current one |
+| `instruct` | `stage1_2` | compressor + a *fresh* generator (reference) or the current one; the generator alone with `--instruct-compressor frozen` |
 | `retrieval` | `stage2_pretrain_retrieval` | query reasoner (InfoNCE on `pos_index`) |
 | `e2e` | `stage2` | generator + query reasoner (through the top-k); compressor frozen |
 """
@@ -201,6 +201,7 @@ def prepare_model_for_stage(
     fresh_decoder: bool = True,
     train_mem_tokens: bool = True,
     fast: bool = False,
+    frozen_compressor: bool = False,
 ) -> tuple[list[torch.nn.Parameter], Any]:
     """Create/copy the adapters `stage` needs, freeze everything else, and return
     (trainable parameters in a fixed order, handle of the memory-row gradient hook, or
@@ -212,6 +213,7 @@ def prepare_model_for_stage(
         fresh_decoder: `instruct` starts from a fresh generator, as the reference does.
         train_mem_tokens: `compress` also trains the `<MEM…>` embedding rows (reference
             `optimize_mem_tokens`); call `handle.remove()` when the stage ends.
+        frozen_compressor: `instruct` trains the generator alone.
     """
     ensure_adapters(model, stage, fresh_decoder=fresh_decoder)
     model.config = model.config.model_copy(
@@ -220,6 +222,8 @@ def prepare_model_for_stage(
     for p in model.parameters():
         p.requires_grad_(False)
     names = TRAINED_ADAPTERS[stage]
+    if frozen_compressor:
+        names = tuple(n for n in names if n != ENCODER_ADAPTER)
     model.adapters.set_trainable(list(names))
     params = [p for name in names for p in model.adapters.parameters(name)]
     handle = None

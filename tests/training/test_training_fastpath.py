@@ -301,3 +301,97 @@ def test_bank_negatives_are_every_cached_document(model, tiny_data):
 def test_bank_negatives_need_the_memory_cache(model):
     with pytest.raises(ValueError, match="memory cache"):
         objective_for_stage(model, "retrieval", 0.0, fast=True, cache=None, negatives="bank")
+
+
+def test_frozen_compressor_instruct_trains_the_generator_alone(model, tiny_data):
+    """`--instruct-compressor frozen`: only the generator has gradient, its memory comes
+    from the cache, and fast (cached) and legacy (uncached) steps give the same numbers."""
+    collator, items = _items(model, "instruct", tiny_data["qa"], 2)
+    batch = collator(items + [(2, items[0][1])])
+    params, _ = prepare_model_for_stage(
+        model, "instruct", K, fresh_decoder=False, fast=True, frozen_compressor=True
+    )
+    decoder = {id(p) for p in model.adapters.parameters(DECODER_ADAPTER)}
+    assert params and all(id(p) in decoder for p in params)
+    encoder = list(model.adapters.parameters(ENCODER_ADAPTER))
+    assert not any(p.requires_grad for p in encoder)
+    model.eval()
+    cache = MemoryCache(model)
+    cache.expect(batch["enc_texts"])
+    outs = []
+    for fast, use in ((True, cache), (False, None)):
+        model.zero_grad(set_to_none=True)
+        objective = objective_for_stage(
+            model, "instruct", 0.1, fast=fast, cache=use, frozen_compressor=True
+        )
+        out = objective(batch)
+        out["loss"].backward()
+        assert all(p.grad is None for p in encoder)
+        outs.append((out, [p.grad.clone() for p in params]))
+    (fast, fast_grads), (legacy, legacy_grads) = outs
+    assert len(cache) == len(set(batch["enc_texts"]))
+    assert _close(fast["loss"], fast["ntp"])  # the MSE term is reported, not trained
+    for key in ("loss", "ntp", "mse"):
+        assert _close(fast[key], legacy[key]), (key, fast[key], legacy[key])
+    assert all(_close(a, b, 1e-4) for a, b in zip(fast_grads, legacy_grads))
+
+
+def test_frozen_compressor_run_keeps_the_compressor_and_the_query_reasoner(
+    finetune, tiny_base, tiny_data, tmp_path
+):
+    """The command line end to end: after `instruct --instruct-compressor frozen` the
+    compressor and query reasoner are bit-identical (stores built with the model stay
+    valid) and the generator has changed."""
+    common = ["--train-batch-size", "2", "--eval-max-examples", "0", "--quiet"]
+    start = tmp_path / "start"
+    assert (
+        finetune(
+            "--data",
+            f"compress={tiny_data['compress']}",
+            "--data",
+            f"retrieval={tiny_data['qa']}",
+            "--stages",
+            "compress,retrieval",
+            "--base",
+            str(tiny_base),
+            "--max-steps",
+            "1",
+            "--output",
+            start,
+            *TINY_FLAGS,
+            *common,
+        )
+        == 0
+    )
+    out = tmp_path / "gen"
+    code = finetune(
+        "--data",
+        f"instruct={tiny_data['qa']}",
+        "--stages",
+        "instruct",
+        "--init-from",
+        start,
+        "--instruct-decoder",
+        "continue",
+        "--instruct-compressor",
+        "frozen",
+        "--max-steps",
+        "2",
+        "--learning-rate",
+        "1e-2",
+        "--output",
+        out,
+        *TINY_FLAGS[4:],
+        *common,
+    )
+    assert code == 0
+    before = ClaraModel.from_pretrained(start, base_model=tiny_base, dtype=torch.float32)
+    after = ClaraModel.from_pretrained(out, base_model=tiny_base, dtype=torch.float32)
+
+    def weights(m, name):
+        return [p.detach().clone() for p in m.adapters.parameters(name)]
+
+    for name in (ENCODER_ADAPTER, QUERY_ADAPTER):
+        assert all(torch.equal(a, b) for a, b in zip(weights(before, name), weights(after, name)))
+    changed = zip(weights(before, DECODER_ADAPTER), weights(after, DECODER_ADAPTER))
+    assert any(not torch.equal(a, b) for a, b in changed)

@@ -144,6 +144,35 @@ def retrieval_data(
     return rows
 
 
+def generator_data(
+    qa_train: list[dict], pretrain_rows: list[dict], held_docs: set[str], seed: int = 0
+) -> list[dict]:
+    """The generator's answer data (`--stages instruct --instruct-compressor frozen`): the
+    labeled training questions, and each pretraining-sample question with its document
+    among 4 BM25 negatives from the other sample documents (the k = 5 of inference), the
+    reference answer as target. No held-out candidate passage appears in the added rows."""
+    documents = [
+        doc_text(row["docs"][0])
+        for row in pretrain_rows
+        if row.get("data_type", "qa") == "qa" and row.get("docs")
+    ]
+    documents = [d for d in dict.fromkeys(documents) if d not in held_docs]
+    pairs, answers = [], []
+    for row in pretrain_rows:
+        if row.get("data_type", "qa") != "qa" or not isinstance(row.get("question"), list):
+            continue
+        doc = doc_text(row["docs"][0])
+        if doc in held_docs:
+            continue
+        for question, answer in zip(row["question"], row["answers"]):
+            pairs.append((question, doc))
+            answers.append(answer)
+    added = retrieval_rows(pairs, documents, n_candidates=5, seed=seed)
+    rows = list(qa_train) + [{**row, "answer": a} for row, a in zip(added, answers)]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
 def build(
     shared: Path, output: Path, train_fraction: float = TRAIN_FRACTION, seed: int = 0
 ) -> dict[str, int]:
@@ -174,6 +203,9 @@ def build(
     retrieval = retrieval_data(train_all, pretrain, handbook, held_docs, seed)
     write_jsonl(output / "retrieval.jsonl", retrieval)
     counts["retrieval"] = len(retrieval)
+    generator = generator_data(train_all, pretrain, held_docs, seed)
+    write_jsonl(output / "generator.jsonl", generator)
+    counts["generator"] = len(generator)
     return counts
 
 
