@@ -66,6 +66,12 @@ def test_no_held_out_question_or_passage_reaches_the_training_files(tmp_path):
     assert len(retrieval) == counts["retrieval"] > counts["train_nq"]
     added = [r for r in retrieval if "gold" not in r]  # beside the labeled training rows
     assert added and all(doc_text(d) not in held_docs for r in added for d in r["docs"])
+    generator = default_data.read_jsonl(tmp_path / "generator.jsonl")
+    assert len(generator) == counts["generator"]
+    added = [r for r in generator if "gold" not in r]  # the pretraining questions
+    assert added and all(len(r["docs"]) == 5 and r["answer"] for r in added)
+    assert all(doc_text(d) not in held_docs for r in added for d in r["docs"])
+    assert {r["question"].strip().lower() for r in generator}.isdisjoint(held_questions)
 
 
 def test_bundled_demo_corpus_is_the_recipes_excerpt():

@@ -393,5 +393,6 @@ def test_frozen_compressor_run_keeps_the_compressor_and_the_query_reasoner(
 
     for name in (ENCODER_ADAPTER, QUERY_ADAPTER):
         assert all(torch.equal(a, b) for a, b in zip(weights(before, name), weights(after, name)))
+    assert after.model_identity == before.model_identity  # stores of the model stay valid
     changed = zip(weights(before, DECODER_ADAPTER), weights(after, DECODER_ADAPTER))
     assert any(not torch.equal(a, b) for a, b in changed)
