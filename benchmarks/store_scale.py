@@ -8,6 +8,10 @@ Quick run (20k documents, a minute or two):
 
     python -m benchmarks.store_scale --quick
 
+Milvus (`MilvusMemoryStore` on Milvus Lite beside `MemoryStore`, see benchmarks/milvus_scale.py):
+
+    python -m benchmarks.store_scale --backend milvus --n 20000
+
 What it measures: add throughput, persist time, disk bytes per document, load time and
 RSS after ``load(mmap=True)`` (in a fresh process per index kind), search latency
 p50/p99 (one query per call) for flat, hnsw and ivfpq, recall@10 of hnsw/ivfpq against
@@ -382,6 +386,12 @@ def main(argv: list[str] | None = None) -> None:
         help="torch/FAISS threads (1 avoids OpenMP spin contention on shared CPUs)",
     )
     ap.add_argument("--kinds", default="hnsw,ivfpq")
+    ap.add_argument(
+        "--backend",
+        choices=("memory", "milvus"),
+        default="memory",
+        help="milvus: MilvusMemoryStore on Milvus Lite beside MemoryStore (benchmarks/milvus_scale.py)",
+    )
     ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--kind", help=argparse.SUPPRESS)
     ap.add_argument("--queries-file", type=Path, help=argparse.SUPPRESS)
@@ -402,6 +412,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.quick:
         args.n = 20_000
+    if args.backend == "milvus":
+        from benchmarks.milvus_scale import run
+
+        run(
+            args, Synth(), (args.dir or RESULTS / "tmp").resolve() / "milvus", _rss, _pct, _metadata
+        )
+        return
     work = (args.dir or RESULTS / "tmp").resolve()
     store_dir = work / "store"
     if store_dir.exists():

@@ -63,6 +63,11 @@ def test_benchmark_commands_write_results(tmp_path):
         scores = answers["sets"]["nq"][setting]
         assert 0.0 <= scores["clara"]["f1"] <= 1.0 and 0.0 <= scores["text_rag"]["f1"] <= 1.0
     _run(["benchmarks.store_scale", "--n", "2000", "--dir", str(tmp_path / "store")], tmp_path)
+    milvus_args = ["--backend", "milvus", "--n", "300", "--queries", "5", "--chunk", "100"]
+    _run(["benchmarks.store_scale", *milvus_args, "--dir", str(tmp_path / "m")], tmp_path)
+    milvus = json.loads((tmp_path / "store_scale_milvus.json").read_text())
+    assert milvus["milvus_flat"]["recall_at_10"] == 1.0  # exact index, exact re-scoring
+    assert all(milvus[k]["insert_docs_per_s"] > 0 for k in ("memory_store", "milvus_hnsw"))
     _run(["benchmarks.training_throughput", "--bases", "tiny", "--steps", "2"], tmp_path)
     throughput = json.loads((tmp_path / "training_throughput.json").read_text())["bases"]["tiny"][
         "stages"
@@ -73,6 +78,13 @@ def test_benchmark_commands_write_results(tmp_path):
         for v in throughput.values()
         for path in ("legacy", "fast")
     )
+    tiny = ["--model", str(FIXTURE / "ckpt-e2e"), "--base-model", str(FIXTURE / "tiny-llama-base")]
+    _run(
+        ["benchmarks.ray_compress", "--n", "8", "--batch-size", "4", "--workers", "1", *tiny],
+        tmp_path,
+    )
+    ray_runs = json.loads((tmp_path / "ray_compress.json").read_text())
+    assert ray_runs["max_abs_diff"] <= 1e-4 and ray_runs["ray"]["1"]["docs_per_s"] > 0
     _run(["benchmarks.run", "--render-only"], tmp_path)
     rendered = (tmp_path / "BENCHMARKS.md").read_text()
     for section in (
@@ -81,7 +93,9 @@ def test_benchmark_commands_write_results(tmp_path):
         "## Retrieval quality",
         "## Answer quality",
         "## Store scale",
+        "## Store scale on Milvus Lite",
         "## Training throughput",
+        "## Compression through Ray Data",
     ):
         assert section in rendered
     for chart in (

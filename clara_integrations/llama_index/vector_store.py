@@ -20,7 +20,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import node_to_metadata_dict
 
 from ..pipeline import Item, search_store, upsert_store
-from ..store import MemoryStore
+from ..store import MemoryStore, MemoryStoreProtocol
 from ..store.closing import ClosesStore
 from ._context import register_nodes
 from ._filters import to_store_filters
@@ -42,7 +42,8 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
     `ClaraLLM` behind ``index.as_query_engine(llm=ClaraLLM(model))``'s default synthesizer.
 
     Args:
-        store: an existing `MemoryStore` (e.g. ``MemoryStore.load(path)``), or None to
+        store: an existing `MemoryStore` (e.g. ``MemoryStore.load(path)``) or
+            `MilvusMemoryStore` (memories in Milvus; `persist` then has nothing to do), or None to
             create one for `model`.
         model: the `ClaraModel`; checked against `store` (identity, n_mem, H), or used to
             shape a new one.
@@ -68,10 +69,10 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
     is_embedding_query: bool = True
     flat_metadata: bool = False
 
-    _store: MemoryStore = PrivateAttr()
+    _store: MemoryStoreProtocol = PrivateAttr()
 
     def __init__(
-        self, store: MemoryStore | None = None, model: Any = None, **store_kwargs: Any
+        self, store: MemoryStoreProtocol | None = None, model: Any = None, **store_kwargs: Any
     ) -> None:
         super().__init__()
         if store is None:
@@ -93,8 +94,8 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
         return "ClaraVectorStore"
 
     @property
-    def client(self) -> MemoryStore:
-        """The underlying `MemoryStore` (usable directly by `ClaraRetriever`)."""
+    def client(self) -> MemoryStoreProtocol:
+        """The underlying store (usable directly by `ClaraRetriever`)."""
         return self._store
 
     # ------------------------------------------------------------------ writing
@@ -235,6 +236,9 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
         path = Path(persist_path)
         if path.suffix == ".json":
             path = path.with_suffix("")
+        if not isinstance(self._store, MemoryStore):
+            logger.debug("%s keeps its data itself: nothing to persist", type(self._store).__name__)
+            return
         self._store.persist(path, overwrite=True, show_progress=False)
 
     @classmethod

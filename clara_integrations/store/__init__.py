@@ -4,7 +4,8 @@ Holds nodes (id, text, metadata) with their CLaRa memory tokens ``[n_mem, H]`` o
 (float16 by default), searchable by cosine similarity with an exact ("flat") or
 approximate ("hnsw", "ivfpq", FAISS factory) index, persisted atomically.
 :class:`MemoryStoreProtocol` is what the pipeline and the framework adapters need of a
-store; ``MemoryStore`` implements it, and other backends (Milvus) are to.
+store; ``MemoryStore`` implements it, and so does ``MilvusMemoryStore`` (the same API over
+a Milvus collection, imported on first use: it needs the ``[milvus]`` extra).
 
 Example:
     >>> import torch
@@ -33,6 +34,7 @@ __all__ = [
     "Hit",
     "MemoryStore",
     "MemoryStoreProtocol",
+    "MilvusMemoryStore",
     "Node",
     "NodeNotFoundError",
     "StoreClosedError",
@@ -43,3 +45,12 @@ __all__ = [
     "StoreMismatchError",
     "StoreStaleError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # pymilvus is an optional extra: imported when the Milvus backend is first asked for.
+    if name == "MilvusMemoryStore":
+        from .milvus_store import MilvusMemoryStore
+
+        return MilvusMemoryStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

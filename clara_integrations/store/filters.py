@@ -1,4 +1,5 @@
-"""Metadata filters, compiled to SQL over the ``node_meta`` table.
+"""Metadata filters, compiled to SQL over the ``node_meta`` table (and, through the same
+parser, to Milvus expressions: `milvus_filters`).
 
 Filter syntax (a dict; several keys are AND-ed)::
 
@@ -70,7 +71,37 @@ def index_pairs(metadata: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
                 yield key, canonical_value(item)
 
 
-def _membership(key: str, op: str, arg: Any) -> tuple[str, list[Any]]:
+class _Dialect:
+    """How one backend writes the conditions of a filter (SQL here; Milvus expressions in
+    `milvus_filters`): the parsing and validation of the filter dict stay in one place."""
+
+    true: tuple[str, list[Any]] = ("1", [])
+    false: tuple[str, list[Any]] = ("0", [])
+
+    def membership(self, key: str, values: list[str], negated: bool) -> tuple[str, list[Any]]:
+        """`key` holds (or, `negated`, holds none of) these canonical values; non-empty."""
+        marks = ",".join("?" * len(values))
+        sub = f"SELECT vid FROM node_meta WHERE key = ? AND value IN ({marks})"
+        return f"n.vid {'NOT IN' if negated else 'IN'} ({sub})", [key, *values]
+
+    def number_range(self, key: str, op: str, bound: float) -> tuple[str, list[Any]]:
+        test = f"{_IS_NUMBER} AND CAST(value AS REAL) {op} ?"
+        return f"n.vid IN (SELECT vid FROM node_meta WHERE key = ? AND {test})", [key, bound]
+
+    def string_range(self, key: str, op: str, bound: str) -> tuple[str, list[Any]]:
+        # Compared without the JSON quotes (a closing quote would sort "ab" after "ab c").
+        test = f"{_IS_STRING} AND substr(value, 2, length(value) - 2) {op} ?"
+        param = canonical_value(bound)[1:-1]
+        return f"n.vid IN (SELECT vid FROM node_meta WHERE key = ? AND {test})", [key, param]
+
+    def join(self, parts: list[tuple[str, list[Any]]], word: str) -> tuple[str, list[Any]]:
+        """`parts` joined by AND/OR (two or more)."""
+        return f" {word} ".join(f"({cond})" for cond, _ in parts), [
+            p for _, ps in parts for p in ps
+        ]
+
+
+def _membership(d: _Dialect, key: str, op: str, arg: Any) -> tuple[str, list[Any]]:
     if op in ("$in", "$nin"):
         if not isinstance(arg, (list, tuple, set, frozenset)):
             raise ValueError(f"{op} for {key!r} needs a list of values, got {arg!r}")
@@ -79,34 +110,25 @@ def _membership(key: str, op: str, arg: Any) -> tuple[str, list[Any]]:
         values = [canonical_value(arg)]
     negated = op in ("$ne", "$nin")
     if not values:  # $in [] matches nothing, $nin [] matches everything
-        return ("1" if negated else "0"), []
-    marks = ",".join("?" * len(values))
-    sub = f"SELECT vid FROM node_meta WHERE key = ? AND value IN ({marks})"
-    return f"n.vid {'NOT IN' if negated else 'IN'} ({sub})", [key, *values]
+        return d.true if negated else d.false
+    return d.membership(key, values, negated)
 
 
-def _range(key: str, op: str, bound: Any) -> tuple[str, list[Any]]:
+def _range(d: _Dialect, key: str, op: str, bound: Any) -> tuple[str, list[Any]]:
     if isinstance(bound, bool) or not isinstance(bound, (int, float, str)):
         raise ValueError(f"{op} for {key!r} needs a number or a string, got {bound!r}")
     if isinstance(bound, str):
-        # Compared without the JSON quotes (a closing quote would sort "ab" after "ab c").
-        test = f"{_IS_STRING} AND substr(value, 2, length(value) - 2) {_RANGES[op]} ?"
-        param = canonical_value(bound)[1:-1]
-    else:
-        test, param = (
-            f"{_IS_NUMBER} AND CAST(value AS REAL) {_RANGES[op]} ?",
-            float(canonical_value(bound)),
-        )
-    return f"n.vid IN (SELECT vid FROM node_meta WHERE key = ? AND {test})", [key, param]
+        return d.string_range(key, _RANGES[op], bound)
+    return d.number_range(key, _RANGES[op], float(canonical_value(bound)))
 
 
-def _key_condition(key: str, spec: Any) -> tuple[str, list[Any]]:
-    """SQL condition and parameters for one key's filter."""
+def _key_condition(d: _Dialect, key: str, spec: Any) -> tuple[str, list[Any]]:
+    """Condition and parameters for one key's filter."""
     if not isinstance(key, str) or not key:
         raise ValueError(f"filter keys must be non-empty strings, got {key!r}")
     if not isinstance(spec, Mapping):
         op = "$in" if isinstance(spec, (list, tuple, set, frozenset)) else "$eq"
-        return _membership(key, op, spec)
+        return _membership(d, key, op, spec)
     unknown = [op for op in spec if op not in _OPERATORS]
     if not spec or unknown or (len(spec) > 1 and any(op in _MEMBERSHIP for op in spec)):
         raise ValueError(
@@ -115,21 +137,22 @@ def _key_condition(key: str, spec: Any) -> tuple[str, list[Any]]:
             f"several AND-ed); got {spec!r}"
         )
     parts = [
-        _membership(key, op, arg) if op in _MEMBERSHIP else _range(key, op, arg)
+        _membership(d, key, op, arg) if op in _MEMBERSHIP else _range(d, key, op, arg)
         for op, arg in spec.items()
     ]
-    return _join(parts, "AND")
+    return _join(d, parts, "AND")
 
 
-def _join(parts: list[tuple[str, list[Any]]], word: str) -> tuple[str, list[Any]]:
+def _join(d: _Dialect, parts: list[tuple[str, list[Any]]], word: str) -> tuple[str, list[Any]]:
     if not parts:
-        return ("1" if word == "AND" else "0"), []
+        return d.true if word == "AND" else d.false
     if len(parts) == 1:
         return parts[0]
-    return f" {word} ".join(f"({cond})" for cond, _ in parts), [p for _, ps in parts for p in ps]
+    return d.join(parts, word)
 
 
-def _condition(filters: Any) -> tuple[str, list[Any]]:
+def condition(filters: Any, dialect: _Dialect) -> tuple[str, list[Any]]:
+    """Validate `filters` and write them in `dialect` (unbracketed)."""
     if not isinstance(filters, Mapping):
         raise ValueError(f"filters must be a dict, got {type(filters).__name__}")
     parts = []
@@ -137,10 +160,10 @@ def _condition(filters: Any) -> tuple[str, list[Any]]:
         if key in _LOGICAL:
             if not isinstance(spec, (list, tuple)) or not spec:
                 raise ValueError(f"{key} needs a non-empty list of filter dicts, got {spec!r}")
-            parts.append(_join([_condition(sub) for sub in spec], key[1:].upper()))
+            parts.append(_join(dialect, [condition(sub, dialect) for sub in spec], key[1:].upper()))
         else:
-            parts.append(_key_condition(key, spec))
-    return _join(parts, "AND")
+            parts.append(_key_condition(dialect, key, spec))
+    return _join(dialect, parts, "AND")
 
 
 def compile_filters(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
@@ -153,6 +176,6 @@ def compile_filters(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
         >>> compile_filters({"page": {"$gte": 3}})[1]
         ['page', 3.0]
     """
-    cond, params = _condition(filters)
+    cond, params = condition(filters, _Dialect())
     # Bracketed: callers AND it with the live-row test, and AND binds tighter than OR.
     return f"({cond})", params

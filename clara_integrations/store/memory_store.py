@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .._sharing import store_reduce
 from . import _indexing as indexing
 from . import _persistence as persistence
 from . import _validate as check
+from ._documents import add_in_chunks, document_texts
 from ._rwlock import RWLock
 from ._search import Result, block_rows_for, merge, scan, score_candidates
 from ._state import StoreState
@@ -350,12 +350,7 @@ class MemoryStore:
             >>> store.get_nodes(ids)[0].text
             'Paris is in France.'
         """
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise TypeError("texts must be a list of strings")
-        texts_ = check.texts(texts, len(texts), required=True)
-        for i, t in enumerate(texts_):
-            if not t.strip():
-                raise ValueError(f"texts[{i}] is empty; the compressor needs text")
+        texts_ = document_texts(texts)
         identity = check.model_shape(model, self._st.cfg)
         metas = check.metadata(metadata, len(texts_))
         ids_, supplied = check.new_ids(ids, len(texts_))
@@ -366,19 +361,7 @@ class MemoryStore:
                 self._st.begin_write()
                 self._st.cfg = self._st.cfg.model_copy(update={"model_identity": identity})
                 logger.info("store adopts model identity %r", identity)
-        if show_progress is None:
-            show_progress = len(texts_) > 64
-        bar = tqdm(total=len(texts_), desc="compressing", unit="doc", disable=not show_progress)
-        try:
-            for s in range(0, len(texts_), chunk_size):
-                part = slice(s, s + chunk_size)
-                mem = model.compress_documents(
-                    texts_[part], batch_size=batch_size, show_progress=False
-                )
-                self.add(mem, texts=texts_[part], metadata=metas[part], ids=ids_[part])
-                bar.update(len(texts_[part]))
-        finally:
-            bar.close()
+        add_in_chunks(self.add, model, texts_, metas, ids_, batch_size, chunk_size, show_progress)
         return ids_
 
     def _db_live_ids(self, ids: Sequence[str]) -> set[str]:

@@ -1,7 +1,7 @@
 """`MemoryStoreProtocol`: what the pipeline and the framework adapters need of a store.
 
-`clara_integrations.store.MemoryStore` (one machine) implements it; a Milvus backend is
-to implement it too. Only these members are used; persistence (`persist`, `load`) is a
+`clara_integrations.store.MemoryStore` (one machine) implements it, and so does
+`clara_integrations.store.MilvusMemoryStore` (a Milvus collection). Only these members are used; persistence (`persist`, `load`) is a
 backend's own business.
 """
 

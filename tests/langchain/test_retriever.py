@@ -88,3 +88,34 @@ def test_mismatched_store_and_model_is_a_clear_error(e2e_model):
         ClaraRetriever(model=e2e_model, store=other)
     with pytest.raises(Exception, match="MemoryStore"):
         ClaraRetriever(model=e2e_model, store={"not": "a store"})
+
+
+def test_retriever_and_chat_model_read_a_milvus_store(e2e_model, doc_store, reference, tmp_path):
+    """`ClaraRetriever` and `ChatClara(store=...)` take a `MilvusMemoryStore` as they take a
+    `MemoryStore`: the same documents, scores and answer."""
+    pytest.importorskip("milvus_lite")
+    from langchain_core.messages import HumanMessage
+
+    from clara_integrations.langchain import ChatClara
+    from clara_integrations.store import MilvusMemoryStore
+
+    ids = doc_store.ids_where()
+    with MilvusMemoryStore.for_model(e2e_model, str(tmp_path / "m.db"), dtype=torch.float32) as m:
+        m.add(
+            doc_store.get_memories(ids), texts=[n.text for n in doc_store.get_nodes(ids)], ids=ids
+        )
+        question = reference["questions"][0]
+        got = ClaraRetriever(model=e2e_model, store=m, k=3).invoke(question)
+        want = ClaraRetriever(model=e2e_model, store=doc_store, k=3).invoke(question)
+        assert [(d.id, d.page_content) for d in got] == [(d.id, d.page_content) for d in want]
+        assert [d.metadata["score"] for d in got] == pytest.approx(
+            [d.metadata["score"] for d in want], abs=1e-6
+        )
+        docs = [d for d in want]
+        answers = [
+            ChatClara(model=e2e_model, store=s, max_new_tokens=8)
+            .invoke([HumanMessage(question)], documents=docs)
+            .content
+            for s in (m, doc_store)
+        ]
+        assert answers[0] == answers[1]

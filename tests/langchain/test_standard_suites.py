@@ -86,3 +86,18 @@ class TestClaraVectorStoreStandard(VectorStoreIntegrationTests):
             yield store
         finally:
             store.store.close()
+
+
+class TestClaraVectorStoreMilvusStandard(VectorStoreIntegrationTests):
+    """The same suite with the memories in Milvus (Milvus Lite, a real Milvus engine)."""
+
+    @pytest.fixture
+    def vectorstore(self, stage2_model, tmp_path):
+        pytest.importorskip("milvus_lite")
+        from clara_integrations.store import MilvusMemoryStore
+
+        store = MilvusMemoryStore.for_model(
+            stage2_model, str(tmp_path / "clara.db"), dtype=torch.float32
+        )
+        with ClaraVectorStore(model=stage2_model, store=store) as vector_store:
+            yield vector_store

@@ -42,6 +42,27 @@ def index(e2e_model, embed, reference):
     )
 
 
+@pytest.fixture(params=["memory", "milvus"])
+def any_index(request, e2e_model, embed, reference, tmp_path):
+    """The index on each store backend: `MemoryStore`, and `MilvusMemoryStore` (Milvus Lite)."""
+    if request.param == "memory":
+        vector_store = ClaraVectorStore(model=e2e_model, dtype=torch.float32)
+    else:
+        pytest.importorskip("milvus_lite")
+        from clara_integrations.store import MilvusMemoryStore
+
+        store = MilvusMemoryStore.for_model(
+            e2e_model, str(tmp_path / "clara.db"), dtype=torch.float32
+        )
+        vector_store = ClaraVectorStore(store=store, model=e2e_model)
+    with vector_store:
+        yield VectorStoreIndex.from_documents(
+            documents(reference),
+            storage_context=StorageContext.from_defaults(vector_store=vector_store),
+            embed_model=embed,
+        )
+
+
 def reference_engine(index, model, **synth_kwargs):
     llm = ClaraLLM(model=model, max_new_tokens=REFERENCE_MAX_NEW_TOKENS)
     return index.as_query_engine(
@@ -70,7 +91,8 @@ def test_embedding_is_memory_and_query_vector(e2e_model, embed, reference, doc_m
         embed.get_query_embedding(" ")
 
 
-def test_index_answers_from_stored_memory(index, e2e_model, reference, doc_memory):
+def test_index_answers_from_stored_memory(any_index, e2e_model, reference, doc_memory):
+    index = any_index
     engine = reference_engine(index, e2e_model, compress_missing=False)
     for question, answer, topk in zip(
         reference["questions"], reference["e2e.generate_from_questions"], reference["e2e.topk_idx"]
@@ -85,7 +107,8 @@ def test_index_answers_from_stored_memory(index, e2e_model, reference, doc_memor
         )
 
 
-def test_filters_delete_upsert_and_get(index, e2e_model, reference):
+def test_filters_delete_upsert_and_get(any_index, e2e_model, reference):
+    index = any_index
     vector_store = index.vector_store
     question = reference["questions"][1]
     only_first = MetadataFilters(filters=[MetadataFilter(key="half", value="first")])
