@@ -89,19 +89,27 @@ def retrieval_chart(r: dict, out: Path, k: int = 5) -> Path | None:
     )
 
 
-def answer_quality_chart(q: dict, out: Path, setting: str = "retrieved") -> Path | None:
+def answer_quality_chart(q: dict, out: Path, setting: str | None = None) -> Path | None:
     if not q or not q.get("sets"):
         return None
     sets = list(q["sets"])
+    settings = q.get("settings", ["gold", "retrieved"])
+    setting = setting or ("gold" if "gold" in settings else settings[0])
+    first = q["sets"][sets[0]][setting]
+    metric, name = ("acc", "cover-EM") if "acc" in first["clara"] else ("f1", "F1")
+    series = {"CLaRa (memory)": [q["sets"][s][setting]["clara"][metric] for s in sets]}
+    if "before" in first:
+        series = {
+            "before (memory)": [q["sets"][s][setting]["before"][metric] for s in sets],
+            **series,
+        }
+    series["text RAG"] = [q["sets"][s][setting]["text_rag"][metric] for s in sets]
     return _bars(
         out / "answer_quality.png",
-        f"Answer F1, {setting} documents (higher is better)",
+        f"Answer {name}, {setting} documents (higher is better)",
         sets,
-        {
-            "CLaRa (memory)": [q["sets"][s][setting]["clara"]["f1"] for s in sets],
-            "text RAG": [q["sets"][s][setting]["text_rag"]["f1"] for s in sets],
-        },
-        "F1",
+        series,
+        name,
     )
 
 

@@ -30,6 +30,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -102,21 +103,23 @@ def clara_order(query: torch.Tensor, memory: torch.Tensor) -> list[int]:
 _MEMORIES: dict[tuple[str, str], torch.Tensor] = {}
 
 
+def memories_of(model: Any, docs: list[str]) -> torch.Tensor:
+    """(len(docs), n_mem, H) memories of `docs`, each passage compressed once per compressor."""
+    digest = model.model_identity
+    missing = list(dict.fromkeys(d for d in docs if (digest, d) not in _MEMORIES))
+    if missing:
+        for doc, memory in zip(missing, model.compress_documents(missing)):
+            _MEMORIES[digest, doc] = memory
+    return torch.stack([_MEMORIES[digest, d] for d in docs])
+
+
 def clara_ranker(path: str) -> Ranker:
     from clara_integrations import ClaraModel  # noqa: PLC0415
 
     model = ClaraModel.from_pretrained(path if path != "default" else None, dtype=torch.float32)
-    digest = model.model_identity
-
-    def memories(docs: list[str]) -> torch.Tensor:
-        missing = list(dict.fromkeys(d for d in docs if (digest, d) not in _MEMORIES))
-        if missing:
-            for doc, memory in zip(missing, model.compress_documents(missing)):
-                _MEMORIES[digest, doc] = memory
-        return torch.stack([_MEMORIES[digest, d] for d in docs])
 
     def rank(question: str, docs: list[str]) -> list[int]:
-        return clara_order(model.encode_queries([question])[0], memories(docs))
+        return clara_order(model.encode_queries([question])[0], memories_of(model, docs))
 
     return rank
 

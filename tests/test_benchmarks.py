@@ -55,6 +55,8 @@ def test_benchmark_commands_write_results(tmp_path):
             "1",
             "--checkpoint",
             str(FIXTURE / "ckpt-e2e"),
+            "--compare",
+            str(FIXTURE / "ckpt-e2e"),
         ],
         tmp_path,
     )
@@ -62,6 +64,7 @@ def test_benchmark_commands_write_results(tmp_path):
     for setting in ("gold", "retrieved"):
         scores = answers["sets"]["nq"][setting]
         assert 0.0 <= scores["clara"]["f1"] <= 1.0 and 0.0 <= scores["text_rag"]["f1"] <= 1.0
+        assert all(0.0 <= scores[w]["acc"] <= 1.0 for w in ("before", "clara", "text_rag"))
     _run(["benchmarks.store_scale", "--n", "2000", "--dir", str(tmp_path / "store")], tmp_path)
     milvus_args = ["--backend", "milvus", "--n", "300", "--queries", "5", "--chunk", "100"]
     _run(["benchmarks.store_scale", *milvus_args, "--dir", str(tmp_path / "m")], tmp_path)
