@@ -95,7 +95,10 @@ def _compress(args: argparse.Namespace) -> int:
         return 2
     try:
         store = open_store(
-            args.store, model, dtype=getattr(torch, args.store_dtype), collection=args.collection
+            args.store,
+            model,
+            dtype=getattr(torch, args.store_dtype) if args.store_dtype else None,
+            collection=args.collection,
         )
     except expected as exc:
         sys.stderr.write(f"clara compress: {exc}\n")
@@ -145,6 +148,13 @@ def _load_model(path: str | None, kwargs: dict):
     from .modeling import ClaraModel  # noqa: PLC0415
 
     return ClaraModel.from_pretrained(path, **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument(
         "--store-dtype",
         choices=["float16", "bfloat16", "float32"],
-        default="float16",
-        help="dtype of a new MemoryStore (default float16)",
+        default=None,
+        help="dtype of a new store (default float16; an existing store keeps its own)",
     )
     comp.add_argument("--collection", help="Milvus collection (default: the backend's)")
     comp.add_argument("--workers", type=int, default=1, help="Ray actors, one model each")
@@ -213,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--batch-size", type=int, default=16, help="documents per forward")
     comp.add_argument(
         "--persist-every",
-        type=int,
+        type=_positive,
         default=1000,
-        help="persist a MemoryStore after this many new documents (default 1000)",
+        help="persist a MemoryStore after this many new documents (default 1000; it is "
+        "always persisted at the end)",
     )
     comp.add_argument("--strict", action="store_true", help="stop at the first bad input line")
     comp.add_argument("--no-progress", action="store_true", help="no progress bar")

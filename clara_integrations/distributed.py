@@ -200,7 +200,9 @@ def open_store(
                 'Install it with pip install "clara-integrations[milvus]", or pass a '
                 "directory for a local MemoryStore"
             ) from exc
-        kwargs = {"collection": collection} if collection else {}
+        kwargs: dict[str, Any] = {"collection": collection} if collection else {}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
         return MilvusMemoryStore.for_model(model, uri=str(spec), **kwargs)
     from .store import MemoryStore  # noqa: PLC0415
     from .store.manifest import MANIFEST_NAME  # noqa: PLC0415
@@ -300,6 +302,15 @@ class _Compressor:
         }
 
 
+def _stored(store: Any, ids: list[str]) -> set[str]:
+    """Which of `ids` the store holds: one query where the store answers for many
+    (`MilvusMemoryStore.present`; a round trip per id would take hours at 10M documents)."""
+    present = getattr(store, "present", None)
+    if callable(present):
+        return set(present(ids))
+    return {i for i in ids if i in store}
+
+
 class _Writer:
     """Adds batches to the store, persisting a persisted store every `persist_every`."""
 
@@ -307,7 +318,9 @@ class _Writer:
         self.store = store
         persist = getattr(store, "persist", None)
         lives_on_disk = getattr(store, "path", None) is not None
-        self.persist = persist if persist_every and callable(persist) and lives_on_disk else None
+        # A store that lives in a directory is always persisted at the end (else the run
+        # would be lost at close); `persist_every` only adds the intermediate persists.
+        self.persist = persist if callable(persist) and lives_on_disk else None
         self.persist_every = persist_every or 0
         self.pending = 0
         self.written = 0
@@ -321,7 +334,7 @@ class _Writer:
         self.written += n
         self.pending += n
         self.bar.update(n)
-        if self.persist is not None and self.pending >= self.persist_every:
+        if self.persist is not None and self.persist_every and self.pending >= self.persist_every:
             self.flush()
 
     def flush(self) -> None:
@@ -422,17 +435,21 @@ def compress_corpus(
     pending: list[dict[str, Any]] = []
     read = skipped = duplicates = 0
     check_store = len(store) > 0  # an empty store holds nothing to skip: no lookups
+    unique: list[dict[str, Any]] = []
     for record in _records(docs):
         read += 1
         if record["id"] in seen:
             duplicates += 1
             continue
         seen.add(record["id"])
-        if check_store and record["id"] in store:
-            skipped += 1
-            continue
-        pending.append(record)
+        unique.append(record)
     del seen
+    for start in range(0, len(unique), 1000):  # which are stored: a lookup per thousand
+        part = unique[start : start + 1000]
+        stored = _stored(store, [r["id"] for r in part]) if check_store else set()
+        skipped += len(stored)
+        pending += [r for r in part if r["id"] not in stored]
+    del unique
     if duplicates:
         logger.warning("%d documents repeat an earlier id and were left out", duplicates)
     if pending:

@@ -164,3 +164,27 @@ def test_readme_compress_commands_parse():
     for line in commands:
         args = build_parser().parse_args(shlex.split(line)[1:])
         assert args.command == "compress"
+
+
+def test_a_store_in_a_directory_is_persisted_at_the_end_and_milvus_resumes(e2e_model, tmp_path):
+    """Without intermediate persists (`persist_every=None`) the run is still persisted
+    when it ends (closing an unpersisted change would lose it); `--persist-every 0` is
+    refused; a Milvus store resumes by id."""
+    store = MemoryStore.for_model(e2e_model, dtype=torch.float32)
+    store.persist(tmp_path / "s", show_progress=False)
+    compress_corpus(
+        TEXTS[:3], store, e2e_model, use_ray=False, persist_every=None, show_progress=False
+    )
+    store.close()
+    assert len(MemoryStore.load(tmp_path / "s")) == 3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(
+            ["compress", "--docs", "d", "--store", "s", "--persist-every", "0"]
+        )
+    pytest.importorskip("milvus_lite")
+    from clara_integrations.store import MilvusMemoryStore
+
+    with MilvusMemoryStore.for_model(e2e_model, str(tmp_path / "m.db"), dtype=torch.float32) as m:
+        first = compress_corpus(TEXTS[:4], m, e2e_model, use_ray=False, show_progress=False)
+        again = compress_corpus(TEXTS, m, e2e_model, use_ray=False, show_progress=False)
+        assert (first.compressed, again.compressed, again.skipped, len(m)) == (4, 6, 4, 10)

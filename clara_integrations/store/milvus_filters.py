@@ -56,6 +56,17 @@ def metadata_fields(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return {"pairs": pairs, "numbers": numbers, "strings": strings}
 
 
+def _literal(text: str) -> str:
+    """A Milvus string literal. Milvus' expression parser knows the escapes of ``\\`` and
+    ``\"`` but not ``\\u``: control characters and lone surrogates cannot be written."""
+    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise ValueError(
+            f"range bound {text!r} holds a control character or lone surrogate, which a "
+            "Milvus expression cannot hold; use MemoryStore for such bounds"
+        )
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class _MilvusDialect(_Dialect):
     true = (_TRUE, [])
     false = (_FALSE, [])
@@ -69,8 +80,7 @@ class _MilvusDialect(_Dialect):
         return f'numbers["{_key_digest(key)}"] {op} {bound!r}', []
 
     def string_range(self, key: str, op: str, bound: str) -> tuple[str, list[Any]]:
-        literal = json.dumps(bound, ensure_ascii=False)
-        return f'strings["{_key_digest(key)}"] {op} {literal}', []
+        return f'strings["{_key_digest(key)}"] {op} {_literal(bound)}', []
 
     def join(self, parts: list[tuple[str, list[Any]]], word: str) -> tuple[str, list[Any]]:
         return f" {word.lower()} ".join(f"({cond})" for cond, _ in parts), []

@@ -11,7 +11,8 @@ read, from any process):
 
 | field | type | holds |
 |---|---|---|
-| ``id`` | VARCHAR primary key | the node id |
+| ``pk`` | VARCHAR primary key | sha256 of the node id (a safe literal in any expression) |
+| ``id`` | VARCHAR | the node id, as given |
 | ``text`` / ``metadata`` | VARCHAR / JSON | what `get_nodes` returns |
 | ``pairs``, ``numbers``, ``strings`` | ARRAY / JSON | the filterable form (`milvus_filters`) |
 | ``memory`` | FLOAT_VECTOR (n_mem x H) | the exact memory, indexed (COSINE) |
@@ -22,15 +23,18 @@ at compression 16 has 65,536 values per document) is kept exactly in several
 ``projection_dim`` values is indexed instead (Johnson-Lindenstrauss: inner products are
 kept within ~1/sqrt(projection_dim)). `MemoryStore`'s hnsw/ivfpq do the same with a PCA.
 
-Whatever is indexed, `search` re-scores the candidates exactly: Milvus finds
-``max(k * rescore_factor, min_candidates)`` candidates (just ``k`` for an exact index of
-the memory itself), their memories are read back and ranked by the exact cosine, computed
-as `MemoryStore` does. Memories are sent as float32, which holds float16/bfloat16 values
+Whatever is indexed, `search` re-scores the candidates exactly: Milvus finds ``k``
+candidates on the memory itself (exactly with ``index="flat"``), or
+``max(k * rescore_factor, min_candidates)`` on a projection (approximate then, even with
+"flat", as `MemoryStore`'s PCA indexes are), their memories are read back and ranked by
+the exact cosine, computed as `MemoryStore` does. Memories are sent as float32, which holds float16/bfloat16 values
 exactly, so `get_memories` returns what `MemoryStore` would.
 
 Writes from several processes are serialised by Milvus. Ids are checked before an insert;
 two processes adding the *same* caller-given id at once are not detected (generated ids
-are uuid4 and never collide). An `add` that fails midway deletes what it had inserted.
+are uuid4 and never collide). An `add` or `update` that fails midway undoes what it had
+written. `update` reads the rows it changes and writes them back whole: two processes
+updating the same node at once keep one of the two changes, as with any read-modify-write.
 
 Example:
     >>> import torch
@@ -43,9 +47,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import math
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -56,7 +63,7 @@ import torch.nn.functional as F
 
 from . import _validate as check
 from ._documents import add_in_chunks, document_texts
-from .config import StoreConfig, canonical_dtype
+from .config import RUNTIME_FIELDS, StoreConfig, canonical_dtype
 from .errors import NodeNotFoundError, StoreClosedError, StoreError, StoreMismatchError
 from .milvus_filters import metadata_fields, milvus_expression
 from .records import Hit, Node
@@ -69,6 +76,7 @@ logger = logging.getLogger(__name__)
 _PROPERTY = "clara.store"
 #: Milvus limits: VARCHAR bytes, ARRAY capacity, hits per query, query page.
 _MAX_VARCHAR = 65_535
+_MAX_ID_BYTES = 4_096
 _MAX_PAIRS = 4_096
 _MAX_TOPK = 16_384
 _PAGE = 1_000
@@ -99,8 +107,19 @@ def _milvus() -> Any:
     return pymilvus
 
 
+def _pk(node_id: str) -> str:
+    """The primary key of a node: hex digits, so no id needs quoting in an expression."""
+    return hashlib.sha256(node_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _pk_expression(ids: Sequence[str]) -> str:
+    return f"pk in {json.dumps([_pk(i) for i in ids])}"
+
+
+@functools.lru_cache(maxsize=4)
 def _projection(dim: int, width: int, seed: int) -> torch.Tensor:
-    """The fixed (dim, width) Gaussian projection, the same in every process."""
+    """The fixed (dim, width) Gaussian projection, the same in every process (built once
+    per process: at 65,536 x 1,024 it is 256 MiB and takes a second)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(dim, width, generator=gen) / math.sqrt(width)
 
@@ -119,13 +138,16 @@ class MilvusMemoryStore:
             `StoreConfig`'s ``hnsw_m`` / ``hnsw_ef_construction`` / ``hnsw_ef_search``).
         model_identity: the compressor's identity; None adopts the first model given to
             `add_documents`.
-        token: server credentials (``"user:password"`` or an API key).
+        token: server credentials (``"user:password"`` or an API key; default: the
+            ``MILVUS_TOKEN`` environment variable). Never pickled.
         max_vector_dim: widest vector the deployment indexes (Milvus: 32,768).
         projection_dim: width of the indexed projection of wider memories.
-        **options: further `StoreConfig` fields (``rescore_factor``, ``min_candidates``...).
+        **options: further `StoreConfig` fields (``rescore_factor``, ``min_candidates``...);
+            for an existing collection only the runtime ones (`configure`).
 
     Raises:
-        StoreMismatchError: the collection exists with another shape or dtype.
+        StoreMismatchError: the collection exists with another shape, dtype, index or
+            model identity.
         ValueError: a new collection without ``n_mem``/``hidden_size``, or a bad option.
     """
 
@@ -146,12 +168,16 @@ class MilvusMemoryStore:
     ) -> None:
         if index not in _INDEXES:
             raise ValueError(f"index must be one of {sorted(_INDEXES)} on Milvus, got {index!r}")
-        self._uri, self._collection, self._token = str(uri), collection, token
+        uri = str(uri)
+        if "://" not in uri:  # a Milvus Lite folder: the same one from any working directory
+            uri = os.path.abspath(uri)
+        self._uri, self._collection = uri, collection
+        token = token if token is not None else os.environ.get("MILVUS_TOKEN")
         self._client = _milvus().MilvusClient(uri=self._uri, token=token or "")
         self._closed = False
         self._lock = threading.Lock()  # one writer per handle; Milvus orders the rest
         if self._client.has_collection(collection):
-            self._open(n_mem, hidden_size, dtype)
+            self._open(n_mem, hidden_size, dtype, index, model_identity, options)
         else:
             if n_mem is None or hidden_size is None:
                 raise ValueError(
@@ -194,7 +220,8 @@ class MilvusMemoryStore:
         milvus = _milvus()
         dt = milvus.DataType
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", dt.VARCHAR, is_primary=True, max_length=512)
+        schema.add_field("pk", dt.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("id", dt.VARCHAR, max_length=_MAX_ID_BYTES)
         schema.add_field("text", dt.VARCHAR, max_length=_MAX_VARCHAR)
         schema.add_field("metadata", dt.JSON)
         schema.add_field(
@@ -215,13 +242,17 @@ class MilvusMemoryStore:
         if layout["projection_dim"]:
             schema.add_field("projection", dt.FLOAT_VECTOR, dim=layout["projection_dim"])
             index.add_index("projection", index_type=kind, metric_type="COSINE", params=params)
-        self._client.create_collection(
-            self._collection, schema=schema, index_params=index, consistency_level="Strong"
-        )
         self._cfg, self._layout = cfg, layout
-        self._save_config()
+        # The config travels with the creation: no moment with a collection but no config.
+        self._client.create_collection(
+            self._collection,
+            schema=schema,
+            index_params=index,
+            consistency_level="Strong",
+            properties={_PROPERTY: self._config_json()},
+        )
 
-    def _open(self, n_mem: int | None, hidden_size: int | None, dtype: Any | None) -> None:
+    def _saved_config(self) -> tuple[StoreConfig, dict[str, Any]]:
         props = self._client.describe_collection(self._collection).get("properties", {})
         if _PROPERTY not in props:
             raise StoreError(
@@ -229,20 +260,60 @@ class MilvusMemoryStore:
                 "MilvusMemoryStore (no store config); pick another collection name"
             )
         saved = json.loads(props[_PROPERTY])
-        self._cfg, self._layout = StoreConfig.model_validate(saved["config"]), saved["layout"]
-        given = (n_mem or self._cfg.n_mem, hidden_size or self._cfg.hidden_size)
-        if given != (self._cfg.n_mem, self._cfg.hidden_size) or (
-            dtype is not None and canonical_dtype(dtype) != self._cfg.dtype
-        ):
+        return StoreConfig.model_validate(saved["config"]), saved["layout"]
+
+    def _open(
+        self,
+        n_mem: int | None,
+        hidden_size: int | None,
+        dtype: Any | None,
+        index: str,
+        model_identity: str | None,
+        options: dict[str, Any],
+    ) -> None:
+        self._cfg, self._layout = self._saved_config()
+        cfg = self._cfg
+        given = (n_mem or cfg.n_mem, hidden_size or cfg.hidden_size)
+        wrong = given != (cfg.n_mem, cfg.hidden_size) or (
+            dtype is not None and canonical_dtype(dtype) != cfg.dtype
+        )
+        if wrong or (index != "flat" and index != cfg.index):
             raise StoreMismatchError(
                 f"collection {self._collection!r} holds memories of fingerprint "
-                f"{self._cfg.fingerprint}; asked for n_mem={n_mem}, H={hidden_size}, "
-                f"dtype={dtype}. Use another collection name"
+                f"{cfg.fingerprint} (index {cfg.index!r}); asked for n_mem={n_mem}, "
+                f"H={hidden_size}, dtype={dtype}, index={index!r}. Use another collection name"
             )
+        if model_identity is not None and cfg.model_identity not in (None, model_identity):
+            raise StoreMismatchError(
+                f"collection {self._collection!r} was built by model {cfg.model_identity!r} "
+                f"(fingerprint {cfg.fingerprint}) but got model {model_identity!r}; its memories "
+                "live in another space. Use another collection or the original model"
+            )
+        fixed = set(options) - RUNTIME_FIELDS
+        if fixed:
+            raise ValueError(
+                f"collection {self._collection!r} exists: only runtime settings can be given "
+                f"({sorted(RUNTIME_FIELDS)}), got {sorted(fixed)}"
+            )
+        if options:
+            self._cfg = StoreConfig.model_validate({**cfg.model_dump(), **options})
 
-    def _save_config(self) -> None:
-        value = json.dumps({"config": self._cfg.model_dump(), "layout": self._layout})
-        self._client.alter_collection_properties(self._collection, properties={_PROPERTY: value})
+    def _config_json(self) -> str:
+        return json.dumps({"config": self._cfg.model_dump(), "layout": self._layout})
+
+    def configure(self, **runtime: Any) -> None:
+        """Change this handle's search-time settings (`config.RUNTIME_FIELDS`, e.g.
+        ``rescore_factor``, ``hnsw_ef_search``); the collection is not changed.
+
+        Raises:
+            ValueError: a setting that is not a runtime one.
+        """
+        bad = set(runtime) - RUNTIME_FIELDS
+        if bad:
+            raise ValueError(
+                f"only runtime settings can change: {sorted(RUNTIME_FIELDS)}; got {sorted(bad)}"
+            )
+        self._cfg = StoreConfig.model_validate({**self._cfg.model_dump(), **runtime})
 
     @staticmethod
     def _part_widths(cfg: StoreConfig, layout: dict[str, Any]) -> list[tuple[str, int]]:
@@ -275,7 +346,7 @@ class MilvusMemoryStore:
         return int(rows[0]["count(*)"])
 
     def __contains__(self, node_id: object) -> bool:
-        return isinstance(node_id, str) and bool(node_id) and bool(self._present([node_id]))
+        return isinstance(node_id, str) and bool(node_id) and bool(self.present([node_id]))
 
     def __repr__(self) -> str:
         return (
@@ -285,8 +356,10 @@ class MilvusMemoryStore:
         )
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, tuple[Any, ...]]:
-        """Pickle by reference: the other process connects to the same collection."""
-        return _reopen, (self._uri, self._collection, self._token)
+        """Pickle by reference: the unpickled store connects to the same collection (a
+        server's from any process, with ``MILVUS_TOKEN`` for credentials, which are never
+        pickled; a Milvus Lite folder is held by one process at a time)."""
+        return _reopen, (self._uri, self._collection)
 
     def __enter__(self) -> MilvusMemoryStore:
         return self
@@ -296,9 +369,10 @@ class MilvusMemoryStore:
 
     def close(self) -> None:
         """Disconnect; the data stays in Milvus. Later use raises `StoreClosedError`."""
-        if not self._closed:
-            self._closed = True
-            self._client.close()
+        with self._lock:  # not in the middle of another thread's write
+            if not self._closed:
+                self._closed = True
+                self._client.close()
 
     def check_model(self, model: Any) -> None:
         """Raise `StoreMismatchError` unless ``model`` fits this store."""
@@ -310,13 +384,22 @@ class MilvusMemoryStore:
             raise StoreClosedError(f"MilvusMemoryStore {self._collection!r} is closed")
         return method(*args, **kwargs)
 
-    def _present(self, ids: Sequence[str]) -> set[str]:
+    def present(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` are in the store (one query per thousand ids; a resumed
+        `compress_corpus` asks this of every document).
+
+        Example:
+            >>> store.present(["a", "nope"]) <= {"a"}
+            True
+        """
+        ids_ = check.node_ids(ids)
         found: set[str] = set()
-        for s in range(0, len(ids), _PAGE):
+        unique = list(dict.fromkeys(ids_))
+        for s in range(0, len(unique), _PAGE):
             rows = self._call(
-                self._client.get,
+                self._client.query,
                 self._collection,
-                ids=list(ids[s : s + _PAGE]),
+                filter=_pk_expression(unique[s : s + _PAGE]),
                 output_fields=["id"],
             )
             found.update(r["id"] for r in rows)
@@ -324,17 +407,26 @@ class MilvusMemoryStore:
 
     def _fetch(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
-        for s in range(0, len(ids), self._rows_per_request()):
-            part = list(dict.fromkeys(ids[s : s + self._rows_per_request()]))
-            got = self._call(self._client.get, self._collection, ids=part, output_fields=fields)
+        unique = list(dict.fromkeys(ids))
+        step = self._rows_per_request()
+        for s in range(0, len(unique), step):
+            got = self._call(
+                self._client.query,
+                self._collection,
+                filter=_pk_expression(unique[s : s + step]),
+                output_fields=["id", *fields],
+            )
             rows.update((r["id"], r) for r in got)
         missing = [i for i in ids if i not in rows]
         if missing:
             raise NodeNotFoundError(f"{len(missing)} id(s) not in the store, e.g. {missing[:5]}")
         return rows
 
-    def _rows_per_request(self) -> int:
-        return max(1, _REQUEST_BYTES // (4 * (self._cfg.dim + self._layout["projection_dim"])))
+    def _rows_per_request(self, extra_bytes: int = 0) -> int:
+        """Rows per request within `_REQUEST_BYTES` (gRPC's limit is 64 MiB): vectors as
+        float32, plus `extra_bytes` per row (text, metadata) when known."""
+        row = 4 * (self._cfg.dim + self._layout["projection_dim"]) + 1024 + extra_bytes
+        return max(1, _REQUEST_BYTES // row)
 
     def _memory_fields(self) -> list[str]:
         return [name for name, _ in self._part_widths(self._cfg, self._layout)]
@@ -372,7 +464,12 @@ class MilvusMemoryStore:
                     f"metadata[{j}] has {len(filterable['pairs'])} filterable values; Milvus "
                     f"keeps at most {_MAX_PAIRS} per node"
                 )
-            row = {"id": node_id, "text": text, "metadata": meta, **filterable}
+            if len(node_id.encode("utf-8", "surrogatepass")) > _MAX_ID_BYTES:
+                raise ValueError(
+                    f"ids[{j}] is longer than the {_MAX_ID_BYTES} bytes Milvus keeps per id"
+                )
+            row = {"pk": _pk(node_id), "id": node_id, "text": text, "metadata": meta}
+            row.update(filterable)
             start = 0
             for name, width in self._part_widths(self._cfg, self._layout):
                 row[name] = flat[j, start : start + width].tolist()
@@ -383,9 +480,14 @@ class MilvusMemoryStore:
         return rows
 
     def _write(self, method: Any, rows: list[dict[str, Any]]) -> None:
-        step = self._rows_per_request()
-        for s in range(0, len(rows), step):
-            self._call(method, self._collection, data=rows[s : s + step])
+        """Send `rows` in requests that stay within `_REQUEST_BYTES`."""
+        start, size = 0, 0
+        limit = self._rows_per_request()
+        for end, row in enumerate(rows, 1):
+            size += len(row["text"]) + 64 * len(row["pairs"]) + len(json.dumps(row["metadata"]))
+            if end - start >= limit or size >= _REQUEST_BYTES // 2 or end == len(rows):
+                self._call(method, self._collection, data=rows[start:end])
+                start, size = end, 0
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -393,6 +495,16 @@ class MilvusMemoryStore:
             if self._closed:
                 raise StoreClosedError(f"MilvusMemoryStore {self._collection!r} is closed")
             yield
+
+    def _undo(self, action: Any) -> None:
+        """Undo a half-done write; a failure here is logged, the write's own error is the
+        one raised."""
+        try:
+            action()
+        except Exception:  # noqa: BLE001 - the caller re-raises the original error
+            logger.exception(
+                "could not undo a failed write in collection %r: check its nodes", self._collection
+            )
 
     # ------------------------------------------------------------------ writing
     def add(
@@ -418,14 +530,16 @@ class MilvusMemoryStore:
             return []
         rows = self._rows(ids_, mem, texts_, metas)
         with self._writing():
-            if supplied and (taken := self._present(ids_)):
+            if supplied and (taken := self.present(ids_)):
                 raise ValueError(
                     f"ids already in the store: {sorted(taken)[:5]}; use update() to change them"
                 )
             try:
                 self._write(self._client.insert, rows)
             except BaseException:
-                self._client.delete(self._collection, ids=ids_)  # no half-added call
+                self._undo(
+                    lambda: self._client.delete(self._collection, filter=_pk_expression(ids_))
+                )
                 raise
         return ids_
 
@@ -449,13 +563,21 @@ class MilvusMemoryStore:
         identity = check.model_shape(model, self._cfg)
         metas = check.metadata(metadata, len(texts_))
         ids_, supplied = check.new_ids(ids, len(texts_))
-        if supplied and (taken := self._present(ids_)):
+        if supplied and (taken := self.present(ids_)):
             raise ValueError(f"ids already in the store: {sorted(taken)[:5]}")
         if self._cfg.model_identity is None and identity is not None:
             with self._writing():
-                self._cfg = self._cfg.model_copy(update={"model_identity": identity})
-                self._save_config()
-                logger.info("store adopts model identity %r", identity)
+                saved, _ = self._saved_config()  # another process may have adopted one since
+                self._cfg = self._cfg.model_copy(update={"model_identity": saved.model_identity})
+                check.model_shape(model, self._cfg)
+                if saved.model_identity is None:
+                    self._cfg = self._cfg.model_copy(update={"model_identity": identity})
+                    self._call(
+                        self._client.alter_collection_properties,
+                        self._collection,
+                        properties={_PROPERTY: self._config_json()},
+                    )
+                    logger.info("store adopts model identity %r", identity)
         return add_in_chunks(
             self.add, model, texts_, metas, ids_, batch_size, chunk_size, show_progress
         )
@@ -469,14 +591,16 @@ class MilvusMemoryStore:
         """
         ids_ = list(dict.fromkeys(check.node_ids(ids)))
         with self._writing():
-            found = self._present(ids_)
+            found = self.present(ids_)
             if len(found) != len(ids_) and not missing_ok:
                 missing = [i for i in ids_ if i not in found]
                 raise NodeNotFoundError(
                     f"{len(missing)} id(s) not in the store, e.g. {missing[:5]}"
                 )
             if found:
-                self._call(self._client.delete, self._collection, ids=sorted(found))
+                self._call(
+                    self._client.delete, self._collection, filter=_pk_expression(sorted(found))
+                )
         return len(found)
 
     def update(
@@ -504,17 +628,25 @@ class MilvusMemoryStore:
             raise ValueError(f"memories has {mem.shape[0]} rows but there are {n} ids")
         texts_ = check.texts(texts, n) if texts is not None else None
         metas = check.metadata(metadata, n) if metadata is not None else None
+        if n == 0:
+            return
         with self._writing():
             old = self._fetch(ids_, ["text", "metadata", *self._memory_fields()])
-            if mem is None:
-                mem = torch.stack([self._memory_of(old[i]) for i in ids_])
+            before = torch.stack([self._memory_of(old[i]) for i in ids_])
+            texts_before = [old[i]["text"] for i in ids_]
+            metas_before = [old[i]["metadata"] for i in ids_]
             rows = self._rows(
                 ids_,
-                mem,
-                texts_ if texts_ is not None else [old[i]["text"] for i in ids_],
-                metas if metas is not None else [old[i]["metadata"] for i in ids_],
+                mem if mem is not None else before,
+                texts_ if texts_ is not None else texts_before,
+                metas if metas is not None else metas_before,
             )
-            self._write(self._client.upsert, rows)
+            try:
+                self._write(self._client.upsert, rows)
+            except BaseException:  # all or nothing: the rows as they were
+                previous = self._rows(ids_, before, texts_before, metas_before)
+                self._undo(lambda: self._write(self._client.upsert, previous))
+                raise
 
     # ------------------------------------------------------------------ reading
     def get_memories(self, ids: Sequence[str]) -> torch.Tensor:
@@ -575,13 +707,15 @@ class MilvusMemoryStore:
 
         Raises:
             ValueError: wrong query width, non-finite values, bad ``k`` or filter, or
-                ``k`` above what Milvus returns per query (16,384).
+                ``k`` above what Milvus returns per query (16,384) on a larger store.
         """
         q = check.queries(query_vectors, self._cfg)
         k = check.k_value(k)
         expression = milvus_expression(filters)
         if k > _MAX_TOPK:
-            raise ValueError(f"k={k}: Milvus returns at most {_MAX_TOPK} hits per query")
+            k = min(k, max(len(self), 1))  # k=10**9 means "all", as in MemoryStore
+            if k > _MAX_TOPK:
+                raise ValueError(f"k={k}: Milvus returns at most {_MAX_TOPK} hits per query")
         projected = bool(self._layout["projection_dim"])
         # Milvus ranks the memory itself by cosine (exactly with "flat"): its top k are
         # the candidates. A projection only approximates the ranking: a larger pool.
@@ -597,6 +731,10 @@ class MilvusMemoryStore:
         params = {}
         if self._cfg.index == "hnsw":
             params = {"params": {"ef": max(self._cfg.hnsw_ef_search, pool)}}
+        fields = ["text", "metadata", *self._memory_fields()]
+        # The memories come back with the hits when the reply stays small; else they are
+        # read in chunks afterwards (a reply is limited to 64 MiB like any request).
+        inline = q.shape[0] * pool * 4 * self._cfg.dim <= _REQUEST_BYTES
         found = self._call(
             self._client.search,
             self._collection,
@@ -604,11 +742,14 @@ class MilvusMemoryStore:
             anns_field=field,
             limit=pool,
             filter=expression,
-            output_fields=["text", "metadata", *self._memory_fields()],
+            output_fields=["id", *(fields if inline else [])],
             search_params=params,
         )
-        candidates = [[hit["id"] for hit in per_query] for per_query in found]
-        rows = {hit["id"]: hit["entity"] for per_query in found for hit in per_query}
+        candidates = [[hit["entity"]["id"] for hit in per_query] for per_query in found]
+        if inline:
+            rows = {hit["entity"]["id"]: hit["entity"] for per_query in found for hit in per_query}
+        else:
+            rows = self._fetch([i for ids in candidates for i in ids], fields)
         out = []
         for row_q, ids in zip(q, candidates):
             if not ids:
@@ -631,5 +772,5 @@ class MilvusMemoryStore:
         return out
 
 
-def _reopen(uri: str, collection: str, token: str | None) -> MilvusMemoryStore:
-    return MilvusMemoryStore(uri, collection, token=token)
+def _reopen(uri: str, collection: str) -> MilvusMemoryStore:
+    return MilvusMemoryStore(uri, collection)

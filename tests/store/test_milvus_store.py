@@ -302,3 +302,50 @@ def test_two_writer_processes_and_a_reader_lose_nothing(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_any_id_string_is_one_node(tmp_path):
+    """Ids are quoted nowhere (the primary key is their digest): an id holding quotes or
+    backslashes is one node, and deleting it touches no other."""
+    store = MilvusMemoryStore(str(tmp_path / "q.db"), n_mem=N_MEM, hidden_size=H)
+    ids = ["x", "y", "x','y", 'a"b\\c', "a'b"]
+    store.add(torch.randn(5, N_MEM, H), texts=ids, ids=ids)
+    assert [n.text for n in store.get_nodes(ids)] == ids
+    assert store.present(ids + ["z"]) == set(ids) and "x','y" in store
+    assert store.delete(["x','y", "nope"], missing_ok=True) == 1
+    assert store.ids_where() == sorted(["x", "y", 'a"b\\c', "a'b"])
+    store.close()
+
+
+def test_update_is_all_or_nothing_and_reopen_checks_identity(tmp_path, monkeypatch):
+    uri = str(tmp_path / "u.db")
+    store = MilvusMemoryStore(uri, n_mem=N_MEM, hidden_size=H, model_identity="model-a")
+    ids = ["a", "b", "c", "d"]
+    store.add(torch.randn(4, N_MEM, H), texts=list("abcd"), ids=ids)
+    before = store.get_memories(ids)
+    upsert, calls = store._client.upsert, {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ConnectionError("network down")
+        return upsert(*args, **kwargs)
+
+    monkeypatch.setattr(store._client, "upsert", flaky)
+    monkeypatch.setattr(store, "_rows_per_request", lambda extra_bytes=0: 2)
+    with pytest.raises(ConnectionError):
+        store.update(ids, memories=torch.randn(4, N_MEM, H), texts=list("ABCD"))
+    assert [n.text for n in store.get_nodes(ids)] == list("abcd")
+    assert torch.equal(store.get_memories(ids), before)
+    store.update([], texts=[])  # nothing to do, as in MemoryStore
+    assert [h.id for h in store.search(before[:1].flatten(1), k=10**9)[0]][0] == "a"
+    store.close()
+    with pytest.raises(StoreMismatchError, match="model-a"):
+        MilvusMemoryStore(uri, model_identity="model-b")
+    with pytest.raises(ValueError, match="runtime settings"):
+        MilvusMemoryStore(uri, hnsw_m=8)
+    tuned = MilvusMemoryStore(uri, rescore_factor=3)
+    assert tuned.config.rescore_factor == 3
+    with pytest.raises(ValueError, match="control character"):
+        tuned.search(queries(1), filters={"s": {"$lt": "a\x0b"}})
+    tuned.close()
