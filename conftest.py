@@ -1,5 +1,6 @@
 """Doctests of the framework-free modules run with `model` bound to the tiny parity
-fixture's end-to-end checkpoint (loaded once, only when a doctest runs)."""
+fixture's end-to-end checkpoint (loaded once, only when a doctest runs) and `tmp_path` to
+a fresh folder."""
 
 from __future__ import annotations
 
@@ -33,3 +34,4 @@ def _tiny_model():
 def _doctest_model(request, doctest_namespace):
     if isinstance(request.node, pytest.DoctestItem):
         doctest_namespace.setdefault("model", _tiny_model())
+        doctest_namespace["tmp_path"] = request.getfixturevalue("tmp_path")  # one per doctest

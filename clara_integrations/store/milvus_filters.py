@@ -11,10 +11,12 @@ pushed-down expression with `MemoryStore`'s semantics:
 * ``numbers`` / ``strings`` (JSON): the node's scalar numbers (booleans excluded) and
   strings, under a digest of their key, for range bounds. A range compares scalar values
   only: a list-valued field never matches a range on Milvus (on `MemoryStore` any element
-  may), which the README states.
+  may), which the README states. Milvus compares strings as they are, `MemoryStore` in
+  their JSON-escaped form: the two order a bound holding ``"`` or ``\\`` differently, and
+  a bound with a control character is refused here.
 
 Example:
-    >>> milvus_expression({"page": {"$gte": 3}}).startswith('numbers["k')
+    >>> milvus_expression({"page": {"$gte": 3}}).startswith('(numbers["k')
     True
 """
 

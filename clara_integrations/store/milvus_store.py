@@ -389,8 +389,9 @@ class MilvusMemoryStore:
         `compress_corpus` asks this of every document).
 
         Example:
-            >>> store.present(["a", "nope"]) <= {"a"}
-            True
+            >>> store = MilvusMemoryStore(str(tmp_path / "p.db"), n_mem=2, hidden_size=4)
+            >>> store.present(store.add(torch.randn(1, 2, 4), ids=["a"]) + ["nope"])
+            {'a'}
         """
         ids_ = check.node_ids(ids)
         found: set[str] = set()
