@@ -23,6 +23,7 @@ def test_public_api_is_pinned():
         "Hit",
         "MemoryStore",
         "MemoryStoreProtocol",
+        "MilvusMemoryStore",
         "Node",
         "NodeNotFoundError",
         "StoreClosedError",

@@ -240,13 +240,13 @@ import sys, time, torch
 from clara_integrations.store import MilvusMemoryStore
 store = MilvusMemoryStore(sys.argv[1], "shared")
 seen = 0
-deadline = time.time() + 60
+deadline = time.time() + 540  # a loaded 2-core machine: the writers may take minutes
 while time.time() < deadline:
     n = len(store)
     assert n >= seen, (n, seen)  # what was written never disappears
     seen = n
     hits = store.search(torch.randn(1, store.config.dim), k=3)
-    assert len(hits[0]) == min(3, n)
+    assert len(hits[0]) >= min(3, n)  # the writers may have added more since len()
     if n == 400:
         break
 print(seen)
@@ -292,7 +292,7 @@ def test_two_writer_processes_and_a_reader_lose_nothing(tmp_path):
             )
             for code, name in ((_WRITER, "a"), (_WRITER, "b"), (_READER, "r"))
         ]
-        outs = [p.communicate(timeout=180) for p in procs]
+        outs = [p.communicate(timeout=600) for p in procs]
         assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
         assert outs[2][0].strip() == "400"
         assert len(store) == 400
