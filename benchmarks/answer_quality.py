@@ -83,6 +83,7 @@ def evaluate_set(
         picks = [gold_first(row, k) for row in rows]
         for name, model in models.items():
             if setting == "retrieved":  # every candidate is compressed, ranked by the model
+                memories_of(model, [d for t in texts for d in t])  # one batched call
                 queries = model.encode_queries(questions)
                 picks = [
                     clara_order(query, memories_of(model, t))[:k]
@@ -90,6 +91,8 @@ def evaluate_set(
                 ]
             if name == "clara":
                 main_picks = picks
+            # One batched compression of every document read (not 5 per call).
+            memories_of(model, [texts[i][j] for i, idx in enumerate(picks) for j in idx])
             chosen = torch.cat(
                 [memories_of(model, [texts[i][j] for j in idx]) for i, idx in enumerate(picks)]
             )  # only the documents read are compressed (each once per compressor)
