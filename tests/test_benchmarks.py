@@ -110,3 +110,43 @@ def test_benchmark_commands_write_results(tmp_path):
     ):
         assert (tmp_path / f"{chart}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"]({chart}.png)" in rendered
+
+
+@pytest.mark.slow
+def test_finetune_gain_trains_on_plain_documents_and_measures_before_and_after(tmp_path):
+    work = tmp_path / "fg"
+    _run(
+        [
+            "benchmarks.finetune_gain",
+            "--workdir",
+            str(work),
+            "--init-from",
+            str(FIXTURE / "ckpt-e2e"),
+            "--base",
+            str(FIXTURE / "tiny-llama-base"),
+            "--documents",
+            "24",
+            "--minutes",
+            "0.01",
+            "--questions",
+            "6",
+            "--answer-questions",
+            "2",
+        ],
+        tmp_path,
+    )
+    result = json.loads((tmp_path / "finetune_gain.json").read_text())
+    assert set(result["retrieval"]) == {"before", "run1", "run2", "bm25"}
+    assert all(0.0 <= r["recall@5"] <= 1.0 for r in result["retrieval"].values())
+    answers = result["answers_gold_k5"]
+    assert {"before", "run1", "run2", "text_rag"} <= set(answers)
+    assert result["synthesis"]["teacher"].startswith("self:")
+    assert result["synthesis"]["teacher_stats"]["asked"] > 0
+    assert result["questions"] == 6 and result["answer_questions"] == 2
+    # The corpus is plain text: no question, answer or label reaches training.
+    lines = (work / "corpus" / "documents.jsonl").read_text().splitlines()
+    assert len(lines) == 24 and all(set(json.loads(line)) == {"text"} for line in lines)
+    # --minutes 0.01 gives each stage a budget of 0: every stage stops after one step.
+    for run, stages in (("run1", ["instruct", "retrieval"]), ("run2", ["e2e"])):
+        log = [json.loads(line) for line in (work / run / "training_log.jsonl").open()]
+        assert [r["stage"] for r in log] == stages

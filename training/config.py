@@ -68,6 +68,7 @@ class FinetuneConfig:
     micro_train_batch_size: PerStage[int] = field(default_factory=PerStage)
     epochs: PerStage[float] = field(default_factory=lambda: PerStage({"*": 1.0}))
     max_steps: PerStage[int] = field(default_factory=PerStage)
+    max_minutes: PerStage[float] = field(default_factory=PerStage)
     max_len: PerStage[int] = field(default_factory=PerStage)
     mse_weight: PerStage[float] = field(default_factory=PerStage)
     seed: int = 42
@@ -92,7 +93,7 @@ class FinetuneConfig:
     eval_max_examples: int = 100
     eval_max_new_tokens: int = 32
     # synthesis (--docs)
-    teacher: str = "offline"
+    teacher: str = "self"
     teacher_model: str | None = None
     teacher_url: str | None = None
     teacher_api_key_env: str = "OPENAI_API_KEY"

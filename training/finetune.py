@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="hard cap on optimiser steps per stage",
     )
     t.add_argument(
+        "--max-minutes",
+        type=_per_stage(float),
+        default={},
+        help="wall-time budget per stage, e.g. instruct=25,e2e=15: the stage stops (with a "
+        "warning) after the first optimiser step past it; the run goes on with the next stage",
+    )
+    t.add_argument(
         "--max-len", type=_per_stage(int), default={}, help="decoder tokens" + PER_STAGE_HELP
     )
     t.add_argument(
@@ -249,8 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--eval-max-new-tokens", type=int, default=32)
     s = p.add_argument_group("synthesis (--docs)")
-    s.add_argument("--teacher", default="offline", choices=("offline", "hf", "openai"))
-    s.add_argument("--teacher-model", default=None, help="HF model (hf) or model name (openai)")
+    s.add_argument(
+        "--teacher",
+        default="self",
+        choices=("self", "offline", "hf", "openai"),
+        help="self: the base model reading the text answers cloze questions (default); "
+        "offline: cloze answers only, no model; hf / openai: an LLM writes questions too",
+    )
+    s.add_argument(
+        "--teacher-model",
+        default=None,
+        help="HF model (hf, self: default the base) or model name (openai)",
+    )
     s.add_argument(
         "--teacher-url",
         default=None,
@@ -366,6 +383,33 @@ def _plan_stages(
     return plans, examples
 
 
+def _warn_if_engine_ignored(accelerator: Accelerator) -> None:
+    """Accelerate (1.15) runs a CPU-only multi-process launch as DDP (MULTI_CPU) even when
+    `accelerate config` asked for FSDP or DeepSpeed: say so, since every process then
+    holds the whole model, which is what FSDP/ZeRO were chosen to avoid."""
+    from accelerate.utils import parse_flag_from_env  # noqa: PLC0415
+
+    asked = [
+        name
+        for name, key in (
+            ("FSDP", "ACCELERATE_USE_FSDP"),
+            ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"),
+        )
+        if parse_flag_from_env(key)
+    ]
+    running = accelerator.distributed_type.value
+    if asked and accelerator.is_main_process and asked[0].upper() not in running.upper():
+        logger.warning(
+            "%s was asked for (accelerate config) but Accelerate runs these %d process(es) as "
+            "%s on %s: each process holds the whole model and optimiser state. FSDP and "
+            "DeepSpeed need GPUs here.",
+            asked[0],
+            accelerator.num_processes,
+            running,
+            accelerator.device.type,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad data, 3 non-finite loss,
     gradient or weights)."""
@@ -390,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=mixed, cpu=multi_cpu)
     _setup_logging(args.quiet, accelerator.is_main_process)
+    _warn_if_engine_ignored(accelerator)
     set_seed(args.seed)
     output = Path(args.output)
     data_dir = output / "data"

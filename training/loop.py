@@ -228,6 +228,7 @@ class StageContext:
     state_for_checkpoint: Callable[[StagePlan, int], dict[str, Any]] | None = None
     memory_cache: bool = True  # fast step: frozen candidates compressed once per stage
     autocast_dtype: torch.dtype | None = None  # fast step: own autocast (None: Accelerate's)
+    max_minutes: float | None = None  # `--max-minutes`: stop the stage after this wall time
 
 
 def _any_rank(acc: Accelerator, bad: bool) -> bool:
@@ -295,11 +296,14 @@ def train_stage(
     ctx: StageContext,
     start_step: int = 0,
     resume_from: Any = None,
-) -> None:
+) -> int:
     """Train `model` for one stage; appends one record per optimiser step to `ctx.history`.
 
     Args:
         start_step: optimiser steps already done (from `resume_from`, a checkpoint folder).
+
+    Returns:
+        The optimiser steps done: `plan.steps`, or fewer when `ctx.max_minutes` ran out.
 
     Raises:
         NonFiniteLossError: a micro-batch's loss is NaN or infinite.
@@ -353,7 +357,7 @@ def train_stage(
         loader = acc.skip_first_batches(loader, start_step * plan.grad_accum)
     try:
         with _fast_step_context(model, plan, ctx):
-            _run(
+            return _run(
                 model,
                 plan,
                 examples,
@@ -436,11 +440,11 @@ def _run(
     params,
     ctx: StageContext,
     step: int,
-) -> None:
+) -> int:
     acc = ctx.accelerator
     model.train()
     window = {"loss": 0.0, "ntp": 0.0, "mse": 0.0, "tokens": 0, "micro": 0}
-    started = time.perf_counter()
+    started = stage_started = time.perf_counter()
     bar = tqdm(
         total=plan.steps,
         initial=step,
@@ -492,7 +496,27 @@ def _run(
             )
         if ctx.save_steps and step % ctx.save_steps == 0 and step < plan.steps:
             save_checkpoint(ctx, model, plan, step, optimizer, scheduler)
+        if step < plan.steps and _out_of_time(acc, ctx.max_minutes, stage_started):
+            logger.warning(
+                "stage %s stopped after optimiser step %d of %d: --max-minutes %s=%g reached "
+                "(the learning-rate schedule was planned for %d steps)",
+                plan.stage,
+                step,
+                plan.steps,
+                plan.stage,
+                ctx.max_minutes,
+                plan.steps,
+            )
+            break
     bar.close()
+    return step
+
+
+def _out_of_time(acc: Accelerator, max_minutes: float | None, started: float) -> bool:
+    """Whether the stage's wall-time budget is spent (every process decides alike)."""
+    if max_minutes is None:
+        return False
+    return _any_rank(acc, time.perf_counter() - started >= 60 * max_minutes)
 
 
 def save_checkpoint(

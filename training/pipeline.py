@@ -26,6 +26,7 @@ from clara_integrations.modeling.hub import (
 from clara_integrations.modeling.loading import default_device
 from clara_integrations.modeling.tokens import SpecialTokens, prepare_tokenizer
 
+from . import estimate
 from .checkpoint import CheckpointManager, NonFiniteError
 from .collate import Collator
 from .config import FinetuneConfig
@@ -110,8 +111,19 @@ def load_tokenizer(config: ClaraConfig) -> tuple[PreTrainedTokenizerBase, Specia
     return tokenizer, prepare_tokenizer(tokenizer, config.n_mem, config.different_mem_tokens)
 
 
+def _teacher_model(args: FinetuneConfig, config: ClaraConfig) -> str | None:
+    """`--teacher-model`; for `--teacher self` by default the run's base model."""
+    if args.teacher == "self" and not args.teacher_model:
+        return config.decoder_model_name
+    return args.teacher_model
+
+
 def _synthesis_config(args: FinetuneConfig, config: ClaraConfig) -> SynthesisConfig:
-    teacher = args.teacher if args.teacher == "offline" else f"{args.teacher}:{args.teacher_model}"
+    teacher = (
+        args.teacher
+        if args.teacher == "offline"
+        else f"{args.teacher}:{_teacher_model(args, config)}"
+    )
     return SynthesisConfig(
         doc_max_length=config.doc_max_length,
         qa_per_chunk=args.qa_per_chunk,
@@ -155,9 +167,13 @@ def synthesize_if_needed(
         data_dir, teacher = Path(tempfile.mkdtemp(prefix="clara-dry-run-")), make_teacher("offline")
     else:
         teacher = make_teacher(
-            args.teacher, args.teacher_model, args.teacher_url, args.teacher_api_key_env
+            args.teacher,
+            _teacher_model(args, config),
+            args.teacher_url,
+            args.teacher_api_key_env,
+            show_progress=not args.quiet,
         )
-    synthesize(
+    rows = synthesize(
         args.docs,
         data_dir,
         tokenizer,
@@ -166,6 +182,16 @@ def synthesize_if_needed(
         show_progress=not args.quiet,
         strict=args.strict,
     )
+    if dry_run and args.teacher == "self":
+        n = max(args.qa_per_chunk, args.questions_per_chunk + 1)
+        questions = sum(len(teacher.qa_pairs(c["text"], n)) for c in rows["chunks"])
+        device = default_device().type
+        minutes = estimate.teacher_minutes(questions, config.decoder_model_name, device)
+        results_logger().info(
+            "self teacher: %d questions to answer%s",
+            questions,
+            f", ~{minutes:.0f} min" if minutes is not None else " (no rate measured here)",
+        )
     return data_dir
 
 
@@ -307,15 +333,31 @@ def log_plan(plans: list[StagePlan], args: FinetuneConfig, config: ClaraConfig) 
         f"base {config.decoder_model_name}; doc_max_length {config.doc_max_length}, "
         f"compr_rate {config.compr_rate} (n_mem {config.n_mem}), lora_r {config.lora_r}",
         f"{'stage':<10}{'examples':>9}{'k':>3}{'micro':>6}{'global':>7}{'accum':>6}{'epochs':>7}"
-        f"{'steps':>7}{'warmup':>7}{'lr':>9}  {'schedule':<19}{'tokens':>12}",
+        f"{'steps':>7}{'warmup':>7}{'lr':>9}  {'schedule':<19}{'tokens':>12}{'est. min':>10}",
     ]
+    device = default_device().type
     for p in plans:
         used = p.steps * p.train_batch_size
         tokens = int(p.tokens_per_epoch * used / max(p.n_examples, 1))
+        minutes = estimate.stage_minutes(p.stage, used, config.decoder_model_name, device)
+        cap = args.max_minutes.get(p.stage)
+        if minutes is not None and cap is not None:
+            minutes = min(minutes, cap)
         lines.append(
             f"{p.stage:<10}{p.n_examples:>9}{p.k:>3}{p.micro_batch_size:>6}{p.train_batch_size:>7}"
             f"{p.grad_accum:>6}{p.epochs:>7g}{p.steps:>7}{p.warmup_steps:>7}{p.learning_rate:>9.2g}"
             f"  {p.lr_scheduler:<19}{tokens:>12,}"
+            + (f"{minutes:>10.1f}" if minutes is not None else f"{'-':>10}")
+        )
+    if estimate.measured(config.decoder_model_name, device):
+        lines.append(
+            "est. min: measured rates of SmolLM2-135M on 2 CPU threads "
+            "(benchmarks/results/training_throughput.json); capped by --max-minutes"
+        )
+    else:
+        lines.append(
+            f"est. min: no rate measured for {config.decoder_model_name} on {device} "
+            "(run python -m benchmarks.training_throughput)"
         )
     lines.append(f"output: {args.output}")
     for line in lines:
@@ -489,9 +531,10 @@ class Trainer:
                     self.acc.mixed_precision,
                     legacy=args.legacy_step,
                 ),
+                max_minutes=args.max_minutes.get(plan.stage),
             )
             logger.info("stage %s: %d examples, %d steps", plan.stage, plan.n_examples, plan.steps)
-            train_stage(
+            done = train_stage(
                 self.model,
                 plan,
                 self.examples[plan.stage],
@@ -503,11 +546,11 @@ class Trainer:
             self.start_step, self.resume_from = 0, None
             self.evaluate(plan.stage)
             self.checkpoints.save(
-                f"{plan.index:02d}-{plan.stage}-step{plan.steps:06d}",
+                f"{plan.index:02d}-{plan.stage}-step{done:06d}",
                 self.model,
                 None,
                 None,
-                self._state(plan, plan.steps, complete=True),
+                self._state(plan, done, complete=True),
             )
 
     def finish(self) -> None:

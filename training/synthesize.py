@@ -22,6 +22,7 @@ import json
 import logging
 import random
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -226,6 +227,28 @@ def _make_chunks(
     return chunks
 
 
+def _drop_shared_questions(rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Remove from the retrieval and e2e rows every question asked of several chunks (a
+    document's template sentence such as "This a document about ____." is): it names no
+    single positive, so it teaches the query reasoner nothing. Instruct keeps them (from
+    its memory the generator can still answer what the document is about)."""
+    counts = Counter(row["question"] for row in rows["e2e"])
+    shared = {q for q, n in counts.items() if n > 1}
+    if not shared:
+        return
+    for name in ("retrieval", "e2e"):
+        before = len(rows[name])
+        rows[name] = [row for row in rows[name] if row["question"] not in shared]
+        logger.info(
+            "%s: %d of %d rows dropped: their question (%d distinct) is asked of several "
+            "chunks, so it has no single positive",
+            name,
+            before - len(rows[name]),
+            before,
+            len(shared),
+        )
+
+
 def synthesize(
     folder: str | Path,
     out_dir: str | Path,
@@ -262,12 +285,14 @@ def synthesize(
     # Every `stride`-th chunk with questions gives one held-out question (deterministic).
     stride = max(1, round(1 / config.eval_fraction)) if config.eval_fraction > 0 else 0
     with_pairs = 0
+    n_pairs = max(config.qa_per_chunk, config.questions_per_chunk + 1)
+    prepare = getattr(teacher, "prepare", None)
+    if prepare is not None:  # a batching teacher answers every chunk's questions at once
+        prepare([c.text for c in chunks], n_pairs)
     for i, chunk in enumerate(
         tqdm(chunks, desc="synthesising", disable=not show_progress, unit="chunk")
     ):
-        pairs = teacher.qa_pairs(
-            chunk.text, max(config.qa_per_chunk, config.questions_per_chunk + 1)
-        )
+        pairs = list(teacher.qa_pairs(chunk.text, n_pairs))
         with_pairs += bool(pairs)
         held_out = stride and pairs and (with_pairs - 1) % stride == stride // 2
         if held_out and len(rows["eval"]) < config.max_eval:
@@ -300,6 +325,7 @@ def synthesize(
             row = {"question": q, "answer": a, "docs": docs, "pos_index": [pos]}
             rows["e2e"].append(row)
             rows["retrieval"].append(row)
+    _drop_shared_questions(rows)
     if config.crops_per_chunk > 0:  # label-free query reasoner pairs; eval chunks kept out
         held = {row["chunk"] for row in rows["eval"]}
         rows["retrieval"] += pseudo_query_rows(
@@ -321,6 +347,7 @@ def synthesize(
                     "documents": str(folder),
                     "chunks": len(chunks),
                     "rows": {k: len(v) for k, v in rows.items()},
+                    **({"teacher_stats": teacher.stats()} if hasattr(teacher, "stats") else {}),
                 },
                 indent=1,
             ),

@@ -3,6 +3,8 @@
 * `OfflineTeacher` (default) needs no LLM: cloze questions from the chunk's own sentences
   (an entity, number or key word is blanked out and becomes the answer) and the cleaned
   chunk text as the paraphrase target (reconstruction). Deterministic and fast.
+* `SelfTeacher` (`self_teacher.py`, default for ``--docs``): the run's base model reading
+  the chunk text answers the cloze questions (self-distillation).
 * `HFTeacher` prompts any Hugging Face causal LM (local folder, or a hub id when the
   network is allowed) through its chat template.
 * `OpenAITeacher` calls an OpenAI-compatible ``/chat/completions`` endpoint (vLLM, TGI,
@@ -19,7 +21,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from typing import Protocol
+from typing import Any, Protocol
 
 import tenacity
 
@@ -29,6 +31,7 @@ __all__ = [
     "OpenAITeacher",
     "Teacher",
     "clean_markdown",
+    "load_causal_lm",
     "make_teacher",
 ]
 
@@ -159,6 +162,24 @@ class _LLMTeacher:
         return reply
 
 
+def load_causal_lm(
+    model_name: str, device: str | None = None, allow_network: bool | None = None
+) -> tuple[Any, Any, str]:
+    """(model in eval mode, tokenizer, device) of a teacher causal LM."""
+    import torch  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+
+    from clara_integrations.modeling.hub import resolve_base_model  # noqa: PLC0415
+
+    path = resolve_base_model(model_name, allow_network=allow_network)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # trust_remote_code=False: an `auto_map` in the teacher's config.json must not make
+    # transformers run its code or block on a "[y/N]" question.
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
+    return model.to(device).eval(), tokenizer, device
+
+
 class HFTeacher(_LLMTeacher):
     """A Hugging Face causal LM as teacher (greedy decoding through its chat template)."""
 
@@ -170,22 +191,8 @@ class HFTeacher(_LLMTeacher):
         allow_network: bool | None = None,
     ) -> None:
         super().__init__()
-        import torch  # noqa: PLC0415
-        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
-
-        from clara_integrations.modeling.hub import resolve_base_model  # noqa: PLC0415
-
-        path = resolve_base_model(model_name, allow_network=allow_network)
         self.name = f"hf:{model_name}"
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        # trust_remote_code=False: an `auto_map` in the teacher's config.json must not make
-        # transformers run its code or block on a "[y/N]" question.
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        self.model = (
-            AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
-            .to(self.device)
-            .eval()
-        )
+        self.model, self.tokenizer, self.device = load_causal_lm(model_name, device, allow_network)
         self.max_new_tokens = max_new_tokens
 
     def complete(self, prompt: str) -> str:
@@ -270,15 +277,26 @@ def _transient(exc: BaseException) -> bool:
 
 
 def make_teacher(
-    kind: str, model: str | None = None, url: str | None = None, api_key_env: str = "OPENAI_API_KEY"
+    kind: str,
+    model: str | None = None,
+    url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    show_progress: bool = True,
 ) -> Teacher:
-    """`offline`, `hf` (needs `model`) or `openai` (needs `model` and `url`).
+    """`offline`, `self` (needs `model`: the run's base model), `hf` (needs `model`) or
+    `openai` (needs `model` and `url`).
 
     Raises:
         ValueError: unknown kind or a missing argument (naming the flag).
     """
     if kind == "offline":
         return OfflineTeacher()
+    if kind == "self":
+        if not model:
+            raise ValueError("--teacher self needs the base model (--base or --teacher-model)")
+        from .self_teacher import SelfTeacher  # noqa: PLC0415 - imports this module
+
+        return SelfTeacher(model, show_progress=show_progress)
     if kind == "hf":
         if not model:
             raise ValueError("--teacher hf needs --teacher-model (a local folder or hub id)")
@@ -290,4 +308,4 @@ def make_teacher(
                 "(e.g. http://localhost:8000/v1)"
             )
         return OpenAITeacher(model, url, api_key_env)
-    raise ValueError(f"--teacher must be offline, hf or openai, got {kind!r}")
+    raise ValueError(f"--teacher must be offline, self, hf or openai, got {kind!r}")

@@ -396,3 +396,11 @@ def test_frozen_compressor_run_keeps_the_compressor_and_the_query_reasoner(
     assert after.model_identity == before.model_identity  # stores of the model stay valid
     changed = zip(weights(before, DECODER_ADAPTER), weights(after, DECODER_ADAPTER))
     assert any(not torch.equal(a, b) for a, b in changed)
+
+
+def test_dry_run_estimates_only_what_was_measured():
+    from training import estimate
+
+    assert estimate.stage_minutes("e2e", 77, "default", "cpu") == pytest.approx(77 / 0.77 / 60)
+    assert estimate.stage_minutes("e2e", 77, "default", "cuda") is None  # no GPU rate measured
+    assert estimate.teacher_minutes(120, "./my-base", "cpu") is None

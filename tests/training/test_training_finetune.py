@@ -107,8 +107,9 @@ def test_docs_to_checkpoint_then_e2e_from_it(finetune, tiny_base, tiny_data, tmp
     assert code == 0 and len(_log(tmp_path / "e2e")) == 1
 
 
-def test_dry_run_prints_plan(finetune, tiny_base, tiny_data, tmp_path, capsys):
-    code = finetune(
+def _compress_then_e2e(tiny_base, tiny_data, out: Path) -> list[object]:
+    """Flags of a compress + e2e run on the tiny data into `out`."""
+    return [
         "--data",
         f"compress={tiny_data['compress']}",
         "--data",
@@ -116,10 +117,16 @@ def test_dry_run_prints_plan(finetune, tiny_base, tiny_data, tmp_path, capsys):
         "--stages",
         "compress,e2e",
         "--output",
-        tmp_path / "o",
+        out,
         "--base",
         tiny_base,
         *TINY_FLAGS,
+    ]
+
+
+def test_dry_run_prints_plan(finetune, tiny_base, tiny_data, tmp_path, capsys):
+    code = finetune(
+        *_compress_then_e2e(tiny_base, tiny_data, tmp_path / "o"),
         "--train-batch-size",
         "4",
         "--dry-run",
@@ -127,7 +134,35 @@ def test_dry_run_prints_plan(finetune, tiny_base, tiny_data, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "compress" in out and "e2e" in out and "steps" in out and "tokens" in out
+    assert "est. min: no rate measured for" in out  # the tiny base was never timed
     assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_max_minutes_stops_a_stage_and_the_run_goes_on(
+    finetune, tiny_base, tiny_data, tmp_path, capsys
+):
+    out = tmp_path / "o"
+    code = finetune(
+        *_compress_then_e2e(tiny_base, tiny_data, out),
+        "--train-batch-size",
+        "2",
+        "--micro-train-batch-size",
+        "2",
+        "--max-minutes",
+        "compress=0",  # spent at once: the stage stops after its first optimiser step
+        "--max-steps",
+        "e2e=2",
+        "--eval-max-examples",
+        "0",
+    )
+    assert code == 0
+    assert [r["stage"] for r in _log(out)] == ["compress", "e2e", "e2e"]
+    text = capsys.readouterr().out
+    assert "stage compress stopped after optimiser step 1 of 4: --max-minutes compress=0" in text
+    assert "e2e stopped" not in text
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    # The stopped stage is saved as complete at the step it reached.
+    assert saved == ["00-compress-step000001", "01-e2e-step000002", "LATEST"]
 
 
 def test_malformed_lines_skipped_or_strict(finetune, tiny_base, tiny_data, tmp_path, capsys):
@@ -440,8 +475,8 @@ def test_kill_9_then_resume_matches_uninterrupted(
     reason="compares 2 CPU (gloo) processes with a single "
     "process that ran on CPU; with CUDA visible that baseline ran on the GPU",
 )
-def test_two_process_ddp_matches_one_process(tiny_base, tiny_data, single_run, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def _two_processes(tiny_base, tiny_data, out: Path, **env: str) -> str:
+    """`torchrun --nproc_per_node 2 -m training.finetune` on the CPU; returns its stdout."""
     result = subprocess.run(
         [
             sys.executable,
@@ -452,15 +487,20 @@ def test_two_process_ddp_matches_one_process(tiny_base, tiny_data, single_run, t
             "2",
             "-m",
             "training.finetune",
-            *_run_args(tiny_base, tiny_data, tmp_path / "ddp"),
+            *_run_args(tiny_base, tiny_data, out),
         ],
         cwd=REPO,
-        env=env,
+        env=dict(os.environ, OMP_NUM_THREADS="1", **env),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result.stdout
+
+
+def test_two_process_ddp_matches_one_process(tiny_base, tiny_data, single_run, tmp_path):
+    _two_processes(tiny_base, tiny_data, tmp_path / "ddp")
     ddp, single = _log(tmp_path / "ddp"), _log(single_run)
     state = json.loads(
         (tmp_path / "ddp" / "checkpoints" / "01-e2e-step000001" / "trainer_state.json").read_text()
@@ -470,6 +510,22 @@ def test_two_process_ddp_matches_one_process(tiny_base, tiny_data, single_run, t
     for a, b in zip(ddp, single):  # same global batches, gradients averaged by DDP
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5), (a, b)
     assert _same_adapters(tmp_path / "ddp", single_run, atol=1e-6)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo CPU processes via torchrun")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only launch")
+def test_fsdp_asked_on_cpu_runs_as_ddp_and_says_so(tiny_base, tiny_data, single_run, tmp_path):
+    """The installed Accelerate turns a CPU-only 2-process FSDP launch into DDP: the run
+    must say so, and still train exactly as the single process does."""
+    out = _two_processes(
+        tiny_base, tiny_data, tmp_path / "fsdp", ACCELERATE_USE_FSDP="true", FSDP_VERSION="2"
+    )
+    assert (
+        "FSDP was asked for (accelerate config) but Accelerate runs these 2 process(es) as "
+        "MULTI_CPU on cpu" in out
+    )
+    for a, b in zip(_log(tmp_path / "fsdp"), _log(single_run)):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5), (a, b)
 
 
 def test_e2e_from_released_format_checkpoint(finetune, fixture_dir, tiny_data, tmp_path):

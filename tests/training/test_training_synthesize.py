@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 
 from training.bm25 import BM25
 from training.data import DataError, load_examples
+from training.self_teacher import SelfTeacher
 from training.synthesize import SynthesisConfig, chunk_text, read_documents, synthesize
 from training.teachers import HFTeacher, OfflineTeacher, _parse_pairs, make_teacher
 
@@ -169,3 +170,71 @@ def test_openai_teacher_retries_transient_errors_only():
     with _stub_endpoint(reply) as teacher, pytest.raises(RuntimeError, match="not an OpenAI"):
         teacher.complete("hi")
     assert len(calls) == 2  # the 503 was retried, the malformed reply was not
+
+
+def test_self_teacher_keeps_answers_that_contain_the_cloze_span(tiny_base):
+    teacher = SelfTeacher(str(tiny_base), device="cpu", max_new_tokens=3, show_progress=False)
+    assert teacher._target("2019", "In 2019.") == "In 2019."  # agrees: the teacher's words
+    assert teacher._target("2019", "In 2018.") == "2019"  # wrong: the span is the label
+    assert teacher._target("2019", "it was " + "very " * 8 + "much 2019") == "2019"  # rambles
+    assert teacher._target("the", "the") == "the"  # a span normalised away is not a check
+    assert teacher.stats() == {"asked": 4, "agreed": 1}
+
+
+def test_self_teacher_answers_every_chunk_in_one_batched_pass(tiny_base, monkeypatch):
+    teacher = SelfTeacher(str(tiny_base), device="cpu", max_new_tokens=2, show_progress=False)
+    calls = []
+    answer = teacher.answer
+    monkeypatch.setattr(teacher, "answer", lambda q, t: calls.append(len(q)) or answer(q, t))
+    texts = [
+        "Travel is booked in Concur. The per diem was raised in 2019 for all staff.",
+        "The handbook was written in 2015 by the 18F team in Washington.",
+    ]
+    teacher.prepare(texts, 2)
+    cloze = [OfflineTeacher().qa_pairs(t, 2) for t in texts]
+    assert calls == [sum(map(len, cloze))]  # one call for every question of every chunk
+    for text, expected in zip(texts, cloze):
+        pairs = teacher.qa_pairs(text, 2)
+        assert [q for q, _ in pairs] == [q for q, _ in expected]
+        assert all(span in a or a == span for (_, a), (_, span) in zip(pairs, expected))
+    assert calls == [sum(map(len, cloze))]  # read from the prepared answers
+    assert teacher.stats()["asked"] == sum(map(len, cloze))
+
+
+def test_synthesize_with_the_self_teacher_records_its_agreement(tiny_base, tiny_data, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    teacher = make_teacher("self", str(tiny_base), show_progress=False)
+    rows = synthesize(
+        tiny_data["docs"],
+        tmp_path,
+        tok,
+        teacher,
+        SynthesisConfig(doc_max_length=64),
+        show_progress=False,
+    )
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["teacher_stats"]["asked"] == teacher.asked > 0
+    assert len(rows["instruct"]) > 0
+
+
+def test_a_question_asked_of_several_chunks_trains_no_retrieval(tiny_base, tmp_path):
+    """Every document opens with the same template sentence, so its cloze question is the
+    same for all: no single positive, so it is kept out of retrieval and e2e."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, body in (
+        ("a", "Alice Smith founded Acme in 1990."),
+        ("b", "Bob Jones sold Zeta in 2004."),
+    ):
+        (docs / f"{name}.txt").write_text(f"This is a document about Widgets. {body}")
+    rows = synthesize(
+        docs,
+        tmp_path / "out",
+        AutoTokenizer.from_pretrained(tiny_base),
+        OfflineTeacher(),
+        SynthesisConfig(doc_max_length=64, eval_fraction=0, crops_per_chunk=0),
+        show_progress=False,
+    )
+    shared = 'Complete the statement: "This is a document about ____."'
+    assert sum(r["question"] == shared for r in rows["instruct"]) == 2
+    assert rows["e2e"] and all(r["question"] != shared for r in rows["e2e"] + rows["retrieval"])
