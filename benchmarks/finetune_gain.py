@@ -39,16 +39,7 @@ import torch
 
 from benchmarks._paths import RESULTS, ROOT
 from benchmarks.answer_quality import evaluate_set
-from benchmarks.retrieval_quality import (
-    DATA,
-    KS,
-    bm25_ranker,
-    clara_order,
-    load_set,
-    memories_of,
-    passage,
-    recall,
-)
+from benchmarks.retrieval_quality import DATA, KS, bm25_ranker, load_set, model_ranker, recalls
 from clara_integrations import ClaraModel
 
 SHARES = {"instruct": 0.45, "retrieval": 0.30, "e2e": 0.25}
@@ -157,22 +148,6 @@ def train(args: argparse.Namespace, work: Path) -> dict[str, float]:
     }
 
 
-def _recalls(rows: list[dict], rank) -> dict[str, float]:
-    sums = dict.fromkeys(KS, 0.0)
-    for row in rows:
-        order = rank(row["question"], [passage(d) for d in row["docs"]])
-        for k in KS:
-            sums[k] += recall(order, row["gold"], k)
-    return {f"recall@{k}": sums[k] / len(rows) for k in KS}
-
-
-def _clara_rank(model: ClaraModel):
-    def rank(question: str, docs: list[str]) -> list[int]:
-        return clara_order(model.encode_queries([question])[0], memories_of(model, docs))
-
-    return rank
-
-
 def evaluate(
     checkpoints: dict[str, str],
     base: str | None,
@@ -189,8 +164,8 @@ def evaluate(
         )
         for label, path in checkpoints.items()
     }
-    retrieval = {label: _recalls(rows, _clara_rank(m)) for label, m in models.items()}
-    retrieval["bm25"] = _recalls(rows, bm25_ranker())
+    retrieval = {label: recalls(rows, model_ranker(m)) for label, m in models.items()}
+    retrieval["bm25"] = recalls(rows, bm25_ranker())
     labels = list(models)
     answering = {"clara": models[labels[-1]], "before": models[labels[0]]}
     answering.update({label: models[label] for label in labels[1:-1]})

@@ -113,15 +113,20 @@ def memories_of(model: Any, docs: list[str]) -> torch.Tensor:
     return torch.stack([_MEMORIES[digest, d] for d in docs])
 
 
-def clara_ranker(path: str) -> Ranker:
-    from clara_integrations import ClaraModel  # noqa: PLC0415
-
-    model = ClaraModel.from_pretrained(path if path != "default" else None, dtype=torch.float32)
+def model_ranker(model: Any) -> Ranker:
+    """Ranks by a loaded `ClaraModel`: its query reasoner against cached memories."""
 
     def rank(question: str, docs: list[str]) -> list[int]:
         return clara_order(model.encode_queries([question])[0], memories_of(model, docs))
 
     return rank
+
+
+def clara_ranker(path: str) -> Ranker:
+    from clara_integrations import ClaraModel  # noqa: PLC0415
+
+    model = ClaraModel.from_pretrained(path if path != "default" else None, dtype=torch.float32)
+    return model_ranker(model)
 
 
 def train_e2e(init: str, steps: int, output: Path, base: str | None = None) -> Path:
@@ -159,6 +164,16 @@ def train_e2e(init: str, steps: int, output: Path, base: str | None = None) -> P
     return output
 
 
+def recalls(rows: list[dict], rank: Ranker) -> dict[str, float]:
+    """Mean recall@k (k in `KS`) of `rank` over `rows` (each with its candidates and gold)."""
+    sums = dict.fromkeys(KS, 0.0)
+    for row in rows:
+        order = rank(row["question"], [passage(d) for d in row["docs"]])
+        for k in KS:
+            sums[k] += recall(order, row["gold"], k)
+    return {f"recall@{k}": sums[k] / len(rows) for k in KS}
+
+
 def evaluate(
     rankers: dict[str, Ranker],
     limit: int,
@@ -168,13 +183,7 @@ def evaluate(
     for name in SETS:
         rows = load_set(name, limit, split)
         for label, rank in rankers.items():
-            sums = dict.fromkeys(KS, 0.0)
-            for row in rows:
-                order = rank(row["question"], [passage(d) for d in row["docs"]])
-                for k in KS:
-                    sums[k] += recall(order, row["gold"], k)
-            table.setdefault(name, {})[label] = {f"recall@{k}": sums[k] / len(rows) for k in KS}
-            table[name][label]["questions"] = len(rows)
+            table.setdefault(name, {})[label] = {**recalls(rows, rank), "questions": len(rows)}
     return table
 
 

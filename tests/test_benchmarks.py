@@ -71,7 +71,7 @@ def test_benchmark_commands_write_results(tmp_path):
     milvus = json.loads((tmp_path / "store_scale_milvus.json").read_text())
     assert milvus["milvus_flat"]["recall_at_10"] == 1.0  # exact index, exact re-scoring
     assert all(milvus[k]["insert_docs_per_s"] > 0 for k in ("memory_store", "milvus_hnsw"))
-    _run(["benchmarks.training_throughput", "--bases", "tiny", "--steps", "2"], tmp_path)
+    _run(["benchmarks.training_throughput", "--bases", "tiny", "--quick"], tmp_path)
     throughput = json.loads((tmp_path / "training_throughput.json").read_text())["bases"]["tiny"][
         "stages"
     ]

@@ -110,3 +110,18 @@ def test_export_writes_float16_model_files_that_load(tmp_path, e2e_model):
 def test_export_refuses_a_folder_without_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no native CLaRa checkpoint"):
         export(tmp_path, tmp_path / "out")
+
+
+def test_crops_per_doc_adds_that_many_pseudo_queries_per_document():
+    rows = default_data.read_jsonl(SHARED / "data" / "squad_dev.jsonl")[:12]
+    handbook = [
+        doc_text(r) for r in default_data.read_jsonl(SHARED / "data" / "handbook_18f_docs.jsonl")
+    ][:6]
+    held = {doc_text(rows[-1]["docs"][0])}
+    added = {}
+    for n in (1, 3):
+        built = default_data.retrieval_data(rows[:-1], [], handbook, held, crops_per_doc=n)
+        added[n] = [r for r in built if "gold" not in r]
+        assert all(doc_text(d) not in held for r in added[n] for d in r["docs"])
+    assert added[1] and len(added[3]) == 3 * len(added[1])
+    assert len({r["question"] for r in added[3]}) > len({r["question"] for r in added[1]})

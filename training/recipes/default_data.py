@@ -119,10 +119,11 @@ def retrieval_data(
     unlabeled: list[str],
     held_docs: set[str],
     seed: int = 0,
+    crops_per_doc: int = 1,
 ) -> list[dict]:
     """The query reasoner's data (`--retrieval-negatives bank`): the labeled training
-    questions, the pretraining sample's questions with their document, and one cropped
-    pseudo-query per training-side document (training/pseudo_queries.py), 9 candidates each
+    questions, the pretraining sample's questions with their document, and
+    `crops_per_doc` cropped pseudo-queries per training-side document (training/pseudo_queries.py), 9 candidates each
     (BM25 negatives). No held-out candidate passage appears in the added rows, as query
     source or candidate."""
     collection = [doc_text(d) for row in qa_train for d in row["docs"]]
@@ -139,7 +140,7 @@ def retrieval_data(
     pairs = [(q, d) for q, d in pairs if d not in held_docs]
     rows = list(qa_train)
     rows += retrieval_rows(pairs, collection, seed=seed)
-    rows += pseudo_query_rows(collection, seed=seed)
+    rows += pseudo_query_rows(collection, per_doc=crops_per_doc, seed=seed)
     random.Random(seed).shuffle(rows)
     return rows
 
@@ -174,7 +175,11 @@ def generator_data(
 
 
 def build(
-    shared: Path, output: Path, train_fraction: float = TRAIN_FRACTION, seed: int = 0
+    shared: Path,
+    output: Path,
+    train_fraction: float = TRAIN_FRACTION,
+    seed: int = 0,
+    crops_per_doc: int = 1,
 ) -> dict[str, int]:
     output.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
@@ -200,7 +205,7 @@ def build(
     write_jsonl(output / "compress.jsonl", stage1)
     counts["compress"] = len(stage1)
     handbook = [doc_text(r) for r in read_jsonl(shared / "handbook_18f_docs.jsonl")]
-    retrieval = retrieval_data(train_all, pretrain, handbook, held_docs, seed)
+    retrieval = retrieval_data(train_all, pretrain, handbook, held_docs, seed, crops_per_doc)
     write_jsonl(output / "retrieval.jsonl", retrieval)
     counts["retrieval"] = len(retrieval)
     generator = generator_data(train_all, pretrain, held_docs, seed)
@@ -234,8 +239,15 @@ def main(argv: list[str] | None = None) -> None:
         help="also write the demo's bundled QA excerpt to this file",
     )
     p.add_argument("--train-fraction", type=float, default=TRAIN_FRACTION)
+    p.add_argument(
+        "--crops-per-doc",
+        type=int,
+        default=1,
+        help="cropped pseudo-queries per training-side document in retrieval.jsonl",
+    )
     args = p.parse_args(argv)
-    for name, n in build(args.shared, args.output, args.train_fraction).items():
+    counts = build(args.shared, args.output, args.train_fraction, crops_per_doc=args.crops_per_doc)
+    for name, n in counts.items():
         print(f"{name}: {n}")
     if args.demo_excerpt is not None:
         write_jsonl(args.demo_excerpt, demo_excerpt(args.shared, args.train_fraction))
