@@ -498,14 +498,19 @@ def _run(
             save_checkpoint(ctx, model, plan, step, optimizer, scheduler)
         if step < plan.steps and _out_of_time(acc, ctx.max_minutes, stage_started):
             logger.warning(
-                "stage %s stopped after optimiser step %d of %d: --max-minutes %s=%g reached "
-                "(the learning-rate schedule was planned for %d steps)",
+                "stage %s stopped after optimiser step %d of %d: --max-minutes %s=%g reached; "
+                "the learning-rate schedule was planned for %d steps, so it ended at lr %.3g, "
+                "not its final rate. For a schedule that completes in this budget on this "
+                "machine, plan the steps that fit: --max-steps %s=%d",
                 plan.stage,
                 step,
                 plan.steps,
                 plan.stage,
                 ctx.max_minutes,
                 plan.steps,
+                scheduler.get_last_lr()[0],
+                plan.stage,
+                step,
             )
             break
     bar.close()

@@ -159,6 +159,7 @@ def test_max_minutes_stops_a_stage_and_the_run_goes_on(
     assert [r["stage"] for r in _log(out)] == ["compress", "e2e", "e2e"]
     text = capsys.readouterr().out
     assert "stage compress stopped after optimiser step 1 of 4: --max-minutes compress=0" in text
+    assert "plan the steps that fit: --max-steps compress=1" in text  # what to do instead
     assert "e2e stopped" not in text
     saved = sorted(p.name for p in (out / "checkpoints").iterdir())
     # The stopped stage is saved as complete at the step it reached.
