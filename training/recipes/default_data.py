@@ -122,10 +122,10 @@ def retrieval_data(
     crops_per_doc: int = 1,
 ) -> list[dict]:
     """The query reasoner's data (`--retrieval-negatives bank`): the labeled training
-    questions, the pretraining sample's questions with their document, and
-    `crops_per_doc` cropped pseudo-queries per training-side document (training/pseudo_queries.py), 9 candidates each
-    (BM25 negatives). No held-out candidate passage appears in the added rows, as query
-    source or candidate."""
+    questions, the pretraining sample's questions with their document, and `crops_per_doc`
+    cropped pseudo-queries per training-side document (training/pseudo_queries.py), 9
+    candidates each (BM25 negatives). No held-out candidate passage appears in the added
+    rows, as query source or candidate."""
     collection = [doc_text(d) for row in qa_train for d in row["docs"]]
     pairs = []
     for row in pretrain_rows:
