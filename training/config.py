@@ -76,6 +76,7 @@ class FinetuneConfig:
     mixed_precision: str | None = None
     legacy_step: bool = False
     no_memory_cache: bool = False
+    memory_cache_dir: str | None = None
     retrieval_negatives: str = "candidates"
     micro_batch_tokens: int = 0
     instruct_decoder: str = "fresh"

@@ -198,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fast step: compress retrieval/e2e candidates per micro-batch instead of once per stage",
     )
     t.add_argument(
+        "--memory-cache-dir",
+        default=None,
+        help="keep the memories a stage compresses with a frozen compressor in this folder, and "
+        "load them in a later run that compresses exactly the same documents with the same "
+        "compressor (skips e.g. the bank's compression when the query reasoner is trained again)",
+    )
+    t.add_argument(
         "--retrieval-negatives",
         default="candidates",
         choices=("candidates", "bank"),

@@ -227,6 +227,7 @@ class StageContext:
     history: list[dict[str, Any]] = field(default_factory=list)
     state_for_checkpoint: Callable[[StagePlan, int], dict[str, Any]] | None = None
     memory_cache: bool = True  # fast step: frozen candidates compressed once per stage
+    memory_cache_dir: str | None = None  # `--memory-cache-dir`: keep those memories on disk
     autocast_dtype: torch.dtype | None = None  # fast step: own autocast (None: Accelerate's)
     max_minutes: float | None = None  # `--max-minutes`: stop the stage after this wall time
 
@@ -399,7 +400,7 @@ def _fast_schedule(
     if ctx.memory_cache and (plan.stage in ("retrieval", "e2e") or plan.frozen_compressor):
         # Every candidate of the whole schedule (not only from a resumed step on): the same
         # set gives the same batches, so a resumed run gets bit-identical memory.
-        cache = MemoryCache(model, ctx.encode_batch_size)
+        cache = MemoryCache(model, ctx.encode_batch_size, ctx.memory_cache_dir)
         cache.expect([d for i in used for d in examples[i].docs])
     return order, ScaledCollate(collator, scales), cache
 

@@ -15,6 +15,10 @@ Two choices make a cached run reproducible:
 * the whole schedule's distinct texts are compressed, sorted, in fixed batches, so a run
   resumed after `kill -9` computes bit-identical rows to an uninterrupted one.
 
+With a `directory` (`--memory-cache-dir`), what a fill compresses is also saved there and
+a later run that would compress exactly the same set the same way loads it instead
+(`memory_files.py` says what "the same" covers).
+
 Example:
     >>> cache = MemoryCache(model)
     >>> cache.fill(["Paris is in France.", "Rome is in Italy.", "Paris is in France."])
@@ -31,11 +35,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
 from clara_integrations import ClaraModel
+from clara_integrations._filelock import process_lock
 from clara_integrations.modeling.adapters import ENCODER_ADAPTER
+
+from .memory_files import load_memories, memory_file_key, save_memories
 
 __all__ = ["MemoryCache", "frozen_memory"]
 
@@ -69,9 +77,15 @@ class MemoryCache:
     vectors of 576 floats takes 18 KB per document.
     """
 
-    def __init__(self, model: ClaraModel | None = None, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model: ClaraModel | None = None,
+        batch_size: int = 64,
+        directory: str | Path | None = None,
+    ) -> None:
         self.model = model
         self.batch_size = batch_size
+        self.directory = Path(directory) if directory is not None else None
         self._index: dict[str, int] = {}
         self._memory: torch.Tensor | None = None  # (U, n_mem, H)
         self._mse: torch.Tensor | None = None  # (U,)
@@ -99,18 +113,56 @@ class MemoryCache:
         if self.model is None:
             raise ValueError("MemoryCache(model=...) is needed to compress documents")
         started = time.perf_counter()
-        memory, mse = frozen_memory(self.model, missing, self.batch_size, autocast)
-        memory, mse = memory.detach(), mse.detach()
+        memory, mse = self._compress_or_load(missing, autocast)
         base = len(self._index)
         self._index.update((text, base + i) for i, text in enumerate(missing))
         self._memory = memory if self._memory is None else torch.cat([self._memory, memory])
         self._mse = mse if self._mse is None else torch.cat([self._mse, mse])
         self.seconds += time.perf_counter() - started
-        logger.info(
-            "compressed %d distinct documents once for the stage (%.1f s)",
-            len(missing),
-            time.perf_counter() - started,
-        )
+
+    def _compress_or_load(
+        self,
+        texts: list[str],
+        autocast: Callable[[], contextlib.AbstractContextManager],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.model is not None
+        model = self.model
+        started = time.perf_counter()
+        if self.directory is None:
+            memory, mse = frozen_memory(model, texts, self.batch_size, autocast)
+            logger.info(
+                "compressed %d distinct documents once for the stage (%.1f s)",
+                len(texts),
+                time.perf_counter() - started,
+            )
+            return memory.detach(), mse.detach()
+        with autocast():  # the key records the autocast state the rows are made under
+            key = memory_file_key(model, texts, self.batch_size)
+        path = self.directory / f"{key}.safetensors"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # One lock per set: a second run on the same set waits and then loads the file.
+        with process_lock(self.directory / f"{key}.lock"):
+            loaded = load_memories(path, len(texts))
+            if loaded is not None:
+                logger.info(
+                    "loaded the memory of %d distinct documents from %s (%.1f s) instead of "
+                    "compressing them",
+                    len(texts),
+                    path,
+                    time.perf_counter() - started,
+                )
+                model.warn_if_truncated(texts)
+                memory, mse = loaded
+                return memory.to(model.device), mse.to(model.device)  # dtype as computed
+            memory, mse = frozen_memory(model, texts, self.batch_size, autocast)
+            memory, mse = memory.detach(), mse.detach()
+            logger.info(
+                "compressed %d distinct documents once for the stage (%.1f s)",
+                len(texts),
+                time.perf_counter() - started,
+            )
+            save_memories(path, memory, mse, model.model_identity)
+        return memory, mse
 
     def _fill_pending(self) -> None:
         if self._pending:

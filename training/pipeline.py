@@ -525,6 +525,7 @@ class Trainer:
                 history=self.history,
                 state_for_checkpoint=self._state,
                 memory_cache=not args.no_memory_cache,
+                memory_cache_dir=args.memory_cache_dir,
                 autocast_dtype=fast_autocast_dtype(
                     self.acc.device,
                     args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION"),

@@ -470,11 +470,20 @@ class ClaraModel(torch.nn.Module):
             return
         cap = self.config.doc_max_length + ENCODER_EXTRA_TOKENS
         at_cap = [texts[i] for i, row in enumerate(rows) if len(row) >= cap]
-        if not at_cap:
-            return
+        if at_cap:
+            self._warn_if_cut(len(texts), at_cap, stacklevel=6)
+
+    def warn_if_truncated(self, texts: Sequence[str]) -> None:
+        """The truncation warning `encode_texts` gives, for documents whose memory was
+        made earlier (e.g. loaded from a training memory cache): a reused memory is as
+        cut as when it was made, and the user must hear it again."""
+        if not self._warned_truncation and texts:
+            self._warn_if_cut(len(texts), list(texts), stacklevel=3)
+
+    def _warn_if_cut(self, total: int, candidates: list[str], stacklevel: int) -> None:
         limit = self.max_document_tokens
         lengths = [
-            len(ids) for ids in self.tokenizer(at_cap, add_special_tokens=False)["input_ids"]
+            len(ids) for ids in self.tokenizer(candidates, add_special_tokens=False)["input_ids"]
         ]
         over = [n for n in lengths if n > limit]
         if not over:
@@ -482,7 +491,7 @@ class ClaraModel(torch.nn.Module):
         self._warned_truncation = True
         lost = sum(n - limit for n in over)
         warnings.warn(
-            f"{len(over)} of {len(texts)} documents are longer than the {limit} tokens the "
+            f"{len(over)} of {total} documents are longer than the {limit} tokens the "
             f"compressor reads (doc_max_length {self.config.doc_max_length}; longest "
             f"{max(over)} tokens): {lost} of their {sum(over)} tokens ({lost / sum(over):.0%}) "
             "are cut and not in their memory. Split documents into chunks of at most "
@@ -490,7 +499,7 @@ class ClaraModel(torch.nn.Module):
             "`Settings.transformations = [clara_node_parser(model)]`, LangChain "
             "`clara_text_splitter(model).split_documents(docs)`. (Shown once per model.)",
             DocumentTruncatedWarning,
-            stacklevel=5,  # past encode_texts, compress_documents and its no_grad wrapper
+            stacklevel=stacklevel,  # encode_texts: past compress_documents and its no_grad
         )
 
     @torch.no_grad()

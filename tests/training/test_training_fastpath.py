@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from clara_integrations import ClaraConfig, ClaraModel
+from clara_integrations.errors import DocumentTruncatedWarning
 from clara_integrations.modeling.adapters import DECODER_ADAPTER, ENCODER_ADAPTER, QUERY_ADAPTER
 from training.collate import Collator
 from training.data import load_examples
@@ -404,3 +405,80 @@ def test_dry_run_estimates_only_what_was_measured():
     assert estimate.stage_minutes("e2e", 77, "default", "cpu") == pytest.approx(77 / 0.77 / 60)
     assert estimate.stage_minutes("e2e", 77, "default", "cuda") is None  # no GPU rate measured
     assert estimate.teacher_minutes(120, "./my-base", "cpu") is None
+
+
+def test_memory_cache_dir_reloads_the_same_rows_without_compressing(model, tmp_path, monkeypatch):
+    import training.memory_cache as memory_cache
+
+    texts = ["Paris is in France.", "Rome is in Italy.", "Tea grows in Assam."]
+    first = MemoryCache(model, directory=tmp_path)
+    first.fill(texts + texts[:1])
+    (saved,) = tmp_path.glob("*.safetensors")
+    assert saved.name.startswith(model.model_identity)
+
+    def no_compressing(*args, **kwargs):
+        raise AssertionError("compressed although the same set was on disk")
+
+    monkeypatch.setattr(memory_cache, "frozen_memory", no_compressing)
+    again = MemoryCache(model, directory=tmp_path)
+    again.fill(list(reversed(texts)))
+    assert torch.equal(again.bank(), first.bank())  # bit for bit, in the same row order
+    assert torch.equal(again.lookup(texts)[1], first.lookup(texts)[1])
+    monkeypatch.undo()
+
+    # another set of documents, or another compressor, is another file
+    MemoryCache(model, directory=tmp_path).fill(texts[:2])
+    monkeypatch.setattr(type(model), "model_identity", property(lambda self: "clara-0" * 2))
+    MemoryCache(model, directory=tmp_path).fill(texts)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
+
+
+def test_memory_cache_dir_ignores_a_damaged_file_and_says_so(model, tmp_path):
+    texts = ["Paris is in France.", "Rome is in Italy."]
+    MemoryCache(model, directory=tmp_path).fill(texts)
+    (saved,) = tmp_path.glob("*.safetensors")
+    good = saved.read_bytes()
+    saved.write_bytes(good[: len(good) // 2])  # e.g. a disk that filled up under another tool
+    fresh = MemoryCache(model, directory=tmp_path)
+    with pytest.warns(UserWarning, match="unreadable memory cache file"):
+        fresh.fill(texts)
+    reference = MemoryCache(model)
+    reference.fill(texts)
+    assert torch.equal(fresh.bank(), reference.bank())
+    assert saved.read_bytes() == good  # rewritten whole
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_memory_cache_dir_run_loads_the_first_runs_memory_with_the_same_losses(
+    finetune, tiny_base, tiny_data, tmp_path, monkeypatch
+):
+    import training.memory_cache as memory_cache
+
+    args = [
+        "--data",
+        f"retrieval={tiny_data['qa']}",
+        "--stages",
+        "retrieval",
+        "--base",
+        str(tiny_base),
+        *TINY_FLAGS,
+        "--max-steps",
+        "2",
+        "--train-batch-size",
+        "2",
+        "--eval-max-examples",
+        "0",
+        "--memory-cache-dir",
+        str(tmp_path / "memories"),
+    ]
+    assert finetune(*args, "--output", str(tmp_path / "a"), "--quiet") == 0
+    assert len(list((tmp_path / "memories").glob("*.safetensors"))) == 1
+
+    def no_compressing(*args, **kwargs):
+        raise AssertionError("compressed although the first run's memory was on disk")
+
+    monkeypatch.setattr(memory_cache, "frozen_memory", no_compressing)
+    # the reused memory is as cut as when it was made: the second run says so too
+    with pytest.warns(DocumentTruncatedWarning, match="13 of 13 documents are longer"):
+        assert finetune(*args, "--output", str(tmp_path / "b"), "--quiet") == 0
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "a")

@@ -592,11 +592,14 @@ def test_label_free_query_reasoner_on_docs(finetune, fixture_dir, tiny_data, tmp
         "1e-3",
         "--eval-max-examples",
         "0",
+        "--memory-cache-dir",
+        tmp_path / "memories",
         "--output",
         out,
         "--quiet",
     )
     assert code == 0 and len(_log(out)) == 3
+    assert len(list((tmp_path / "memories").glob("clara-*.safetensors"))) == 1
     crops = [json.loads(x) for x in (out / "data" / "retrieval.jsonl").read_text().splitlines()]
     assert any(row["answer"] == "" for row in crops)
     before = ClaraModel.from_pretrained(
