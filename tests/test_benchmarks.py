@@ -47,7 +47,7 @@ def test_benchmark_commands_write_results(tmp_path):
         tmp_path,
     )
     quality = json.loads((tmp_path / "retrieval_quality.json").read_text())
-    assert set(quality["squad"]) == {"fixture", "fixture+e2e1", "bm25", "minilm"}
+    assert set(quality["squad"]) == {"fixture", "fixture+e2e1", "bm25", "minilm", "fixture+bm25"}
     _run(
         [
             "benchmarks.answer_quality",
@@ -150,3 +150,14 @@ def test_finetune_gain_trains_on_plain_documents_and_measures_before_and_after(t
     for run, stages in (("run1", ["instruct", "retrieval"]), ("run2", ["e2e"])):
         log = [json.loads(line) for line in (work / run / "training_log.jsonl").open()]
         assert [r["stage"] for r in log] == stages
+
+
+def test_reciprocal_rank_fusion_of_two_rankers():
+    from benchmarks.retrieval_quality import fused_ranker
+
+    first = lambda question, docs: [0, 1, 2, 3]  # noqa: E731
+    second = lambda question, docs: [3, 1, 0, 2]  # noqa: E731
+    fused = fused_ranker([first, second])
+    # 0: 1/61 + 1/63 > 1: 2/62 > 3: 1/64 + 1/61 > 2: 1/63 + 1/64 (k = 60, ranks from 1)
+    assert fused("q", ["a", "b", "c", "d"]) == [0, 1, 3, 2]
+    assert fused_ranker([first, first])("q", list("abcd")) == [0, 1, 2, 3]
