@@ -237,10 +237,9 @@ def test_kill_9_mid_stage_then_resume_matches_with_the_memory_cache(
     assert _losses(tmp_path / "killed") == _losses(tmp_path / "full")  # exact, step for step
 
 
-def test_legacy_step_still_trains_and_a_fast_checkpoint_needs_the_fast_step(
-    finetune, tiny_base, tiny_data, tmp_path
-):
-    args = [
+def _two_retrieval_steps(tiny_base, tiny_data) -> list[str]:
+    """Flags of a two-step retrieval run on the tiny base (no evaluation, no output)."""
+    return [
         "--data",
         f"retrieval={tiny_data['qa']}",
         "--stages",
@@ -254,6 +253,14 @@ def test_legacy_step_still_trains_and_a_fast_checkpoint_needs_the_fast_step(
         "2",
         "--eval-max-examples",
         "0",
+    ]
+
+
+def test_legacy_step_still_trains_and_a_fast_checkpoint_needs_the_fast_step(
+    finetune, tiny_base, tiny_data, tmp_path
+):
+    args = [
+        *_two_retrieval_steps(tiny_base, tiny_data),
         "--output",
         str(tmp_path / "o"),
         "--quiet",
@@ -455,19 +462,7 @@ def test_memory_cache_dir_run_loads_the_first_runs_memory_with_the_same_losses(
     import training.memory_cache as memory_cache
 
     args = [
-        "--data",
-        f"retrieval={tiny_data['qa']}",
-        "--stages",
-        "retrieval",
-        "--base",
-        str(tiny_base),
-        *TINY_FLAGS,
-        "--max-steps",
-        "2",
-        "--train-batch-size",
-        "2",
-        "--eval-max-examples",
-        "0",
+        *_two_retrieval_steps(tiny_base, tiny_data),
         "--memory-cache-dir",
         str(tmp_path / "memories"),
     ]
