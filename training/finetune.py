@@ -168,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-minutes",
         type=_per_stage(float),
         default={},
-        help="wall-time budget per stage, e.g. instruct=25,e2e=15: the stage stops (with a "
-        "warning) after the first optimiser step past it; the run goes on with the next stage",
+        help="wall-time budget per stage, e.g. instruct=25,e2e=15: the rest of the stage's lr "
+        "schedule is fitted to the steps that fit at the pace of its first steps, and the stage "
+        "stops (with a warning) there or at the first optimiser step past the budget; the run "
+        "goes on with the next stage",
     )
     t.add_argument(
         "--max-len", type=_per_stage(int), default={}, help="decoder tokens" + PER_STAGE_HELP

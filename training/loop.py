@@ -53,6 +53,7 @@ from .fastpath import (
 )
 from .losses import objective_for_stage
 from .memory_cache import MemoryCache
+from .schedule_fit import SqueezedSchedule, refit_scheduler, steps_that_fit
 from .stages import prepare_model_for_stage
 
 __all__ = [
@@ -69,6 +70,7 @@ logger = logging.getLogger(__name__)
 
 WARMUP_RATIO = 0.03
 MIN_LR_RATE = 0.1  # cosine_with_min_lr ends at 10% of the peak (reference)
+REFIT_AFTER_STEPS = 10  # `--max-minutes`: steps timed before the schedule is fitted to it
 ADAM_BETAS = (0.9, 0.95)
 MAX_GRAD_NORM = 1.0
 
@@ -199,13 +201,17 @@ def _param_groups(params: Sequence[torch.nn.Parameter]) -> list[dict[str, Any]]:
 
 def _scheduler(name: str, optimizer: torch.optim.Optimizer, plan: StagePlan):
     kwargs = {"min_lr_rate": MIN_LR_RATE} if name == "cosine_with_min_lr" else None
-    return get_scheduler(
+    scheduler = get_scheduler(
         name,
         optimizer,
         num_warmup_steps=plan.warmup_steps,
         num_training_steps=max(plan.steps, 1),
         scheduler_specific_kwargs=kwargs,
     )
+    # Wrapped so that `--max-minutes` can fit the rest of the schedule to the budget
+    # (schedule_fit.py); unchanged rates until it does.
+    scheduler.lr_lambdas = [SqueezedSchedule(fn, max(plan.steps, 1)) for fn in scheduler.lr_lambdas]
+    return scheduler
 
 
 def _seed_micro_batch(plan: StagePlan, first_position: int) -> None:
@@ -446,6 +452,10 @@ def _run(
     model.train()
     window = {"loss": 0.0, "ntp": 0.0, "mse": 0.0, "tokens": 0, "micro": 0}
     started = stage_started = time.perf_counter()
+    first_step, paced_from = step, None  # pace measured after this run's first step
+    fit = scheduler.lr_lambdas[0].fit
+    if fit is not None and step >= fit:  # resumed after it stopped at the steps that fit
+        return step
     bar = tqdm(
         total=plan.steps,
         initial=step,
@@ -495,6 +505,24 @@ def _run(
                 record["lr"],
                 record["tokens_per_s"],
             )
+        if step == first_step + 1:
+            paced_from = time.perf_counter()  # the first step also filled the memory cache
+        elif step == first_step + 1 + REFIT_AFTER_STEPS and paced_from is not None:
+            _fit_schedule_to_budget(
+                ctx, plan, step, scheduler, optimizer, paced_from, stage_started
+            )
+        fit = scheduler.lr_lambdas[0].fit
+        if fit is not None and step >= fit and step < plan.steps:
+            logger.warning(
+                "stage %s stopped after optimiser step %d of %d: the steps that fit --max-minutes "
+                "%s=%g, with the learning-rate schedule completed in them",
+                plan.stage,
+                step,
+                plan.steps,
+                plan.stage,
+                ctx.max_minutes,
+            )
+            break
         if ctx.save_steps and step % ctx.save_steps == 0 and step < plan.steps:
             save_checkpoint(ctx, model, plan, step, optimizer, scheduler)
         if step < plan.steps and _out_of_time(acc, ctx.max_minutes, stage_started):
@@ -516,6 +544,45 @@ def _run(
             break
     bar.close()
     return step
+
+
+def _fit_schedule_to_budget(
+    ctx: StageContext,
+    plan: StagePlan,
+    step: int,
+    scheduler: Any,
+    optimizer: Any,
+    paced_from: float,
+    stage_started: float,
+) -> None:
+    """`--max-minutes`: when the planned steps will not fit at the measured pace, squeeze
+    the rest of the learning-rate schedule into those that will (once per stage; a
+    resumed run keeps the refit saved in its checkpoint)."""
+    if ctx.max_minutes is None or scheduler.lr_lambdas[0].refit_at is not None:
+        return
+    now = time.perf_counter()
+    pace = (now - paced_from) / REFIT_AFTER_STEPS
+    left = 60 * ctx.max_minutes - (now - stage_started)
+    fit = steps_that_fit(step, plan.steps, pace, left)
+    acc = ctx.accelerator
+    fit = int(acc.gather(torch.tensor([fit], device=acc.device)).min())  # every rank alike
+    if fit >= plan.steps:
+        return
+    refit_scheduler(scheduler, optimizer, step, fit)
+    logger.warning(
+        "stage %s: at %.2f s/step only %d of its %d planned steps fit --max-minutes %s=%g; the "
+        "rest of the learning-rate schedule now runs in steps %d-%d (lr %.3g now), and the "
+        "stage stops there",
+        plan.stage,
+        pace,
+        fit,
+        plan.steps,
+        plan.stage,
+        ctx.max_minutes,
+        step,
+        fit,
+        scheduler.get_last_lr()[0],
+    )
 
 
 def _out_of_time(acc: Accelerator, max_minutes: float | None, started: float) -> bool:
