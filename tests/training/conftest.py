@@ -11,6 +11,18 @@ import torch
 
 from training.finetune import main
 
+# Fixture base, 4 memory tokens of 64 dims, rank-4 LoRA, 2 documents per question.
+TINY_FLAGS = [
+    "--doc-max-length",
+    "64",
+    "--compress-rate",
+    "16",
+    "--lora-r",
+    "4",
+    "--generation-top-k",
+    "2",
+]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():

@@ -10,18 +10,8 @@ import torch
 from transformers import get_scheduler
 
 import training.loop as loop
+from tests.training.conftest import TINY_FLAGS
 from training.schedule_fit import SqueezedSchedule, refit_scheduler, steps_that_fit
-
-TINY_FLAGS = [
-    "--doc-max-length",
-    "64",
-    "--compress-rate",
-    "16",
-    "--lora-r",
-    "4",
-    "--generation-top-k",
-    "2",
-]
 
 
 def _scheduler(name: str, planned: int, warmup: int = 0):

@@ -15,6 +15,7 @@ import torch
 from clara_integrations import ClaraConfig, ClaraModel
 from clara_integrations.errors import DocumentTruncatedWarning
 from clara_integrations.modeling.adapters import DECODER_ADAPTER, ENCODER_ADAPTER, QUERY_ADAPTER
+from tests.training.conftest import TINY_FLAGS
 from training.collate import Collator
 from training.data import load_examples
 from training.fastpath import (
@@ -168,16 +169,6 @@ def test_frozen_weights_cast_and_restored_exactly(model):
     assert all(torch.equal(before[n], p) for n, p in model.decoder.named_parameters())
 
 
-TINY_FLAGS = [
-    "--doc-max-length",
-    "64",
-    "--compress-rate",
-    "16",
-    "--lora-r",
-    "4",
-    "--generation-top-k",
-    "2",
-]
 REPO = Path(__file__).resolve().parents[2]
 
 

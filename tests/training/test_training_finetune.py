@@ -18,20 +18,10 @@ from safetensors.torch import load_file
 
 from clara_integrations import ClaraModel
 from clara_integrations.modeling.adapters import ADAPTER_NAMES
+from tests.training.conftest import TINY_FLAGS
 from training import loop, losses
 
-# Fixture base, 4 memory tokens of 64 dims, rank-4 LoRA, 2 documents per question.
-TINY_FLAGS = [
-    "--doc-max-length",
-    "64",
-    "--compress-rate",
-    "16",
-    "--lora-r",
-    "4",
-    "--generation-top-k",
-    "2",
-    "--quiet",
-]
+TINY_FLAGS = [*TINY_FLAGS, "--quiet"]
 REPO = Path(__file__).resolve().parents[2]
 
 
