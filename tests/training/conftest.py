@@ -24,6 +24,27 @@ TINY_FLAGS = [
 ]
 
 
+def retrieval_run_flags(
+    tiny_base: Path, tiny_data: dict[str, Path], max_steps: int = 2
+) -> list[str]:
+    """Flags of a short retrieval run on the tiny base (no evaluation, no output folder)."""
+    return [
+        "--data",
+        f"retrieval={tiny_data['qa']}",
+        "--stages",
+        "retrieval",
+        "--base",
+        str(tiny_base),
+        *TINY_FLAGS,
+        "--max-steps",
+        str(max_steps),
+        "--train-batch-size",
+        "2",
+        "--eval-max-examples",
+        "0",
+    ]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Tiny models gain nothing from intra-op threads, and on busy shared cores OpenMP's

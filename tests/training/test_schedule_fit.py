@@ -10,7 +10,7 @@ import torch
 from transformers import get_scheduler
 
 import training.loop as loop
-from tests.training.conftest import TINY_FLAGS
+from tests.training.conftest import retrieval_run_flags
 from training.schedule_fit import SqueezedSchedule, refit_scheduler, steps_that_fit
 
 
@@ -79,25 +79,13 @@ def test_a_stage_that_cannot_finish_in_its_minutes_completes_its_schedule_and_re
     monkeypatch.setattr(loop, "steps_that_fit", lambda step, planned, pace, left: 14)
     out = tmp_path / "o"
     args = [
-        "--data",
-        f"retrieval={tiny_data['qa']}",
-        "--stages",
-        "retrieval",
-        "--base",
-        str(tiny_base),
-        *TINY_FLAGS,
+        *retrieval_run_flags(tiny_base, tiny_data, max_steps=20),
         "--epochs",
         "5",
-        "--max-steps",
-        "20",
-        "--train-batch-size",
-        "2",
         "--learning-rate",
         "1e-3",
         "--max-minutes",
         "retrieval=600",
-        "--eval-max-examples",
-        "0",
         "--save-steps",
         "12",
         "--output",

@@ -15,7 +15,7 @@ import torch
 from clara_integrations import ClaraConfig, ClaraModel
 from clara_integrations.errors import DocumentTruncatedWarning
 from clara_integrations.modeling.adapters import DECODER_ADAPTER, ENCODER_ADAPTER, QUERY_ADAPTER
-from tests.training.conftest import TINY_FLAGS
+from tests.training.conftest import TINY_FLAGS, retrieval_run_flags
 from training.collate import Collator
 from training.data import load_examples
 from training.fastpath import (
@@ -228,30 +228,11 @@ def test_kill_9_mid_stage_then_resume_matches_with_the_memory_cache(
     assert _losses(tmp_path / "killed") == _losses(tmp_path / "full")  # exact, step for step
 
 
-def _two_retrieval_steps(tiny_base, tiny_data) -> list[str]:
-    """Flags of a two-step retrieval run on the tiny base (no evaluation, no output)."""
-    return [
-        "--data",
-        f"retrieval={tiny_data['qa']}",
-        "--stages",
-        "retrieval",
-        "--base",
-        str(tiny_base),
-        *TINY_FLAGS,
-        "--max-steps",
-        "2",
-        "--train-batch-size",
-        "2",
-        "--eval-max-examples",
-        "0",
-    ]
-
-
 def test_legacy_step_still_trains_and_a_fast_checkpoint_needs_the_fast_step(
     finetune, tiny_base, tiny_data, tmp_path
 ):
     args = [
-        *_two_retrieval_steps(tiny_base, tiny_data),
+        *retrieval_run_flags(tiny_base, tiny_data),
         "--output",
         str(tmp_path / "o"),
         "--quiet",
@@ -453,7 +434,7 @@ def test_memory_cache_dir_run_loads_the_first_runs_memory_with_the_same_losses(
     import training.memory_cache as memory_cache
 
     args = [
-        *_two_retrieval_steps(tiny_base, tiny_data),
+        *retrieval_run_flags(tiny_base, tiny_data),
         "--memory-cache-dir",
         str(tmp_path / "memories"),
     ]
