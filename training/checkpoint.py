@@ -114,9 +114,10 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
 class CheckpointManager:
     """Save and find training checkpoints under `root` (``<output>/checkpoints``).
 
-    Example:
-        >>> ckpts = CheckpointManager(Path("out/checkpoints"), accelerator)  # doctest: +SKIP
-        >>> path = ckpts.save("00-compress-step000010", model, optimizer, scheduler, state)
+    Example (inside a training loop, so not a doctest)::
+
+        ckpts = CheckpointManager(Path("out/checkpoints"), accelerator)
+        path = ckpts.save("00-compress-step000010", model, optimizer, scheduler, state)
     """
 
     def __init__(self, root: Path, accelerator: Accelerator, keep: int = 2) -> None:
