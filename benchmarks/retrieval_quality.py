@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("bm25s").setLevel(logging.WARNING)
     rankers: dict[str, Ranker] = {}
     checkpoints = [c.split("=", 1) for c in args.checkpoint] or [["clara-default", "default"]]
+    if args.hybrid and args.no_hybrid:
+        parser.error("--hybrid and --no-hybrid: give one of them")
     unknown = sorted(set(args.hybrid) - {label for label, _ in checkpoints})
     if unknown:
         parser.error(f"--hybrid {unknown[0]}: not the label of a --checkpoint")

@@ -455,6 +455,13 @@ def _run(
     first_step, paced_from = step, None  # pace measured after this run's first step
     fit = scheduler.lr_lambdas[0].fit
     if fit is not None and step >= fit:  # resumed after it stopped at the steps that fit
+        logger.info(
+            "stage %s already ended at optimiser step %d, the steps of its %d that fit the "
+            "--max-minutes budget of the run that saved it (refit kept in its checkpoint)",
+            plan.stage,
+            step,
+            plan.steps,
+        )
         return step
     bar = tqdm(
         total=plan.steps,
@@ -515,7 +522,8 @@ def _run(
         if fit is not None and step >= fit and step < plan.steps:
             logger.warning(
                 "stage %s stopped after optimiser step %d of %d: the steps that fit --max-minutes "
-                "%s=%g, with the learning-rate schedule completed in them",
+                "%s=%s (refit kept in the checkpoint state), with the learning-rate schedule "
+                "completed in them",
                 plan.stage,
                 step,
                 plan.steps,
@@ -526,9 +534,10 @@ def _run(
         if ctx.save_steps and step % ctx.save_steps == 0 and step < plan.steps:
             save_checkpoint(ctx, model, plan, step, optimizer, scheduler)
         if step < plan.steps and _out_of_time(acc, ctx.max_minutes, stage_started):
+            planned = plan.steps if fit is None else fit
             logger.warning(
-                "stage %s stopped after optimiser step %d of %d: --max-minutes %s=%g reached; "
-                "the learning-rate schedule was planned for %d steps, so it ended at lr %.3g, "
+                "stage %s stopped after optimiser step %d of %d: --max-minutes %s=%s reached; "
+                "the learning-rate schedule was %s %d steps, so it ended at lr %.3g, "
                 "not its final rate. For a schedule that completes in this budget on this "
                 "machine, plan the steps that fit: --max-steps %s=%d",
                 plan.stage,
@@ -536,7 +545,8 @@ def _run(
                 plan.steps,
                 plan.stage,
                 ctx.max_minutes,
-                plan.steps,
+                "planned for" if fit is None else "refit (steps got slower after it) to",
+                planned,
                 scheduler.get_last_lr()[0],
                 plan.stage,
                 step,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -120,6 +121,19 @@ class MemoryCache:
         self._mse = mse if self._mse is None else torch.cat([self._mse, mse])
         self.seconds += time.perf_counter() - started
 
+    def _compress(
+        self, texts: list[str], autocast: Callable[[], contextlib.AbstractContextManager]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.model is not None
+        started = time.perf_counter()
+        memory, mse = frozen_memory(self.model, texts, self.batch_size, autocast)
+        logger.info(
+            "compressed %d distinct documents once for the stage (%.1f s)",
+            len(texts),
+            time.perf_counter() - started,
+        )
+        return memory.detach(), mse.detach()
+
     def _compress_or_load(
         self,
         texts: list[str],
@@ -127,15 +141,9 @@ class MemoryCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.model is not None
         model = self.model
-        started = time.perf_counter()
         if self.directory is None:
-            memory, mse = frozen_memory(model, texts, self.batch_size, autocast)
-            logger.info(
-                "compressed %d distinct documents once for the stage (%.1f s)",
-                len(texts),
-                time.perf_counter() - started,
-            )
-            return memory.detach(), mse.detach()
+            return self._compress(texts, autocast)
+        started = time.perf_counter()
         with autocast():  # the key records the autocast state the rows are made under
             key = memory_file_key(model, texts, self.batch_size)
         path = self.directory / f"{key}.safetensors"
@@ -154,13 +162,8 @@ class MemoryCache:
                 model.warn_if_truncated(texts)
                 memory, mse = loaded
                 return memory.to(model.device), mse.to(model.device)  # dtype as computed
-            memory, mse = frozen_memory(model, texts, self.batch_size, autocast)
-            memory, mse = memory.detach(), mse.detach()
-            logger.info(
-                "compressed %d distinct documents once for the stage (%.1f s)",
-                len(texts),
-                time.perf_counter() - started,
-            )
+            _warn_if_other_sets_cached(path, model.model_identity, len(texts))
+            memory, mse = self._compress(texts, autocast)
             save_memories(path, memory, mse, model.model_identity)
         return memory, mse
 
@@ -206,3 +209,19 @@ class MemoryCache:
         if self._memory is None:
             raise KeyError("the memory cache is empty: call fill() or expect() first")
         return self._memory
+
+
+def _warn_if_other_sets_cached(path: Path, identity: str, count: int) -> None:
+    """A miss beside files of the same compressor usually means the document set changed,
+    which a user expecting the cache to skip compression should hear about."""
+    directory = path.parent
+    others = [p for p in directory.glob(f"{identity}-*.safetensors") if p != path]
+    if others:
+        warnings.warn(
+            f"the memory cache {directory} holds {len(others)} file(s) for this compressor but "
+            f"none for these {count} documents, so they are compressed again. A file is reused "
+            "only for exactly the same documents: a stage shorter than one epoch uses the "
+            "documents of the examples it reaches, which change with --seed, --max-steps and "
+            "the data (and with the dtype, autocast, device, encode batch size and versions)",
+            stacklevel=4,
+        )

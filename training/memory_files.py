@@ -10,8 +10,11 @@ A file is reused only when it was made from the *same* inputs in the same way, s
 loading it gives exactly the numbers compressing would (and a resumed run stays
 bit-identical to an uninterrupted one): its name is a digest of the compressor's
 `model_identity`, the sorted distinct texts, the encode batch size, the parameter dtypes,
-the autocast state, the device type and the torch version. Anything else (another
-compressor, one document more, bf16 instead of fp32) is another file. Files are written
+the autocast state, the device type and the torch and transformers versions. Anything
+else (another compressor, one document more, bf16 instead of fp32) is another file. The
+key cannot see the processor or the thread count, which can change the last bits of a
+float: a cache directory is for reruns on the same machine. Each file records a digest of
+its rows, so a file damaged inside an intact safetensors frame is recomputed too. Files are written
 atomically under a lock, so concurrent runs never read half a file and compress a set
 once between them.
 
@@ -34,7 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+import transformers
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from clara_integrations import ClaraModel
@@ -57,7 +61,7 @@ def memory_file_key(model: ClaraModel, texts: Sequence[str], batch_size: int) ->
     digest = hashlib.sha256()
     dtypes = sorted({str(p.dtype) for p in model.parameters()})
     header = (
-        f"{model.model_identity}|{torch.__version__}|{device_type}|"
+        f"{model.model_identity}|{torch.__version__}|{transformers.__version__}|{device_type}|"
         f"{_autocast_state(device_type)}|{','.join(dtypes)}|{batch_size}|{len(texts)}"
     )
     digest.update(header.encode())
@@ -67,13 +71,19 @@ def memory_file_key(model: ClaraModel, texts: Sequence[str], batch_size: int) ->
     return f"{model.model_identity}-{digest.hexdigest()[:24]}"
 
 
+def _rows_digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in ("memory", "mse"):
+        digest.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_memories(path: Path, memory: torch.Tensor, mse: torch.Tensor, identity: str) -> None:
     """Write (memory, mse) to `path` atomically (a crash leaves no partial file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"memory": memory.detach().contiguous().cpu(), "mse": mse.detach().contiguous().cpu()}
-    atomic_write(
-        path, lambda tmp: save_file(tensors, str(tmp), metadata={"model_identity": identity})
-    )
+    metadata = {"model_identity": identity, "sha256": _rows_digest(tensors)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     size_mb = path.stat().st_size / 2**20
     logger.info("saved %d memories (%.1f MiB) to %s", len(memory), size_mb, path)
 
@@ -84,9 +94,13 @@ def load_memories(path: Path, count: int) -> tuple[torch.Tensor, torch.Tensor] |
     if not path.exists():
         return None
     try:
+        with safe_open(str(path), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get("sha256")
         tensors = load_file(str(path))
         memory, mse = tensors["memory"], tensors["mse"]
-    except (SafetensorError, KeyError, OSError) as exc:
+        if recorded != _rows_digest(tensors):
+            raise ValueError(f"its rows do not match the digest recorded with them ({recorded})")
+    except (SafetensorError, KeyError, OSError, ValueError) as exc:
         warnings.warn(
             f"ignoring the unreadable memory cache file {path} ({exc}); compressing again",
             stacklevel=3,

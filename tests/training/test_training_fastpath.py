@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from clara_integrations import ClaraConfig, ClaraModel
 from clara_integrations.errors import DocumentTruncatedWarning
@@ -405,26 +407,49 @@ def test_memory_cache_dir_reloads_the_same_rows_without_compressing(model, tmp_p
     assert torch.equal(again.lookup(texts)[1], first.lookup(texts)[1])
     monkeypatch.undo()
 
-    # another set of documents, or another compressor, is another file
-    MemoryCache(model, directory=tmp_path).fill(texts[:2])
+    # another set of documents, or another compressor, is another file; a miss beside
+    # files of the same compressor says why it compresses again
+    with pytest.warns(
+        UserWarning,
+        match=r"holds 1 file\(s\) for this compressor but none for "
+        r"these 2 documents.*--seed, --max-steps",
+    ):
+        MemoryCache(model, directory=tmp_path).fill(texts[:2])
     monkeypatch.setattr(type(model), "model_identity", property(lambda self: "clara-0" * 2))
     MemoryCache(model, directory=tmp_path).fill(texts)
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
 
 
-def test_memory_cache_dir_ignores_a_damaged_file_and_says_so(model, tmp_path):
+def _file_contents(path: Path) -> tuple[dict, list]:
+    """Metadata and tensors of a safetensors file (its header's key order is not fixed)."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    return metadata, sorted((k, v.tolist()) for k, v in load_file(str(path)).items())
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        # e.g. a disk that filled up under another tool
+        (lambda data: data[: len(data) // 2], "unreadable memory cache file"),
+        # one bit of the last row's data, the safetensors frame intact
+        (lambda data: data[:-1] + bytes([data[-1] ^ 0x40]), "do not match the digest recorded"),
+    ],
+    ids=["truncated", "flipped-bit"],
+)
+def test_memory_cache_dir_recomputes_a_damaged_file_and_says_so(model, tmp_path, damage, message):
     texts = ["Paris is in France.", "Rome is in Italy."]
     MemoryCache(model, directory=tmp_path).fill(texts)
     (saved,) = tmp_path.glob("*.safetensors")
-    good = saved.read_bytes()
-    saved.write_bytes(good[: len(good) // 2])  # e.g. a disk that filled up under another tool
+    good = _file_contents(saved)
+    saved.write_bytes(damage(saved.read_bytes()))
     fresh = MemoryCache(model, directory=tmp_path)
-    with pytest.warns(UserWarning, match="unreadable memory cache file"):
+    with pytest.warns(UserWarning, match=message):
         fresh.fill(texts)
     reference = MemoryCache(model)
     reference.fill(texts)
     assert torch.equal(fresh.bank(), reference.bank())
-    assert saved.read_bytes() == good  # rewritten whole
+    assert _file_contents(saved) == good  # rewritten whole
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
