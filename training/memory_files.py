@@ -14,9 +14,9 @@ the autocast state, the device type and the torch and transformers versions. Any
 else (another compressor, one document more, bf16 instead of fp32) is another file. The
 key cannot see the processor or the thread count, which can change the last bits of a
 float: a cache directory is for reruns on the same machine. Each file records a digest of
-its rows, so a file damaged inside an intact safetensors frame is recomputed too. Files are written
-atomically under a lock, so concurrent runs never read half a file and compress a set
-once between them.
+its rows, so a file damaged inside an intact safetensors frame is recomputed too. Files are
+written atomically under a lock, so concurrent runs never read half a file and compress a
+set once between them.
 
 Example:
     >>> import tempfile
@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from clara_integrations import ClaraModel
 from clara_integrations._atomic import atomic_write
@@ -94,9 +94,9 @@ def load_memories(path: Path, count: int) -> tuple[torch.Tensor, torch.Tensor] |
     if not path.exists():
         return None
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="pt") as handle:  # one read: header and rows
             recorded = (handle.metadata() or {}).get("sha256")
-        tensors = load_file(str(path))
+            tensors = {name: handle.get_tensor(name) for name in ("memory", "mse")}
         memory, mse = tensors["memory"], tensors["mse"]
         if recorded != _rows_digest(tensors):
             raise ValueError(f"its rows do not match the digest recorded with them ({recorded})")
