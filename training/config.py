@@ -21,6 +21,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
+#: `--retrieval-negatives`: what a retrieval stage's positives compete with (losses.py).
+RETRIEVAL_NEGATIVES = ("candidates", "bank", "queries")
+
 __all__ = ["FinetuneConfig", "PerStage"]
 
 T = TypeVar("T")
@@ -105,9 +108,9 @@ class FinetuneConfig:
     eval_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.retrieval_negatives not in ("candidates", "bank"):
+        if self.retrieval_negatives not in RETRIEVAL_NEGATIVES:
             raise ValueError(
-                f"retrieval_negatives must be 'candidates' or 'bank', got {self.retrieval_negatives!r}"
+                f"retrieval_negatives must be one of {RETRIEVAL_NEGATIVES}, got {self.retrieval_negatives!r}"
             )
         if self.instruct_compressor not in ("train", "frozen"):
             raise ValueError(
@@ -117,6 +120,11 @@ class FinetuneConfig:
             raise ValueError(
                 "--retrieval-negatives bank reads the stage's memory cache: drop --legacy-step "
                 "and --no-memory-cache"
+            )
+        if self.retrieval_negatives == "queries" and self.legacy_step:
+            raise ValueError(
+                "--retrieval-negatives queries trains the compressor on the fast step: drop "
+                "--legacy-step"
             )
 
     @classmethod

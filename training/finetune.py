@@ -37,7 +37,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from . import pipeline
-from .config import FinetuneConfig
+from .config import RETRIEVAL_NEGATIVES, FinetuneConfig
 from .data import STAGES, DataError
 from .stages import STAGE_DEFAULTS, enable_gradient_checkpointing
 
@@ -209,9 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--retrieval-negatives",
         default="candidates",
-        choices=("candidates", "bank"),
-        help="retrieval stage: a question's positives compete with its own candidates "
-        "(reference) or with every document of the stage (bank; compressed once, fast step)",
+        choices=RETRIEVAL_NEGATIVES,
+        help="retrieval stage: the query reasoner learns, a question's positives competing with "
+        "its own candidates (reference) or with every document of the stage (bank; compressed "
+        "once, fast step); or (queries) the compressor learns and the query reasoner is frozen: "
+        "each positive document competes for its questions with every question of the stage "
+        "(encoded once) and each question with the micro-batch's positive documents",
     )
     t.add_argument(
         "--micro-batch-tokens",

@@ -53,6 +53,7 @@ from .fastpath import (
 )
 from .losses import objective_for_stage
 from .memory_cache import MemoryCache
+from .query_bank import QueryBank
 from .schedule_fit import SqueezedSchedule, refit_scheduler, steps_that_fit
 from .stages import prepare_model_for_stage
 
@@ -325,10 +326,14 @@ def train_stage(
         train_mem_tokens=ctx.train_mem_tokens,
         fast=plan.fast_step,
         frozen_compressor=plan.frozen_compressor,
+        negatives=plan.negatives,
     )
     order, collate, cache = schedule_order(len(examples), plan), collator, None
+    query_bank = None
     if plan.fast_step:
         order, collate, cache = _fast_schedule(model, plan, examples, order, collator, ctx)
+    if plan.fast_step and plan.negatives == "queries":
+        query_bank = _query_bank(model, examples, order, ctx)
     loader = torch.utils.data.DataLoader(
         ScheduledDataset(examples, order),
         batch_size=plan.micro_batch_size,
@@ -344,6 +349,7 @@ def train_stage(
         cache=cache,
         negatives=plan.negatives,
         frozen_compressor=plan.frozen_compressor,
+        query_bank=query_bank,
     )
     if plan.fast_step and ctx.autocast_dtype is not None:
         # Per forward, as Accelerate does: autocast caches its casts of trainable weights
@@ -403,12 +409,27 @@ def _fast_schedule(
         labels, plan.train_batch_size, rows, plan.grad_accum, ctx.accelerator.num_processes
     )
     cache = None
-    if ctx.memory_cache and (plan.stage in ("retrieval", "e2e") or plan.frozen_compressor):
+    trains_compressor = plan.stage == "retrieval" and plan.negatives == "queries"
+    frozen_docs = plan.stage in ("retrieval", "e2e") or plan.frozen_compressor
+    if ctx.memory_cache and frozen_docs and not trains_compressor:
         # Every candidate of the whole schedule (not only from a resumed step on): the same
         # set gives the same batches, so a resumed run gets bit-identical memory.
         cache = MemoryCache(model, ctx.encode_batch_size, ctx.memory_cache_dir)
         cache.expect([d for i in used for d in examples[i].docs])
     return order, ScaledCollate(collator, scales), cache
+
+
+def _query_bank(
+    model: ClaraModel, examples: Sequence[Example], order: list[int], ctx: StageContext
+) -> QueryBank:
+    """Every question of the whole schedule with its positive documents (as the memory
+    cache, the whole schedule: a resumed run encodes the same set)."""
+    bank = QueryBank(model, ctx.encode_batch_size)
+    bank.expect(
+        (examples[i].question, [examples[i].docs[p] for p in examples[i].pos_index])
+        for i in sorted(set(order))
+    )
+    return bank
 
 
 @contextlib.contextmanager

@@ -25,14 +25,24 @@ from clara_integrations.modeling.layout import splice_memory
 from clara_integrations.modeling.topk import cosine_scores
 
 from .collate import IGNORE_INDEX
+from .config import RETRIEVAL_NEGATIVES
 from .memory_cache import MemoryCache, frozen_memory
+from .query_bank import QueryBank
 
-__all__ = ["CompressionObjective", "EndToEndObjective", "RetrievalObjective", "objective_for_stage"]
+__all__ = [
+    "CompressionObjective",
+    "CompressorRetrievalObjective",
+    "EndToEndObjective",
+    "RetrievalObjective",
+    "objective_for_stage",
+]
 
 # Temperature of the retrieval InfoNCE logits (reference `stage2_pretrain_retrieval`).
 RETRIEVAL_TEMPERATURE = 0.02
-#: What the retrieval stage's positives compete with (`RetrievalObjective`).
-NEGATIVES = ("candidates", "bank")
+#: What the retrieval stage's positives compete with: `RetrievalObjective` trains the query
+#: reasoner against a question's candidates or the whole document bank;
+#: `CompressorRetrievalObjective` ("queries") trains the compressor against every question.
+NEGATIVES = RETRIEVAL_NEGATIVES
 
 
 def _spliced_embeds(
@@ -258,8 +268,11 @@ class RetrievalObjective(torch.nn.Module):
         negatives: str = "candidates",
     ) -> None:
         super().__init__()
-        if negatives not in NEGATIVES:
-            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+        if negatives not in ("candidates", "bank"):
+            raise ValueError(
+                f"RetrievalObjective: negatives must be 'candidates' or 'bank', got {negatives!r}"
+                " ('queries' trains the compressor: CompressorRetrievalObjective)"
+            )
         if negatives == "bank" and cache is None:
             raise ValueError(
                 "negatives='bank' reads the stage's memory cache: use the fast step with the "
@@ -286,9 +299,7 @@ class RetrievalObjective(torch.nn.Module):
         has_pos = pos.any(dim=1)  # (B,)
         # A row without positives uses all candidates (its term is then 0, no -inf/NaN)
         # and is left out of the mean, as the reference does.
-        pos = pos | ~has_pos[:, None]
-        pos_lse = torch.logsumexp(logits.masked_fill(~pos, float("-inf")), dim=1)
-        per_example = torch.logsumexp(logits, dim=1) - pos_lse  # (B,)
+        per_example = _multi_positive_nce(logits, pos | ~has_pos[:, None])  # (B,)
         if self.fast:  # every example has positives here (fit_example requires them)
             loss = (per_example * has_pos).sum() * _scale(batch, "examples", int(has_pos.sum()))
         else:
@@ -316,6 +327,69 @@ class RetrievalObjective(torch.nn.Module):
             return q @ self._bank.T / RETRIEVAL_TEMPERATURE, bank_pos
 
 
+def _multi_positive_nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Per row of `logits` (R, C): logsumexp over all columns minus over the positive ones
+    (the multi-positive InfoNCE of `RetrievalObjective`); every row has a positive."""
+    pos_lse = torch.logsumexp(logits.masked_fill(~pos, float("-inf")), dim=1)
+    return torch.logsumexp(logits, dim=1) - pos_lse
+
+
+class CompressorRetrievalObjective(torch.nn.Module):
+    """Stage `retrieval` with `--retrieval-negatives queries`: the compressor learns, the
+    query reasoner is frozen (not in the reference, whose retrieval stage trains only the
+    query reasoner; its e2e stage too leaves the compressor frozen).
+
+    Each micro-batch's positive documents are compressed *with* gradient, and the loss is
+    the mean of two InfoNCE terms (logits = cosine / 0.02, as the reference's):
+
+    * document -> questions: each positive against every question of the stage (a
+      `QueryBank`, encoded once), its positives being the questions it answers;
+    * question -> documents: each question against the micro-batch's positive documents.
+
+    Memory that moves this way is memory the shipped query reasoner finds; the generator
+    reads the same memory, so measure answers too before shipping such a compressor.
+    """
+
+    def __init__(self, model: ClaraModel, bank: QueryBank, encode_batch_size: int = 64) -> None:
+        super().__init__()
+        self.model = model
+        self.bank = bank
+        self.encode_batch_size = encode_batch_size
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        model, n = self.model, batch["n_cand"]
+        pos = batch["pos_mask"]  # (B, N)
+        example, candidate = pos.nonzero(as_tuple=True)
+        texts, index = _unique(
+            [batch["cand_texts"][e * n + c] for e, c in zip(example.tolist(), candidate.tolist())]
+        )
+        self.bank.fill()
+        queries = self.bank.vectors  # (M, D) unit rows
+        docs, _ = model.encode_texts(texts, ENCODER_ADAPTER, self.encode_batch_size)
+        with torch.autocast(docs.device.type, enabled=False):
+            docs = torch.nn.functional.normalize(docs.flatten(1).float(), dim=-1)  # (P, D)
+            doc_pos = torch.zeros(len(texts), queries.shape[0], dtype=torch.bool)
+            for row, answered in enumerate(self.bank.positives_of(texts)):
+                doc_pos[row, answered] = True
+            doc_terms = _multi_positive_nce(
+                docs @ queries.T / RETRIEVAL_TEMPERATURE, doc_pos.to(docs.device)
+            )  # (P,)
+            mine = queries[self.bank.rows(batch["questions"]).to(queries.device)]  # (B, D)
+            query_pos = torch.zeros(pos.shape[0], len(texts), dtype=torch.bool)
+            query_pos[example, torch.as_tensor(index, dtype=torch.long)] = True
+            query_terms = _multi_positive_nce(
+                mine @ docs.T / RETRIEVAL_TEMPERATURE, query_pos.to(docs.device)
+            )  # (B,)
+        # Per example: its question's term and the mean of its positives' terms, so that
+        # the scaled sum over micro-batches is the global batch's mean (module docstring).
+        per_doc = doc_terms[torch.as_tensor(index, device=docs.device)]  # (positives,)
+        weight = 1.0 / pos.sum(dim=1).clamp(min=1).to(docs.device)[example.to(docs.device)]
+        total = 0.5 * (query_terms.sum() + (per_doc * weight).sum())
+        loss = total * _scale(batch, "examples", pos.shape[0])
+        zero = loss.detach() * 0.0
+        return {"loss": loss, "ntp": loss.detach(), "mse": zero}
+
+
 def objective_for_stage(
     model: ClaraModel,
     stage: str,
@@ -325,10 +399,12 @@ def objective_for_stage(
     cache: MemoryCache | None = None,
     negatives: str = "candidates",
     frozen_compressor: bool = False,
+    query_bank: QueryBank | None = None,
 ) -> torch.nn.Module:
     """The objective module of `stage`; `fast` and `cache` as in the module docstring
     (`cache` only for the stages that read frozen candidates: `retrieval`, `e2e`, and
-    `instruct` with `frozen_compressor`), `negatives` as in `RetrievalObjective`."""
+    `instruct` with `frozen_compressor`), `negatives` as in `NEGATIVES` (`query_bank`
+    for "queries")."""
     if stage in ("compress", "instruct"):
         return CompressionObjective(
             model,
@@ -340,6 +416,13 @@ def objective_for_stage(
         )
     if stage == "e2e":
         return EndToEndObjective(model, encode_batch_size, fast=fast, cache=cache)
+    if stage == "retrieval" and negatives == "queries":
+        if query_bank is None or not fast:
+            raise ValueError(
+                "negatives='queries' trains the compressor against a QueryBank of the stage's "
+                "questions: use the fast step (no --legacy-step)"
+            )
+        return CompressorRetrievalObjective(model, query_bank, encode_batch_size)
     if stage == "retrieval":
         return RetrievalObjective(
             model, encode_batch_size, fast=fast, cache=cache, negatives=negatives

@@ -4,7 +4,7 @@
 |---|---|---|
 | `compress` | `stage1` | compressor + generator adapters, `<MEM…>` embedding rows |
 | `instruct` | `stage1_2` | compressor + a *fresh* generator (reference) or the current one; the generator alone with `--instruct-compressor frozen` |
-| `retrieval` | `stage2_pretrain_retrieval` | query reasoner (InfoNCE on `pos_index`) |
+| `retrieval` | `stage2_pretrain_retrieval` | query reasoner (InfoNCE on `pos_index`); the compressor instead with `--retrieval-negatives queries` |
 | `e2e` | `stage2` | generator + query reasoner (through the top-k); compressor frozen |
 """
 
@@ -202,6 +202,7 @@ def prepare_model_for_stage(
     train_mem_tokens: bool = True,
     fast: bool = False,
     frozen_compressor: bool = False,
+    negatives: str = "candidates",
 ) -> tuple[list[torch.nn.Parameter], Any]:
     """Create/copy the adapters `stage` needs, freeze everything else, and return
     (trainable parameters in a fixed order, handle of the memory-row gradient hook, or
@@ -214,6 +215,7 @@ def prepare_model_for_stage(
         train_mem_tokens: `compress` also trains the `<MEM…>` embedding rows (reference
             `optimize_mem_tokens`); call `handle.remove()` when the stage ends.
         frozen_compressor: `instruct` trains the generator alone.
+        negatives: `retrieval` with "queries" trains the compressor, not the query reasoner.
     """
     ensure_adapters(model, stage, fresh_decoder=fresh_decoder)
     model.config = model.config.model_copy(
@@ -224,6 +226,8 @@ def prepare_model_for_stage(
     names = TRAINED_ADAPTERS[stage]
     if frozen_compressor:
         names = tuple(n for n in names if n != ENCODER_ADAPTER)
+    if stage == "retrieval" and negatives == "queries":
+        names = (ENCODER_ADAPTER,)
     model.adapters.set_trainable(list(names))
     params = [p for name in names for p in model.adapters.parameters(name)]
     handle = None

@@ -31,6 +31,7 @@ from training.fastpath import (
 )
 from training.losses import objective_for_stage
 from training.memory_cache import MemoryCache
+from training.query_bank import QueryBank
 from training.stages import fit_example, prepare_model_for_stage
 
 K = 2
@@ -278,6 +279,55 @@ def test_bank_negatives_are_every_cached_document(model, tiny_data):
         gold = full.rows([ex.docs[i] for i in ex.pos_index])
         expected.append(logits[row].logsumexp(0) - logits[row, gold].logsumexp(0))
     assert _close(out(both)["loss"], torch.stack(expected).mean(), 1e-4)
+
+
+def test_query_negatives_train_the_compressor_against_every_question(model, tiny_data):
+    """`--retrieval-negatives queries`: only the compressor has gradient; the loss is the
+    mean of each positive document against every question of the bank and each question
+    against the batch's positive documents; more questions in the bank only add negatives."""
+    collator, loaded = _items(model, "retrieval", tiny_data["qa"], 8)
+    first = loaded[0][1]
+    other = next(
+        ex for _, ex in loaded if ex.docs[ex.pos_index[0]] != first.docs[first.pos_index[0]]
+    )
+    items = [(0, first), (1, other)]  # two questions with different positive documents
+    params, _ = prepare_model_for_stage(model, "retrieval", K, fast=True, negatives="queries")
+    encoder = {id(p) for p in model.adapters.parameters(ENCODER_ADAPTER)}
+    assert params and all(id(p) in encoder for p in params)
+    assert not any(p.requires_grad for p in model.adapters.parameters(QUERY_ADAPTER))
+    model.eval()  # no dropout: the hand computation below sees the same memory
+    batch = collator(items)
+    pairs = [(ex.question, [ex.docs[i] for i in ex.pos_index]) for _, ex in items]
+    bank = QueryBank(model)
+    bank.expect(pairs)
+    objective = objective_for_stage(
+        model, "retrieval", 0.0, fast=True, negatives="queries", query_bank=bank
+    )
+    loss = objective(batch)["loss"]
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    with torch.no_grad():
+        queries, _ = model.encode_texts([q for q, _ in pairs], QUERY_ADAPTER)
+        q = torch.nn.functional.normalize(queries.flatten(1).float(), dim=-1)
+        docs = [pos[0] for _, pos in pairs]  # one positive each in this file
+        memory, _ = model.encode_texts(docs, ENCODER_ADAPTER)
+        d = torch.nn.functional.normalize(memory.flatten(1).float(), dim=-1)
+        logits = d @ q.T / 0.02  # (docs, questions); document i answers question i
+        doc_terms = logits.logsumexp(1) - logits.diagonal()
+        query_terms = logits.T.logsumexp(1) - logits.diagonal()
+        expected = 0.5 * (doc_terms + query_terms).mean()
+    assert _close(loss.detach(), expected, 1e-4)
+    wider = QueryBank(model)
+    wider.expect(pairs + [("Which volcano erupted in 1883?", []), ("Where is tea grown?", [])])
+    wide = objective_for_stage(
+        model, "retrieval", 0.0, fast=True, negatives="queries", query_bank=wider
+    )
+    assert wide(batch)["loss"].item() > loss.item()
+
+
+def test_query_negatives_need_a_query_bank_and_the_fast_step(model):
+    with pytest.raises(ValueError, match="QueryBank"):
+        objective_for_stage(model, "retrieval", 0.0, fast=False, negatives="queries")
 
 
 def test_bank_negatives_need_the_memory_cache(model):

@@ -607,6 +607,78 @@ def test_label_free_query_reasoner_on_docs(finetune, fixture_dir, tiny_data, tmp
     assert any(moved)
 
 
+def test_compressor_trained_for_retrieval_then_resumed(finetune, fixture_dir, tiny_data, tmp_path):
+    """training/README.md's compressor recipe (`--retrieval-negatives queries`): the
+    compressor changes (and with it `model_identity`), the query reasoner does not, and a
+    run resumed from a mid-stage checkpoint gives the uninterrupted run's losses."""
+    base = fixture_dir / "tiny-llama-base"
+
+    def run(out: Path, *extra: object) -> int:
+        return finetune(
+            "--init-from",
+            fixture_dir / "ckpt-e2e",
+            "--base",
+            base,
+            "--data",
+            f"retrieval={tiny_data['qa']}",
+            "--stages",
+            "retrieval",
+            "--retrieval-negatives",
+            "queries",
+            "--train-batch-size",
+            "4",
+            "--micro-train-batch-size",
+            "2",
+            "--max-steps",
+            "2",
+            "--learning-rate",
+            "1e-3",
+            "--eval-max-examples",
+            "0",
+            "--save-steps",
+            "1",
+            "--output",
+            out,
+            "--quiet",
+            *extra,
+        )
+
+    whole = tmp_path / "cr"
+    assert run(whole) == 0 and len(_log(whole)) == 2
+    before = ClaraModel.from_pretrained(
+        fixture_dir / "ckpt-e2e", base_model=base, dtype=torch.float32
+    )
+    after = ClaraModel.from_pretrained(whole, dtype=torch.float32)
+    assert after.model_identity != before.model_identity  # the compressor moved
+    for name, changed in (("encoder_adapter", True), ("query_reasoner_adapter", False)):
+        pairs = zip(after.adapters.parameters(name), before.adapters.parameters(name))
+        assert any(not torch.equal(a, b) for a, b in pairs) is changed, name
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole / "checkpoints", resumed / "checkpoints")
+    (resumed / "checkpoints" / "LATEST").write_text("00-retrieval-step000001")
+    assert run(resumed, "--resume") == 0
+    assert [r["loss"] for r in _log(resumed)] == [r["loss"] for r in _log(whole)]
+    assert _same_adapters(resumed, whole)
+
+
+def test_query_negatives_with_the_legacy_step_are_refused_before_training(
+    finetune, tiny_data, tmp_path
+):
+    with pytest.raises(SystemExit, match="fast step"):
+        finetune(
+            "--data",
+            tiny_data["qa"],
+            "--stages",
+            "retrieval",
+            "--retrieval-negatives",
+            "queries",
+            "--legacy-step",
+            "--output",
+            tmp_path / "x",
+            "--dry-run",
+        )
+
+
 def test_bank_negatives_without_the_memory_cache_are_refused_before_training(
     finetune, tiny_data, tmp_path
 ):
