@@ -68,6 +68,7 @@ class Collator:
     doc_max_length: int
     seed: int = 42
     frozen_compressor: bool = False  # instruct with `--instruct-compressor frozen`
+    trains_compressor: bool = False  # retrieval with `--retrieval-negatives queries`
 
     def render(
         self, ex: Example, position: int, template_index: int | None = None
@@ -128,8 +129,11 @@ class Collator:
     def grad_tokens(self, ex: Example) -> int:
         """Tokens of `ex` that the fast step runs with gradient: documents and decoder
         (stages 1-2; decoder only when the compressor is frozen), question and decoder
-        (e2e; candidates come from the memory cache), question (retrieval). For micro-batch
-        sizing and length bucketing."""
+        (e2e; candidates come from the memory cache), question (retrieval), positive
+        documents (retrieval training the compressor). For micro-batch sizing and length
+        bucketing."""
+        if self.trains_compressor:
+            return self.encoder_tokens([ex.docs[i] for i in ex.pos_index])
         if self.frozen_compressor:
             return self.check(ex)
         if self.stage in ("compress", "instruct"):

@@ -23,9 +23,12 @@ def measured(base: str, device: str) -> bool:
     return device == "cpu" and str(base) in MEASURED_BASES
 
 
-def stage_minutes(stage: str, examples: int, base: str, device: str) -> float | None:
-    """Minutes to train `examples` examples of `stage`, or None (nothing measured)."""
-    if not measured(base, device):
+def stage_minutes(
+    stage: str, examples: int, base: str, device: str, negatives: str = "candidates"
+) -> float | None:
+    """Minutes to train `examples` examples of `stage`, or None (nothing measured; the
+    retrieval stage's rate is the query reasoner's, not the compressor's of `queries`)."""
+    if not measured(base, device) or (stage == "retrieval" and negatives == "queries"):
         return None
     return examples / CPU_EXAMPLES_PER_S[stage] / 60
 

@@ -14,7 +14,7 @@ Many GPUs (DDP, FSDP or DeepSpeed ZeRO-2 as chosen in `accelerate config`), or t
 Stages (`--stages`, any ordered subset, default ``compress,instruct,e2e``):
 ``compress`` (stage 1: QA + paraphrase next-token loss + 0.1 MSE), ``instruct`` (stage 2:
 compression instruction tuning), ``retrieval`` (optional: contrastive pretraining of the
-query reasoner on ``pos_index``), ``e2e`` (stage 3: query reasoner + generator through the
+query reasoner on ``pos_index``, or of the compressor with ``--retrieval-negatives queries``), ``e2e`` (stage 3: query reasoner + generator through the
 differentiable top-k, next-token loss only). With ``--docs`` the training data is written
 by a teacher into ``<output>/data/*.jsonl`` first; ``--data`` takes the reference's JSONL
 formats (``--data FILE`` for every stage, or ``--data e2e=FILE``). The output folder is a
@@ -387,6 +387,7 @@ def _plan_stages(
             max_len,
             args.seed,
             frozen_compressor=pipeline.compressor_frozen(stage, args),
+            trains_compressor=pipeline.retrieval_trains_compressor(stage, args),
         )
         kept, issues, tokens = pipeline.prepare_stage_data(stage, files[stage], k, collator, args)
         pipeline.report_issues(stage, files[stage], issues)

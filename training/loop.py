@@ -333,7 +333,7 @@ def train_stage(
     if plan.fast_step:
         order, collate, cache = _fast_schedule(model, plan, examples, order, collator, ctx)
     if plan.fast_step and plan.negatives == "queries":
-        query_bank = _query_bank(model, examples, order, ctx)
+        query_bank = _query_bank(model, plan, examples, order, ctx)
     loader = torch.utils.data.DataLoader(
         ScheduledDataset(examples, order),
         batch_size=plan.micro_batch_size,
@@ -420,10 +420,27 @@ def _fast_schedule(
 
 
 def _query_bank(
-    model: ClaraModel, examples: Sequence[Example], order: list[int], ctx: StageContext
+    model: ClaraModel,
+    plan: StagePlan,
+    examples: Sequence[Example],
+    order: list[int],
+    ctx: StageContext,
 ) -> QueryBank:
     """Every question of the whole schedule with its positive documents (as the memory
     cache, the whole schedule: a resumed run encodes the same set)."""
+    if plan.micro_batch_size < 2:
+        logger.warning(
+            "stage retrieval (--retrieval-negatives queries): a micro-batch of %d example "
+            "leaves the question -> documents term no negative (it is 0); give "
+            "--micro-train-batch-size equal to --train-batch-size (e.g. 16)",
+            plan.micro_batch_size,
+        )
+    if ctx.memory_cache_dir:
+        logger.warning(
+            "stage retrieval (--retrieval-negatives queries) compresses its documents with "
+            "gradient: nothing is kept in --memory-cache-dir %s for this stage",
+            ctx.memory_cache_dir,
+        )
     bank = QueryBank(model, ctx.encode_batch_size)
     bank.expect(
         (examples[i].question, [examples[i].docs[p] for p in examples[i].pos_index])

@@ -344,7 +344,9 @@ class CompressorRetrievalObjective(torch.nn.Module):
 
     * document -> questions: each positive against every question of the stage (a
       `QueryBank`, encoded once), its positives being the questions it answers;
-    * question -> documents: each question against the micro-batch's positive documents.
+    * question -> documents: each question against the micro-batch's positive documents
+      (so this term, unlike the rest of training, depends on the micro-batch size: it is
+      0 with one example per micro-batch; the recipe sets the micro-batch to the batch).
 
     Memory that moves this way is memory the shipped query reasoner finds; the generator
     reads the same memory, so measure answers too before shipping such a compressor.
@@ -358,7 +360,8 @@ class CompressorRetrievalObjective(torch.nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         model, n = self.model, batch["n_cand"]
-        pos = batch["pos_mask"]  # (B, N)
+        pos = batch["pos_mask"].cpu()  # (B, N); masks are built on the CPU, then moved
+        has_pos = pos.any(dim=1)  # (B,) the trainer only keeps examples with positives
         example, candidate = pos.nonzero(as_tuple=True)
         texts, index = _unique(
             [batch["cand_texts"][e * n + c] for e, c in zip(example.tolist(), candidate.tolist())]
@@ -366,26 +369,33 @@ class CompressorRetrievalObjective(torch.nn.Module):
         self.bank.fill()
         queries = self.bank.vectors  # (M, D) unit rows
         docs, _ = model.encode_texts(texts, ENCODER_ADAPTER, self.encode_batch_size)
-        with torch.autocast(docs.device.type, enabled=False):
+        device = docs.device
+        answered = self.bank.positives_of(texts)  # per document, the bank rows it answers
+        doc_pos = torch.zeros(len(texts), queries.shape[0], dtype=torch.bool)
+        for row, rows in enumerate(answered):
+            doc_pos[row, rows] = True
+        # A question's positives among the batch's documents: its own, and any other that
+        # answers it in the bank (a question repeated with other positives), so that the
+        # two terms never push apart what the other pulls together.
+        mine_rows = self.bank.rows(batch["questions"])  # (B,)
+        query_pos = doc_pos[:, mine_rows].T.clone()  # (B, P)
+        query_pos[example, torch.as_tensor(index, dtype=torch.long)] = True
+        query_pos[~has_pos] = True  # no positive: a zero term, left out below
+        with torch.autocast(device.type, enabled=False):
             docs = torch.nn.functional.normalize(docs.flatten(1).float(), dim=-1)  # (P, D)
-            doc_pos = torch.zeros(len(texts), queries.shape[0], dtype=torch.bool)
-            for row, answered in enumerate(self.bank.positives_of(texts)):
-                doc_pos[row, answered] = True
             doc_terms = _multi_positive_nce(
-                docs @ queries.T / RETRIEVAL_TEMPERATURE, doc_pos.to(docs.device)
+                docs @ queries.T / RETRIEVAL_TEMPERATURE, doc_pos.to(device)
             )  # (P,)
-            mine = queries[self.bank.rows(batch["questions"]).to(queries.device)]  # (B, D)
-            query_pos = torch.zeros(pos.shape[0], len(texts), dtype=torch.bool)
-            query_pos[example, torch.as_tensor(index, dtype=torch.long)] = True
+            mine = queries[mine_rows.to(queries.device)]  # (B, D)
             query_terms = _multi_positive_nce(
-                mine @ docs.T / RETRIEVAL_TEMPERATURE, query_pos.to(docs.device)
+                mine @ docs.T / RETRIEVAL_TEMPERATURE, query_pos.to(device)
             )  # (B,)
         # Per example: its question's term and the mean of its positives' terms, so that
         # the scaled sum over micro-batches is the global batch's mean (module docstring).
-        per_doc = doc_terms[torch.as_tensor(index, device=docs.device)]  # (positives,)
-        weight = 1.0 / pos.sum(dim=1).clamp(min=1).to(docs.device)[example.to(docs.device)]
-        total = 0.5 * (query_terms.sum() + (per_doc * weight).sum())
-        loss = total * _scale(batch, "examples", pos.shape[0])
+        per_doc = doc_terms[torch.as_tensor(index, device=device)]  # (positives,)
+        weight = (1.0 / pos.sum(dim=1).clamp(min=1))[example].to(device)
+        total = 0.5 * ((query_terms * has_pos.to(device)).sum() + (per_doc * weight).sum())
+        loss = total * _scale(batch, "examples", int(has_pos.sum()))
         zero = loss.detach() * 0.0
         return {"loss": loss, "ntp": loss.detach(), "mse": zero}
 

@@ -1,7 +1,8 @@
 """Memory of documents that a stage compresses without gradient, computed once per stage.
 
-`retrieval` and `e2e` read every question's candidates through the frozen compressor
-(the reference does the same, under `no_grad`); the same candidates come back across
+`retrieval` (unless it trains the compressor: `--retrieval-negatives queries`) and `e2e`
+read every question's candidates through the frozen compressor (the reference does the
+same, under `no_grad`); the same candidates come back across
 questions and epochs (the SQuAD dev file: 1,190 candidates, 37 distinct texts). Instead of
 compressing them again for every question, `MemoryCache.fill` compresses each distinct
 text of the stage's schedule once, before the first step, and the objectives look the

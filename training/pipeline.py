@@ -204,16 +204,33 @@ def make_collator(
     max_len: int,
     seed: int,
     frozen_compressor: bool = False,
+    trains_compressor: bool = False,
 ) -> Collator:
-    """The batch builder of one stage (`frozen_compressor`: instruct reads cached memory)."""
+    """The batch builder of one stage (`frozen_compressor`: instruct reads cached memory;
+    `trains_compressor`: retrieval compresses its positives with gradient)."""
     return Collator(
-        tokenizer, special, stage, k, max_len, config.doc_max_length, seed, frozen_compressor
+        tokenizer,
+        special,
+        stage,
+        k,
+        max_len,
+        config.doc_max_length,
+        seed,
+        frozen_compressor,
+        trains_compressor,
     )
+
+
+def retrieval_trains_compressor(stage: str, args: FinetuneConfig) -> bool:
+    """Whether `stage` is a retrieval stage that trains the compressor
+    (`--retrieval-negatives queries`)."""
+    return stage == "retrieval" and args.retrieval_negatives == "queries"
 
 
 def compressor_frozen(stage: str, args: FinetuneConfig) -> bool:
     """Whether `stage` reads its documents through a frozen compressor by request
-    (`--instruct-compressor frozen`; retrieval and e2e always do)."""
+    (`--instruct-compressor frozen`; e2e always does, and so does retrieval unless it
+    trains the compressor: `retrieval_trains_compressor`)."""
     return stage == "instruct" and args.instruct_compressor == "frozen"
 
 
@@ -339,7 +356,9 @@ def log_plan(plans: list[StagePlan], args: FinetuneConfig, config: ClaraConfig) 
     for p in plans:
         used = p.steps * p.train_batch_size
         tokens = int(p.tokens_per_epoch * used / max(p.n_examples, 1))
-        minutes = estimate.stage_minutes(p.stage, used, config.decoder_model_name, device)
+        minutes = estimate.stage_minutes(
+            p.stage, used, config.decoder_model_name, device, p.negatives
+        )
         cap = args.max_minutes.get(p.stage)
         if minutes is not None and cap is not None:
             minutes = min(minutes, cap)
@@ -512,6 +531,7 @@ class Trainer:
                 plan.max_len,
                 args.seed,
                 frozen_compressor=plan.frozen_compressor,
+                trains_compressor=plan.stage == "retrieval" and plan.negatives == "queries",
             )
             ctx = StageContext(
                 self.acc,

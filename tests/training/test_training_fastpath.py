@@ -325,6 +325,29 @@ def test_query_negatives_train_the_compressor_against_every_question(model, tiny
     assert wide(batch)["loss"].item() > loss.item()
 
 
+def test_query_negatives_never_push_away_a_positive_of_a_repeated_question(model, tiny_data):
+    """The same question twice with different positive documents: in the bank it is one
+    row answered by both, and each copy counts both documents as positives, so with only
+    these two documents and one question nothing is a negative and the loss is 0."""
+    from dataclasses import replace
+
+    collator, loaded = _items(model, "retrieval", tiny_data["qa"], 8)
+    first = loaded[0][1]
+    other = next(
+        ex for _, ex in loaded if ex.docs[ex.pos_index[0]] != first.docs[first.pos_index[0]]
+    )
+    items = [(0, first), (1, replace(other, questions=first.questions))]
+    prepare_model_for_stage(model, "retrieval", K, fast=True, negatives="queries")
+    model.eval()
+    bank = QueryBank(model)
+    bank.expect((ex.question, [ex.docs[i] for i in ex.pos_index]) for _, ex in items)
+    assert len(bank) == 1
+    objective = objective_for_stage(
+        model, "retrieval", 0.0, fast=True, negatives="queries", query_bank=bank
+    )
+    assert objective(collator(items))["loss"].item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_query_negatives_need_a_query_bank_and_the_fast_step(model):
     with pytest.raises(ValueError, match="QueryBank"):
         objective_for_stage(model, "retrieval", 0.0, fast=False, negatives="queries")
