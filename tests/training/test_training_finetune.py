@@ -661,35 +661,18 @@ def test_compressor_trained_for_retrieval_then_resumed(finetune, fixture_dir, ti
     assert _same_adapters(resumed, whole)
 
 
-def test_query_negatives_with_the_legacy_step_are_refused_before_training(
-    finetune, tiny_data, tmp_path
+@pytest.mark.parametrize(("negatives", "why"), [("bank", "memory cache"), ("queries", "fast step")])
+def test_retrieval_negatives_with_the_legacy_step_are_refused_before_training(
+    finetune, tiny_data, tmp_path, negatives, why
 ):
-    with pytest.raises(SystemExit, match="fast step"):
+    with pytest.raises(SystemExit, match=why):
         finetune(
             "--data",
             tiny_data["qa"],
             "--stages",
             "retrieval",
             "--retrieval-negatives",
-            "queries",
-            "--legacy-step",
-            "--output",
-            tmp_path / "x",
-            "--dry-run",
-        )
-
-
-def test_bank_negatives_without_the_memory_cache_are_refused_before_training(
-    finetune, tiny_data, tmp_path
-):
-    with pytest.raises(SystemExit, match="memory cache"):
-        finetune(
-            "--data",
-            tiny_data["qa"],
-            "--stages",
-            "retrieval",
-            "--retrieval-negatives",
-            "bank",
+            negatives,
             "--legacy-step",
             "--output",
             tmp_path / "x",
