@@ -106,8 +106,13 @@ class StagePlan:
     seed: int
     tokens_per_epoch: int = 0
     fast_step: bool = False  # the fast step (fastpath.py); False: `--legacy-step`
-    negatives: str = "candidates"  # retrieval: `--retrieval-negatives` (losses.NEGATIVES)
+    negatives: str = "candidates"  # retrieval: `--retrieval-negatives` (RETRIEVAL_NEGATIVES)
     frozen_compressor: bool = False  # instruct: `--instruct-compressor frozen`
+
+    @property
+    def trains_compressor(self) -> bool:
+        """A retrieval stage that trains the compressor (`--retrieval-negatives queries`)."""
+        return self.stage == "retrieval" and self.negatives == "queries"
 
     def fingerprint(self) -> dict[str, Any]:
         """The plan as JSON-able dict (checkpoints compare it on resume)."""
@@ -332,7 +337,7 @@ def train_stage(
     query_bank = None
     if plan.fast_step:
         order, collate, cache = _fast_schedule(model, plan, examples, order, collator, ctx)
-    if plan.fast_step and plan.negatives == "queries":
+    if plan.fast_step and plan.trains_compressor:
         query_bank = _query_bank(model, plan, examples, order, ctx)
     loader = torch.utils.data.DataLoader(
         ScheduledDataset(examples, order),
@@ -409,9 +414,8 @@ def _fast_schedule(
         labels, plan.train_batch_size, rows, plan.grad_accum, ctx.accelerator.num_processes
     )
     cache = None
-    trains_compressor = plan.stage == "retrieval" and plan.negatives == "queries"
     frozen_docs = plan.stage in ("retrieval", "e2e") or plan.frozen_compressor
-    if ctx.memory_cache and frozen_docs and not trains_compressor:
+    if ctx.memory_cache and frozen_docs and not plan.trains_compressor:
         # Every candidate of the whole schedule (not only from a resumed step on): the same
         # set gives the same batches, so a resumed run gets bit-identical memory.
         cache = MemoryCache(model, ctx.encode_batch_size, ctx.memory_cache_dir)

@@ -25,7 +25,6 @@ from clara_integrations.modeling.layout import splice_memory
 from clara_integrations.modeling.topk import cosine_scores
 
 from .collate import IGNORE_INDEX
-from .config import RETRIEVAL_NEGATIVES
 from .memory_cache import MemoryCache, frozen_memory
 from .query_bank import QueryBank
 
@@ -39,10 +38,6 @@ __all__ = [
 
 # Temperature of the retrieval InfoNCE logits (reference `stage2_pretrain_retrieval`).
 RETRIEVAL_TEMPERATURE = 0.02
-#: What the retrieval stage's positives compete with: `RetrievalObjective` trains the query
-#: reasoner against a question's candidates or the whole document bank;
-#: `CompressorRetrievalObjective` ("queries") trains the compressor against every question.
-NEGATIVES = RETRIEVAL_NEGATIVES
 
 
 def _spliced_embeds(
@@ -413,8 +408,10 @@ def objective_for_stage(
 ) -> torch.nn.Module:
     """The objective module of `stage`; `fast` and `cache` as in the module docstring
     (`cache` only for the stages that read frozen candidates: `retrieval`, `e2e`, and
-    `instruct` with `frozen_compressor`), `negatives` as in `NEGATIVES` (`query_bank`
-    for "queries")."""
+    `instruct` with `frozen_compressor`), `negatives` one of `config.RETRIEVAL_NEGATIVES`:
+    `RetrievalObjective` trains the query reasoner against a question's candidates or the
+    whole document bank, `CompressorRetrievalObjective` ("queries", with `query_bank`) the
+    compressor against every question."""
     if stage in ("compress", "instruct"):
         return CompressionObjective(
             model,

@@ -531,7 +531,7 @@ class Trainer:
                 plan.max_len,
                 args.seed,
                 frozen_compressor=plan.frozen_compressor,
-                trains_compressor=plan.stage == "retrieval" and plan.negatives == "queries",
+                trains_compressor=plan.trains_compressor,
             )
             ctx = StageContext(
                 self.acc,
