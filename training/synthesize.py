@@ -31,7 +31,8 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from .bm25 import BM25
+from clara_integrations.pipeline.bm25 import BM25
+
 from .data import DataError, iter_jsonl, iter_text_lines, summarize_issues, write_jsonl
 from .metrics import normalize_answer
 from .pseudo_queries import pseudo_query_rows

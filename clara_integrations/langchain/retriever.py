@@ -33,9 +33,13 @@ class ClaraRetriever(PipelineOwner, BaseRetriever):
     exactly by `ClaraModel.select` (the reference's selector) before keeping `k`: use it
     with approximate indexes.
 
+    With `hybrid=True` its ranking is fused with BM25's over the store's texts
+    (`ClaraPipeline.retrieve`), and every document still maps to its stored memory.
+
     Raises:
         StoreMismatchError: `store` holds another compressor's memory.
         MissingAdapterError: the model has no query reasoner.
+        TypeError: `hybrid=True` with a store that cannot keep a BM25 index current.
 
     Example:
         >>> store = MemoryStore.for_model(model, dtype=torch.float32)  # doctest: +SKIP
@@ -58,6 +62,9 @@ class ClaraRetriever(PipelineOwner, BaseRetriever):
     """If set, fetch this many candidates and re-rank them with `ClaraModel.select`."""
     filters: dict[str, Any] | None = None
     """Metadata filter applied before the top-k cut, e.g. `{"source": "a.pdf"}`."""
+    hybrid: bool = False
+    """Fuse the query reasoner's ranking with BM25's over the store's texts (reciprocal
+    rank); `metadata["score"]` is then the fused score. Needs a `MemoryStore`."""
 
     @field_validator("store", mode="before")
     @classmethod
@@ -69,6 +76,8 @@ class ClaraRetriever(PipelineOwner, BaseRetriever):
         super().__init__(**data)
         # After pydantic, so a mismatch surfaces as StoreMismatchError, not ValidationError.
         self.pipeline.require_query_reasoner()
+        if self.hybrid:
+            self.pipeline.store_bm25()  # a store without a revision: TypeError now
 
     def _get_relevant_documents(
         self,
@@ -83,6 +92,7 @@ class ClaraRetriever(PipelineOwner, BaseRetriever):
             self.k if k is None else k,
             self.candidate_pool,
             self.filters if filters is None else filters,
+            hybrid=self.hybrid,
         )
         documents = [to_document(i, **{SCORE_KEY: i.score}) for i in items]
         register_documents(self.model.model_identity, documents, items)

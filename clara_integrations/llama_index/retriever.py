@@ -47,6 +47,9 @@ class ClaraRetriever(BaseRetriever):
             LlamaIndex `MetadataFilters` (AND of ==, !=, in, nin, any, contains).
         attach_memory: put each node's memory in ``node.embedding`` (turn off when only
             text LLMs consume the nodes, to keep them small).
+        hybrid: fuse the query reasoner's ranking with BM25's over the store's texts
+            (reciprocal rank, `ClaraPipeline.retrieve`); scores are then fused scores and
+            every node still carries its stored memory. Needs a `MemoryStore`.
         callback_manager, verbose: as every LlamaIndex retriever.
 
     Raises:
@@ -54,6 +57,7 @@ class ClaraRetriever(BaseRetriever):
         MissingAdapterError: the model has no query reasoner.
         ValueError: bad `similarity_top_k` / `candidate_pool` / filters; at query time,
             an empty query.
+        TypeError: ``hybrid=True`` with a store that cannot keep a BM25 index current.
 
     Example:
         >>> from clara_integrations.store import MemoryStore
@@ -72,6 +76,7 @@ class ClaraRetriever(BaseRetriever):
         candidate_pool: int | None = None,
         filters: MetadataFilters | Mapping[str, Any] | None = None,
         attach_memory: bool = True,
+        hybrid: bool = False,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
@@ -103,6 +108,9 @@ class ClaraRetriever(BaseRetriever):
         self.candidate_pool = candidate_pool
         self._filters = to_store_filters(filters)
         self.attach_memory = attach_memory
+        self.hybrid = bool(hybrid)
+        if self.hybrid:
+            self._pipeline.store_bm25()  # refuse a store without a revision now
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @property
@@ -117,7 +125,11 @@ class ClaraRetriever(BaseRetriever):
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         items = self._pipeline.retrieve(
-            query_text(query_bundle), self.similarity_top_k, self.candidate_pool, self._filters
+            query_text(query_bundle),
+            self.similarity_top_k,
+            self.candidate_pool,
+            self._filters,
+            hybrid=self.hybrid,
         )
         out = [
             NodeWithScore(node=item_to_node(i, self.attach_memory), score=i.score) for i in items

@@ -18,12 +18,23 @@ Example:
 
 from ..store.protocol import MemoryStoreProtocol
 from .cache import CompressionCache
-from .core import EMPTY_QUERY, ClaraPipeline, Item, check_question, search_store, upsert_store
+from .core import (
+    EMPTY_QUERY,
+    HYBRID_DEPTH,
+    ClaraPipeline,
+    Item,
+    check_question,
+    search_store,
+    upsert_store,
+)
 from .generation import CLEANUP_HOLD, Answer, AnswerStream, Generation, sampling_kwargs
+from .hybrid import RRF_K, StoreBM25, reciprocal_rank_fusion
 
 __all__ = [
     "CLEANUP_HOLD",
     "EMPTY_QUERY",
+    "HYBRID_DEPTH",
+    "RRF_K",
     "Answer",
     "AnswerStream",
     "ClaraPipeline",
@@ -31,7 +42,9 @@ __all__ = [
     "Generation",
     "Item",
     "MemoryStoreProtocol",
+    "StoreBM25",
     "check_question",
+    "reciprocal_rank_fusion",
     "sampling_kwargs",
     "search_store",
     "upsert_store",

@@ -23,8 +23,21 @@ from ..modeling.adapters import QUERY_ADAPTER
 from ..store.protocol import MemoryStoreProtocol
 from .cache import CompressionCache
 from .generation import Answer, AnswerStream, Generation
+from .hybrid import StoreBM25, reciprocal_rank_fusion
 
-__all__ = ["EMPTY_QUERY", "ClaraPipeline", "Item", "check_question", "search_store", "upsert_store"]
+__all__ = [
+    "EMPTY_QUERY",
+    "HYBRID_DEPTH",
+    "ClaraPipeline",
+    "Item",
+    "check_question",
+    "search_store",
+    "upsert_store",
+]
+
+#: Hybrid retrieval fuses each ranking's top ``HYBRID_DEPTH * k`` (at least): fusing only
+#: the top k would drop every document that one ranker places just below the cut.
+HYBRID_DEPTH = 4
 
 # One message for every adapter (the frameworks' tests and users grep for these words).
 EMPTY_QUERY = (
@@ -207,6 +220,7 @@ class ClaraPipeline:
         self.model = model
         self.store = store
         self.cache = cache if cache is not None else CompressionCache(max_items=cache_size)
+        self._lexical: StoreBM25 | None = None  # built on the first hybrid retrieval
 
     def rebind(self, model: ClaraModel, store: MemoryStoreProtocol | None) -> ClaraPipeline:
         """This pipeline if it runs `model` over `store`, else a new one that does,
@@ -301,6 +315,8 @@ class ClaraPipeline:
         k: int,
         candidate_pool: int | None = None,
         filters: Mapping[str, Any] | None = None,
+        *,
+        hybrid: bool = False,
     ) -> list[Item]:
         """The `k` documents for `question`, best first.
 
@@ -309,9 +325,16 @@ class ClaraPipeline:
         its cosine scores) keeps `k` of them, as the reference `generate_from_questions`
         does over its candidates (use it with approximate indexes).
 
+        With ``hybrid=True`` the query reasoner's ranking and BM25's over the store's texts
+        (`StoreBM25`, same filters) are fused by reciprocal rank (`reciprocal_rank_fusion`,
+        k = 60), each contributing its top ``max(candidate_pool, HYBRID_DEPTH * k)``; each
+        result's ``score`` is then its fused score, and every result carries its stored
+        memory, lexical-only hits included.
+
         Raises:
             ValueError: empty question, bad `k` / `candidate_pool` / filters, no store.
             MissingAdapterError: the model has no query reasoner.
+            TypeError: ``hybrid=True`` on a store without a ``revision`` (see `StoreBM25`).
 
         Example:
             >>> from clara_integrations.store import MemoryStore
@@ -324,11 +347,34 @@ class ClaraPipeline:
         self._need_store()
         k = _positive(k, "k")
         pool = max(k, 0 if candidate_pool is None else _positive(candidate_pool, "candidate_pool"))
+        if hybrid:
+            lexical = self.store_bm25()  # TypeError before any model work
+            pool = max(pool, HYBRID_DEPTH * k)
         q = self.encode_query(question)
         items = self.search(q, pool, filters)
+        if hybrid:
+            memories = torch.stack([i.memory for i in items]) if items else None
+            dense = self._select(q, items, memories, len(items)) if items else []
+            return self._fuse(dense, lexical.top(question, pool, filters), k)
         if len(items) <= k:
             return items
         return self._select(q, items, torch.stack([i.memory for i in items]), k)
+
+    def store_bm25(self) -> StoreBM25:
+        if self._lexical is None or self._lexical.store is not self.store:
+            self._lexical = StoreBM25(self._need_store())
+        return self._lexical
+
+    def _fuse(self, dense: Sequence[Item], lexical_ids: Sequence[str], k: int) -> list[Item]:
+        """The top `k` of the fused ranking, each with its fused score and stored memory."""
+        fused = reciprocal_rank_fusion([[i.id for i in dense], lexical_ids])[:k]
+        by_id = {i.id: i for i in dense}
+        missing = [node_id for node_id, _ in fused if node_id not in by_id]
+        if missing:
+            store = self._need_store()
+            for node, memory in zip(store.get_nodes(missing), store.get_memories(missing)):
+                by_id[node.id] = Item(node.id, node.text, node.metadata, None, memory)
+        return [replace(by_id[node_id], score=score) for node_id, score in fused]
 
     def _select(
         self, q: torch.Tensor, items: Sequence[Item], memories: torch.Tensor, k: int

@@ -8,6 +8,7 @@ state and call these. Callers hold the store's readers-writer lock.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import uuid
@@ -26,6 +27,10 @@ from .errors import StoreClosedError, StoreStaleError
 from .manifest import IndexEntry, Manifest
 from .nodes import NodeDB
 from .segments import MemoryRows, from_torch, inverse_norms
+
+# One counter for every handle of the process, so a revision never repeats across stores
+# (a cache keyed on it cannot mistake one store, or one reload, for another).
+_REVISIONS = itertools.count(1)
 
 
 @dataclass
@@ -87,6 +92,8 @@ class StoreState:
     index: IndexSlot = field(default_factory=IndexSlot)
     filter_cache: dict[str, np.ndarray] = field(default_factory=dict)
     block_rows: int = 0
+    #: changes whenever the contents may have (each write); caches of derived data key on it
+    revision: int = field(default_factory=lambda: next(_REVISIONS))
 
     def __post_init__(self) -> None:
         self.view = self.committed
@@ -144,6 +151,7 @@ class StoreState:
             self.res.lock = lock
         self.view = self.committed + 1
         self.dirty = True
+        self.revision = next(_REVISIONS)
         self.filter_cache.clear()
         self.index.bitmap = None
 

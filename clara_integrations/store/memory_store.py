@@ -213,6 +213,21 @@ class MemoryStore:
         """Number of the last committed version (0 before the first persist)."""
         return self._st.committed
 
+    @property
+    def revision(self) -> int:
+        """A number that changes on every write through this handle and differs between
+        handles (never reused in the process): what caches of derived data key on, such
+        as the BM25 index of hybrid retrieval. Read it *before* reading the contents.
+
+        Example:
+            >>> store = MemoryStore(n_mem=2, hidden_size=4)
+            >>> before = store.revision
+            >>> _ = store.add(torch.randn(1, 2, 4), texts=["a"])
+            >>> store.revision != before
+            True
+        """
+        return self._st.revision
+
     def __len__(self) -> int:
         return self._st.n_live
 

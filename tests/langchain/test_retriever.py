@@ -119,3 +119,18 @@ def test_retriever_and_chat_model_read_a_milvus_store(e2e_model, doc_store, refe
             for s in (m, doc_store)
         ]
         assert answers[0] == answers[1]
+
+
+def test_hybrid_gives_the_pipelines_fused_ranking(e2e_model, doc_store, reference):
+    from clara_integrations.pipeline import ClaraPipeline
+    from tests.pipeline.conftest import NoRevisionStore
+
+    retriever = ClaraRetriever(model=e2e_model, store=doc_store, k=3, hybrid=True)
+    pipeline = ClaraPipeline(e2e_model, doc_store)
+    for question in reference["questions"]:
+        docs = retriever.invoke(question)
+        expected = pipeline.retrieve(question, k=3, hybrid=True)
+        assert [d.id for d in docs] == [i.id for i in expected]
+        assert [d.metadata["score"] for d in docs] == pytest.approx([i.score for i in expected])
+    with pytest.raises(TypeError, match="revision"):
+        ClaraRetriever(model=e2e_model, store=NoRevisionStore(doc_store), hybrid=True)

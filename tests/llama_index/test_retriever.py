@@ -116,3 +116,22 @@ def test_empty_store_returns_nothing(e2e_model):
     assert (
         ClaraRetriever(model=e2e_model, store=store, candidate_pool=8).retrieve("anything?") == []
     )
+
+
+def test_hybrid_gives_the_pipelines_fused_ranking_with_memory(e2e_model, store32, reference):
+    from clara_integrations.pipeline import ClaraPipeline
+    from tests.pipeline.conftest import NoRevisionStore
+
+    retriever = ClaraRetriever(model=e2e_model, store=store32, similarity_top_k=3, hybrid=True)
+    pipeline = ClaraPipeline(e2e_model, store32)
+    for question in reference["questions"]:
+        nodes = retriever.retrieve(question)
+        expected = pipeline.retrieve(question, k=3, hybrid=True)
+        assert [n.node.node_id for n in nodes] == [i.id for i in expected]
+        assert [n.score for n in nodes] == pytest.approx([i.score for i in expected])
+        for n, item in zip(nodes, expected):
+            assert torch.equal(
+                torch.tensor(n.node.embedding).reshape(item.memory.shape), item.memory
+            )
+    with pytest.raises(TypeError, match="revision"):
+        ClaraRetriever(model=e2e_model, store=NoRevisionStore(store32), hybrid=True)

@@ -19,3 +19,21 @@ def docs_store(model, docs, ids, metadata=None):
     store = MemoryStore.for_model(model, dtype=torch.float32)
     store.add_documents(list(docs), model, ids=list(ids), metadata=metadata, show_progress=False)
     return store
+
+
+class NoRevisionStore:
+    """A protocol store that cannot say when it changed (as a shared Milvus collection)."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def __getattr__(self, name):
+        if name == "revision":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+    def __len__(self):
+        return len(self._store)
+
+    def __contains__(self, node_id):
+        return node_id in self._store

@@ -11,7 +11,7 @@ import threading
 import pytest
 from transformers import AutoTokenizer
 
-from training.bm25 import BM25
+from clara_integrations.pipeline.bm25 import BM25
 from training.data import DataError, load_examples
 from training.self_teacher import SelfTeacher
 from training.synthesize import SynthesisConfig, chunk_text, read_documents, synthesize

@@ -1,5 +1,5 @@
-"""Okapi BM25 through ``bm25s``: hard negatives for training data, and the benchmarks'
-lexical baseline - one implementation for both.
+"""Okapi BM25 through ``bm25s``: the lexical side of hybrid retrieval, hard negatives for
+training data, and the benchmarks' lexical baseline - one implementation for all three.
 
 Example:
     >>> index = BM25(["the cat sat", "dogs bark loudly", "a cat and a dog"])
