@@ -76,3 +76,15 @@ def test_unpersisted_store_refuses(e2e_model, tmp_path):
     store.add(torch.randn(1, e2e_model.n_mem, e2e_model.hidden_size))
     with pytest.raises(NotPicklableError, match="unpersisted changes"):
         pickle.dumps(store)
+
+
+def test_a_hybrid_retriever_pickles_after_building_its_bm25_index(e2e_model, tmp_path):
+    from clara_integrations.llama_index import ClaraRetriever
+
+    store = MemoryStore.for_model(e2e_model, dtype=torch.float32)
+    store.add_documents(["red apples", "green pears", "blue cars"], e2e_model, show_progress=False)
+    store.persist(tmp_path / "s", show_progress=False)
+    retriever = ClaraRetriever(model=e2e_model, store=store, similarity_top_k=2, hybrid=True)
+    before = [n.node.node_id for n in retriever.retrieve("red apples")]  # the index is built
+    again = pickle.loads(pickle.dumps(retriever))
+    assert again.store is store and [n.node.node_id for n in again.retrieve("red apples")] == before

@@ -19,7 +19,7 @@ from llama_index.core.vector_stores.types import (
 )
 from llama_index.core.vector_stores.utils import node_to_metadata_dict
 
-from ..pipeline import Item, search_store, upsert_store
+from ..pipeline import HYBRID_DEPTH, Item, StoreBM25, fuse_rankings, search_store, upsert_store
 from ..store import MemoryStore, MemoryStoreProtocol
 from ..store.closing import ClosesStore
 from ._context import register_nodes
@@ -70,6 +70,7 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
     flat_metadata: bool = False
 
     _store: MemoryStoreProtocol = PrivateAttr()
+    _lexical: StoreBM25 | None = PrivateAttr(default=None)  # built by the first hybrid query
 
     def __init__(
         self, store: MemoryStoreProtocol | None = None, model: Any = None, **store_kwargs: Any
@@ -189,11 +190,22 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
         ``mode=MMR`` (``as_retriever(vector_store_query_mode="mmr")``) re-ranks the best
         ``similarity_top_k * mmr_prefetch_factor`` (default 4) by maximal marginal
         relevance over their memories (LlamaIndex's own MMR, ``mmr_threshold`` as
-        there); the similarities returned are still the cosines."""
-        if query.mode not in (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.MMR):
+        there); the similarities returned are still the cosines.
+
+        ``mode=HYBRID`` (``as_retriever(vector_store_query_mode="hybrid")``) fuses the
+        dense ranking with BM25's over the stored texts by reciprocal rank, as
+        ``ClaraRetriever(hybrid=True)`` does (``hybrid_top_k`` results if set, else
+        ``similarity_top_k``); the similarities returned are the fused scores. ``alpha``
+        (a weight for score-blending stores) has no meaning for rank fusion: refused."""
+        modes = (
+            VectorStoreQueryMode.DEFAULT,
+            VectorStoreQueryMode.MMR,
+            VectorStoreQueryMode.HYBRID,
+        )
+        if query.mode not in modes:
             raise ValueError(
-                "ClaraVectorStore supports the default (dense) and mmr query modes, got "
-                f"{query.mode.value!r}"
+                "ClaraVectorStore supports the default (dense), mmr and hybrid query modes, "
+                f"got {query.mode.value!r}"
             )
         if query.query_embedding is None:
             raise ValueError("query_embedding is required; use embed_model=ClaraEmbedding(model)")
@@ -211,6 +223,8 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
         if query.mode == VectorStoreQueryMode.MMR:
             fetch = k * int(kwargs.get("mmr_prefetch_factor", 4))
             items = _mmr(query, search_store(self._store, q, fetch, filters or None), k, kwargs)
+        elif query.mode == VectorStoreQueryMode.HYBRID:
+            items = self._hybrid(query, q, filters or None)
         else:
             items = search_store(self._store, q, k, filters or None)
         nodes = [item_to_node(i) for i in items]
@@ -218,6 +232,25 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
         register_nodes(self._store.config.model_identity, nodes, [i.memory for i in items])
         return VectorStoreQueryResult(
             nodes=nodes, similarities=[i.score for i in items], ids=[i.id for i in items]
+        )
+
+    def _hybrid(
+        self, query: VectorStoreQuery, q: torch.Tensor, filters: dict[str, Any] | None
+    ) -> list[Item]:
+        if query.alpha is not None:
+            raise ValueError(
+                f"alpha={query.alpha} blends scores; ClaraVectorStore's hybrid mode fuses "
+                "ranks (reciprocal rank, no weight): leave alpha unset"
+            )
+        if not query.query_str:
+            raise ValueError("the hybrid mode needs the query text (query_str) for BM25")
+        if self._lexical is None:
+            self._lexical = StoreBM25(self._store)  # TypeError for a store without revision
+        k = query.hybrid_top_k or query.similarity_top_k
+        depth = max(HYBRID_DEPTH * k, query.sparse_top_k or 0)
+        dense = search_store(self._store, q, depth, filters)
+        return fuse_rankings(
+            self._store, dense, self._lexical.top(query.query_str, depth, filters), k
         )
 
     def _held_store(self) -> Any:  # ClosesStore: close() and `with`

@@ -24,6 +24,7 @@ from .core import (
     ClaraPipeline,
     Item,
     check_question,
+    fuse_rankings,
     search_store,
     upsert_store,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "MemoryStoreProtocol",
     "StoreBM25",
     "check_question",
+    "fuse_rankings",
     "reciprocal_rank_fusion",
     "sampling_kwargs",
     "search_store",

@@ -31,6 +31,7 @@ __all__ = [
     "ClaraPipeline",
     "Item",
     "check_question",
+    "fuse_rankings",
     "search_store",
     "upsert_store",
 ]
@@ -122,6 +123,30 @@ def search_store(
     hits = store.search(query_vector, k=k, filters=filters)[0]
     memories = store.get_memories([h.id for h in hits]) if hits else []  # (N, n_mem, H)
     return [Item(h.id, h.text, h.metadata, h.score, m) for h, m in zip(hits, memories)]
+
+
+def fuse_rankings(
+    store: MemoryStoreProtocol, dense: Sequence[Item], lexical_ids: Sequence[str], k: int
+) -> list[Item]:
+    """The top `k` of the reciprocal-rank fusion of a dense ranking (items from `store`,
+    best first) and a lexical one (ids of `store`), each with its fused score and its
+    stored memory (fetched for the lexical-only ones).
+
+    Example:
+        >>> from clara_integrations.store import MemoryStore
+        >>> store = MemoryStore(n_mem=2, hidden_size=4)
+        >>> ids = store.add(torch.eye(8)[:2].reshape(2, 2, 4), texts=["a", "b"], ids=["a", "b"])
+        >>> dense = search_store(store, torch.eye(8)[:1], k=1)  # "a"
+        >>> [(i.id, i.memory.shape) for i in fuse_rankings(store, dense, ["b"], k=2)]
+        [('a', torch.Size([2, 4])), ('b', torch.Size([2, 4]))]
+    """
+    fused = reciprocal_rank_fusion([[i.id for i in dense], lexical_ids])[:k]
+    by_id = {i.id: i for i in dense}
+    missing = [node_id for node_id, _ in fused if node_id not in by_id]
+    if missing:
+        for node, memory in zip(store.get_nodes(missing), store.get_memories(missing)):
+            by_id[node.id] = Item(node.id, node.text, node.metadata, None, memory)
+    return [replace(by_id[node_id], score=score) for node_id, score in fused]
 
 
 def _split(store: MemoryStoreProtocol, ids: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -355,7 +380,7 @@ class ClaraPipeline:
         if hybrid:
             memories = torch.stack([i.memory for i in items]) if items else None
             dense = self._select(q, items, memories, len(items)) if items else []
-            return self._fuse(dense, lexical.top(question, pool, filters), k)
+            return fuse_rankings(self._need_store(), dense, lexical.top(question, pool, filters), k)
         if len(items) <= k:
             return items
         return self._select(q, items, torch.stack([i.memory for i in items]), k)
@@ -364,17 +389,6 @@ class ClaraPipeline:
         if self._lexical is None or self._lexical.store is not self.store:
             self._lexical = StoreBM25(self._need_store())
         return self._lexical
-
-    def _fuse(self, dense: Sequence[Item], lexical_ids: Sequence[str], k: int) -> list[Item]:
-        """The top `k` of the fused ranking, each with its fused score and stored memory."""
-        fused = reciprocal_rank_fusion([[i.id for i in dense], lexical_ids])[:k]
-        by_id = {i.id: i for i in dense}
-        missing = [node_id for node_id, _ in fused if node_id not in by_id]
-        if missing:
-            store = self._need_store()
-            for node, memory in zip(store.get_nodes(missing), store.get_memories(missing)):
-                by_id[node.id] = Item(node.id, node.text, node.metadata, None, memory)
-        return [replace(by_id[node_id], score=score) for node_id, score in fused]
 
     def _select(
         self, q: torch.Tensor, items: Sequence[Item], memories: torch.Tensor, k: int

@@ -90,6 +90,14 @@ class StoreBM25:
         self._ids: list[str] = []
         self._index = BM25([])
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The store travels (by reference, as stores do); the lock cannot and the index
+        # need not: it is rebuilt on first use.
+        return {"store": self.store}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["store"])
+
     def _current(self) -> tuple[list[str], BM25]:
         with self._lock:
             revision = self.store.revision  # before the contents: a later write rebuilds

@@ -195,3 +195,24 @@ def test_memory_in_another_vector_store(e2e_model, embed, reference):
         assert response.response == reference["e2e.generate_from_questions"][1]
     with pytest.raises(ValueError, match="carry no CLaRa memory"):
         reference_engine(index, e2e_model, compress_missing=False).query(reference["questions"][1])
+
+
+def test_hybrid_query_mode_is_the_pipelines_fusion(index, e2e_model, reference):
+    """`as_retriever(vector_store_query_mode="hybrid")`: dense + BM25 by reciprocal rank."""
+    from clara_integrations.pipeline import ClaraPipeline
+
+    retriever = index.as_retriever(vector_store_query_mode="hybrid", similarity_top_k=3)
+    pipeline = ClaraPipeline(e2e_model, index.vector_store.client)
+    for question in reference["questions"]:
+        nodes = retriever.retrieve(question)
+        expected = pipeline.retrieve(question, k=3, hybrid=True)
+        assert [n.node.node_id for n in nodes] == [i.id for i in expected]
+        assert [n.score for n in nodes] == pytest.approx([i.score for i in expected])
+    width = e2e_model.n_mem * e2e_model.hidden_size
+    hybrid = VectorStoreQueryMode.HYBRID
+    with pytest.raises(ValueError, match="alpha"):
+        index.vector_store.query(
+            VectorStoreQuery(query_embedding=[0.1] * width, query_str="x", mode=hybrid, alpha=0.5)
+        )
+    with pytest.raises(ValueError, match="query_str"):
+        index.vector_store.query(VectorStoreQuery(query_embedding=[0.1] * width, mode=hybrid))
