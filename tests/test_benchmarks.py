@@ -152,12 +152,15 @@ def test_finetune_gain_trains_on_plain_documents_and_measures_before_and_after(t
         assert [r["stage"] for r in log] == stages
 
 
-def test_reciprocal_rank_fusion_of_two_rankers():
-    from benchmarks.retrieval_quality import fused_ranker
+def test_hybrid_ranker_is_the_fusion_of_clara_and_bm25(e2e_model):
+    from benchmarks.retrieval_quality import hybrid_ranker, model_ranker
+    from clara_integrations.pipeline import reciprocal_rank_fusion
+    from clara_integrations.pipeline.bm25 import BM25
 
-    first = lambda question, docs: [0, 1, 2, 3]  # noqa: E731
-    second = lambda question, docs: [3, 1, 0, 2]  # noqa: E731
-    fused = fused_ranker([first, second])
-    # 0: 1/61 + 1/63 > 1: 2/62 > 3: 1/64 + 1/61 > 2: 1/63 + 1/64 (k = 60, ranks from 1)
-    assert fused("q", ["a", "b", "c", "d"]) == [0, 1, 3, 2]
-    assert fused_ranker([first, first])("q", list("abcd")) == [0, 1, 2, 3]
+    docs = ["red apples grow", "green pears fall", "blue cars drive", "red cars stop"]
+    for question in ("red cars", "green apples", "what falls"):
+        dense = [str(i) for i in model_ranker(e2e_model)(question, docs)]
+        scores = BM25(docs).scores(question)
+        lexical = [str(i) for i in BM25(docs).ranking(question) if scores[i] > 0]
+        fused = [int(i) for i, _ in reciprocal_rank_fusion([dense, lexical])]
+        assert hybrid_ranker(e2e_model)(question, docs) == fused[:5]

@@ -193,10 +193,12 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
         there); the similarities returned are still the cosines.
 
         ``mode=HYBRID`` (``as_retriever(vector_store_query_mode="hybrid")``) fuses the
-        dense ranking with BM25's over the stored texts by reciprocal rank, as
-        ``ClaraRetriever(hybrid=True)`` does (``hybrid_top_k`` results if set, else
-        ``similarity_top_k``); the similarities returned are the fused scores. ``alpha``
-        (a weight for score-blending stores) has no meaning for rank fusion: refused."""
+        store's cosine ranking with BM25's over the stored texts by reciprocal rank, as
+        ``ClaraRetriever(hybrid=True)`` does (the same ranking on an exact store):
+        ``hybrid_top_k`` results if set, else ``similarity_top_k``; each side's top
+        ``4 * k``, BM25's ``sparse_top_k`` if set. The similarities returned are the fused
+        scores (about 0.03 at most: not for cosine cutoffs). ``alpha`` (a weight for
+        score-blending stores) has no meaning for rank fusion: refused."""
         modes = (
             VectorStoreQueryMode.DEFAULT,
             VectorStoreQueryMode.MMR,
@@ -247,8 +249,8 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
         if self._lexical is None:
             self._lexical = StoreBM25(self._store)  # TypeError for a store without revision
         k = query.hybrid_top_k or query.similarity_top_k
-        depth = max(HYBRID_DEPTH * k, query.sparse_top_k or 0)
-        dense = search_store(self._store, q, depth, filters)
+        dense = search_store(self._store, q, HYBRID_DEPTH * k, filters)
+        depth = query.sparse_top_k or HYBRID_DEPTH * k
         return fuse_rankings(
             self._store, dense, self._lexical.top(query.query_str, depth, filters), k
         )

@@ -11,6 +11,7 @@ nothing but a second lock order to reason about.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,7 @@ from ..modeling.adapters import QUERY_ADAPTER
 from ..store.protocol import MemoryStoreProtocol
 from .cache import CompressionCache
 from .generation import Answer, AnswerStream, Generation
-from .hybrid import StoreBM25, reciprocal_rank_fusion
+from .hybrid import StoreBM25, live_nodes, reciprocal_rank_fusion
 
 __all__ = [
     "EMPTY_QUERY",
@@ -83,7 +84,8 @@ class Item:
         id: its store id (None for a document that is not in a store).
         text: the text that is compressed when it has no memory.
         metadata: its metadata (as stored; never mutated).
-        score: cosine to the question (None before retrieval or reranking).
+        score: cosine to the question (None before retrieval or reranking); after hybrid
+            retrieval, the reciprocal-rank fused score instead.
         memory: its ``(n_mem, H)`` memory, if known (stored or compressed).
         source: what the caller built it from (a framework node or document), carried
             through retrieval and reranking untouched so results map back to it.
@@ -140,13 +142,21 @@ def fuse_rankings(
         >>> [(i.id, i.memory.shape) for i in fuse_rankings(store, dense, ["b"], k=2)]
         [('a', torch.Size([2, 4])), ('b', torch.Size([2, 4]))]
     """
-    fused = reciprocal_rank_fusion([[i.id for i in dense], lexical_ids])[:k]
     by_id = {i.id: i for i in dense}
-    missing = [node_id for node_id, _ in fused if node_id not in by_id]
-    if missing:
-        for node, memory in zip(store.get_nodes(missing), store.get_memories(missing)):
+    fused = reciprocal_rank_fusion([list(by_id), lexical_ids])
+    # Lexical-only ids of the top k, read from the store; one deleted since the BM25 index
+    # was built is left out and the next one of the fused ranking takes its place.
+    top: list[tuple[str, float]] = []
+    pending = iter(fused)
+    while len(top) < k:
+        chunk = list(itertools.islice(pending, k - len(top)))
+        if not chunk:
+            break
+        missing = [node_id for node_id, _ in chunk if node_id not in by_id]
+        for node, memory in live_nodes(store, missing, memories=True):
             by_id[node.id] = Item(node.id, node.text, node.metadata, None, memory)
-    return [replace(by_id[node_id], score=score) for node_id, score in fused]
+        top += [(node_id, score) for node_id, score in chunk if node_id in by_id]
+    return [replace(by_id[node_id], score=score) for node_id, score in top]
 
 
 def _split(store: MemoryStoreProtocol, ids: Sequence[str]) -> tuple[list[int], list[int]]:

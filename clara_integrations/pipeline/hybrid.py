@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from ..store.errors import NodeNotFoundError
 from ..store.protocol import MemoryStoreProtocol
 from .bm25 import BM25
 
-__all__ = ["RRF_K", "StoreBM25", "reciprocal_rank_fusion"]
+__all__ = ["RRF_K", "StoreBM25", "live_nodes", "reciprocal_rank_fusion"]
 
 #: The constant of Cormack et al. (2009), used as is (not tuned on our sets).
 RRF_K = 60
@@ -51,6 +52,31 @@ def reciprocal_rank_fusion(
             scores[item] = scores.get(item, 0.0) + 1.0 / (k + position + 1)
     order = {item: n for n, item in enumerate(scores)}  # first appearance
     return sorted(scores.items(), key=lambda pair: (-pair[1], order[pair[0]]))
+
+
+def live_nodes(
+    store: MemoryStoreProtocol, ids: Sequence[str], *, memories: bool = False
+) -> list[Any]:
+    """The nodes of `ids` still in `store`, in order (with ``memories=True``: pairs of node
+    and memory ``(n_mem, H)``). Ids listed before a concurrent delete are left out, not
+    raised: the caller read them from an index that the delete has made stale (and that
+    the delete's new ``revision`` rebuilds on the next query).
+
+    Example:
+        >>> import torch
+        >>> from clara_integrations.store import MemoryStore
+        >>> store = MemoryStore(n_mem=2, hidden_size=4)
+        >>> _ = store.add(torch.randn(2, 2, 4), texts=["a", "b"], ids=["a", "b"])
+        >>> [node.text for node in live_nodes(store, ["b", "gone", "a"])]
+        ['b', 'a']
+    """
+    ids = list(ids)
+    while True:
+        try:
+            nodes = store.get_nodes(ids)
+            return list(zip(nodes, store.get_memories(ids))) if memories else nodes
+        except NodeNotFoundError:
+            ids = [i for i in ids if i in store]  # deleted meanwhile: drop, read again
 
 
 class StoreBM25:
@@ -102,9 +128,10 @@ class StoreBM25:
         with self._lock:
             revision = self.store.revision  # before the contents: a later write rebuilds
             if revision != self._revision:
-                ids = self.store.ids_where()
-                texts = [node.text for node in self.store.get_nodes(ids)]
-                self._ids, self._index, self._revision = ids, BM25(texts), revision
+                nodes = live_nodes(self.store, self.store.ids_where())
+                self._ids = [node.id for node in nodes]
+                self._index = BM25([node.text for node in nodes])
+                self._revision = revision
             return self._ids, self._index
 
     def top(self, query: str, n: int, filters: Mapping[str, Any] | None = None) -> list[str]:

@@ -67,7 +67,7 @@ def persist(st: StoreState, target: Path, *, overwrite: bool, show_progress: boo
     if same and not st.dirty:
         return
     if same:
-        st.begin_write()  # the writer lock and the staleness check
+        st.begin_write(changes_nodes=False)  # the writer lock and the staleness check
     else:
         target.mkdir(parents=True, exist_ok=True)
     new_lock = None if same else DirLock(target)
@@ -303,7 +303,7 @@ def _check_db(db: NodeDB, m: Manifest, verify: bool) -> None:
 def compact(st: StoreState, show_progress: bool) -> None:
     """Rewrite memory and nodes without dead rows, then rebuild the index (see
     :meth:`MemoryStore.compact`)."""
-    st.begin_write()
+    st.begin_write(changes_nodes=False)
     db_file = unique_name("nodes", ".sqlite")
     st.db.backup_to(st.work_dir / db_file)
     new_db = NodeDB(st.work_dir / db_file)

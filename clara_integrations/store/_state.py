@@ -92,7 +92,7 @@ class StoreState:
     index: IndexSlot = field(default_factory=IndexSlot)
     filter_cache: dict[str, np.ndarray] = field(default_factory=dict)
     block_rows: int = 0
-    #: changes whenever the contents may have (each write); caches of derived data key on it
+    #: changes whenever the nodes may have (add, update, delete); derived caches key on it
     revision: int = field(default_factory=lambda: next(_REVISIONS))
 
     def __post_init__(self) -> None:
@@ -135,8 +135,10 @@ class StoreState:
                 f"the store{where} is closed; open it again with MemoryStore.load(path)"
             )
 
-    def begin_write(self) -> None:
-        """Every write calls this first. The first write after a load or persist takes
+    def begin_write(self, *, changes_nodes: bool = True) -> None:
+        """Every write calls this first (``changes_nodes=False``: one that keeps every
+        node's text, metadata and memory - persist, compact, an index rebuild - and so
+        keeps the ``revision`` that caches of derived data key on). The first write after a load or persist takes
         the directory's writer lock, refuses to go on if another writer has committed
         since (:class:`StoreStaleError`), and undoes what a writer that died uncommitted
         left in the node database."""
@@ -151,7 +153,8 @@ class StoreState:
             self.res.lock = lock
         self.view = self.committed + 1
         self.dirty = True
-        self.revision = next(_REVISIONS)
+        if changes_nodes:
+            self.revision = next(_REVISIONS)
         self.filter_cache.clear()
         self.index.bitmap = None
 

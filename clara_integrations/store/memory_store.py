@@ -215,9 +215,10 @@ class MemoryStore:
 
     @property
     def revision(self) -> int:
-        """A number that changes on every write through this handle and differs between
-        handles (never reused in the process): what caches of derived data key on, such
-        as the BM25 index of hybrid retrieval. Read it *before* reading the contents.
+        """A number that changes on every add, update and delete through this handle (not
+        on persist, compact or an index rebuild) and differs between handles (never
+        reused in the process): what caches of derived data key on, such as the BM25
+        index of hybrid retrieval. Read it *before* reading the contents.
 
         Example:
             >>> store = MemoryStore(n_mem=2, hidden_size=4)
@@ -699,7 +700,7 @@ class MemoryStore:
             if index is not None:
                 cfg = StoreConfig.model_validate({**cfg.model_dump(), "index": index})
             ann = indexing.trained(self._st, cfg, show_progress) if cfg.index != "flat" else None
-            self._st.begin_write()
+            self._st.begin_write(changes_nodes=False)
             self._st.cfg = cfg
             indexing.set_ann(self._st, ann)
 

@@ -10,6 +10,7 @@ import torch
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.types import (
+    FilterOperator,
     MetadataFilter,
     MetadataFilters,
     VectorStoreQuery,
@@ -208,6 +209,14 @@ def test_hybrid_query_mode_is_the_pipelines_fusion(index, e2e_model, reference):
         expected = pipeline.retrieve(question, k=3, hybrid=True)
         assert [n.node.node_id for n in nodes] == [i.id for i in expected]
         assert [n.score for n in nodes] == pytest.approx([i.score for i in expected])
+    not_one = MetadataFilters(
+        filters=[MetadataFilter(key="i", value=1, operator=FilterOperator.NE)]
+    )
+    filtered = index.as_retriever(
+        vector_store_query_mode="hybrid", similarity_top_k=5, filters=not_one, sparse_top_k=1
+    )
+    for question in reference["questions"]:
+        assert sorted(n.node.metadata["i"] for n in filtered.retrieve(question)) == [0, 2, 3, 4]
     width = e2e_model.n_mem * e2e_model.hidden_size
     hybrid = VectorStoreQueryMode.HYBRID
     with pytest.raises(ValueError, match="alpha"):

@@ -120,3 +120,32 @@ def test_hybrid_refuses_a_store_without_revision(e2e_model, store):
     assert pipeline.retrieve("the cobalt", k=1)  # plain retrieval still works
     with pytest.raises(TypeError, match="revision"):
         pipeline.retrieve("the cobalt", k=1, hybrid=True)
+
+
+def test_revision_moves_with_the_nodes_only(e2e_model, tmp_path):
+    store = docs_store(e2e_model, DOCS[:2], KEYS[:2])
+    seen = [store.revision]
+    store.persist(tmp_path / "s", show_progress=False)
+    store.compact(show_progress=False)
+    assert store.revision == seen[-1]  # nothing a BM25 index reads has changed
+    (memory,) = e2e_model.compress_documents(["x y"])
+    store.add(memory[None], texts=["x y"], ids=["x"])
+    seen.append(store.revision)
+    store.update(["x"], texts=["y z"])
+    seen.append(store.revision)
+    store.delete(["x"])
+    seen.append(store.revision)
+    assert len(set(seen)) == 4
+
+
+def test_fusion_skips_a_lexical_hit_deleted_since_the_index_was_built(e2e_model):
+    from clara_integrations.pipeline import fuse_rankings, search_store
+
+    store = docs_store(e2e_model, DOCS[:6], KEYS[:6])
+    query = e2e_model.encode_queries(["anything"])
+    dense = search_store(store, query, k=2)
+    stale = [KEYS[5], KEYS[4], KEYS[3]]  # as a BM25 index built before the delete lists them
+    store.delete([KEYS[5]])
+    fused = fuse_rankings(store, dense, stale, k=3)
+    assert KEYS[5] not in [i.id for i in fused] and len(fused) == 3  # the next one steps in
+    assert all(torch.equal(i.memory, store.get_memories([i.id])[0]) for i in fused)
