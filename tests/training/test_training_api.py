@@ -8,7 +8,6 @@ import importlib
 import pytest
 
 MODULES = [
-    "bm25",
     "checkpoint",
     "collate",
     "data",
