@@ -390,12 +390,19 @@ class ClaraPipeline:
         if hybrid:
             memories = torch.stack([i.memory for i in items]) if items else None
             dense = self._select(q, items, memories, len(items)) if items else []
-            return fuse_rankings(self._need_store(), dense, lexical.top(question, pool, filters), k)
+            return fuse_rankings(self.store, dense, lexical.top(question, pool, filters), k)
         if len(items) <= k:
             return items
         return self._select(q, items, torch.stack([i.memory for i in items]), k)
 
     def store_bm25(self) -> StoreBM25:
+        """The BM25 index of this pipeline's store that hybrid retrieval uses, built once
+        per store (it rebuilds itself after writes).
+
+        Raises:
+            ValueError: the pipeline has no store.
+            TypeError: the store has no ``revision`` (see `StoreBM25`).
+        """
         if self._lexical is None or self._lexical.store is not self.store:
             self._lexical = StoreBM25(self._need_store())
         return self._lexical

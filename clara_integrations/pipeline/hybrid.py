@@ -19,8 +19,6 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from ..store.errors import NodeNotFoundError
 from ..store.protocol import MemoryStoreProtocol
 from .bm25 import BM25
@@ -50,8 +48,8 @@ def reciprocal_rank_fusion(
     for ranking in rankings:
         for position, item in enumerate(ranking):
             scores[item] = scores.get(item, 0.0) + 1.0 / (k + position + 1)
-    order = {item: n for n, item in enumerate(scores)}  # first appearance
-    return sorted(scores.items(), key=lambda pair: (-pair[1], order[pair[0]]))
+    # `scores` is in order of first appearance and `sorted` is stable: that is the tie order.
+    return sorted(scores.items(), key=lambda pair: -pair[1])
 
 
 def live_nodes(
@@ -137,9 +135,6 @@ class StoreBM25:
     def top(self, query: str, n: int, filters: Mapping[str, Any] | None = None) -> list[str]:
         """Ids of the `n` best nodes sharing a term with `query`, best first (ties: by id)."""
         ids, index = self._current()
-        scores = index.scores(query)
-        if filters is not None:
-            allowed = set(self.store.ids_where(filters))
-            scores = np.where([i in allowed for i in ids], scores, 0.0)
-        order = np.argsort(-scores, kind="stable")[:n]
-        return [ids[i] for i in order.tolist() if scores[i] > 0]
+        allowed = None if filters is None else set(self.store.ids_where(filters))
+        keep = None if allowed is None else (lambda i: ids[i] in allowed)
+        return [ids[i] for i in index.top(query, n, keep=keep)]
