@@ -125,3 +125,52 @@ def test_crops_per_doc_adds_that_many_pseudo_queries_per_document():
         assert all(doc_text(d) not in held for r in added[n] for d in r["docs"])
     assert added[1] and len(added[3]) == 3 * len(added[1])
     assert len({r["question"] for r in added[3]}) > len({r["question"] for r in added[1]})
+
+
+def test_compress_qa_rows_pair_each_question_with_the_gold_passage_that_answers_it():
+    doc = lambda text: {"title": "", "text": text}  # noqa: E731
+    qa = [
+        {
+            "question": "Where?",
+            "answers": ["Paris"],
+            "gold": [0, 2],
+            "docs": [doc("A bridge in Rome."), doc("Noise."), doc("The tower is in Paris.")],
+        },
+        {
+            "question": "Who?",
+            "answers": ["nobody named"],
+            "gold": [1],
+            "docs": [doc("Noise."), doc("A passage without it.")],
+        },
+        {"question": "Unlabeled?", "answers": ["x"], "docs": [doc("Noise.")]},
+    ]
+    rows = default_data.compress_qa_rows(qa)
+    questions = {r["question"]: r for r in rows if r.get("data_type", "qa") == "qa"}
+    assert set(questions) == {"Where?", "Who?"}  # a row without gold labels is left out
+    assert questions["Where?"]["docs"] == [doc_text(doc("The tower is in Paris."))]
+    assert questions["Who?"]["docs"] == [doc_text(doc("A passage without it."))]  # first gold
+    assert questions["Where?"]["answer"] == "Paris"
+    paraphrases = [r for r in rows if r.get("data_type") == "paraphrase"]
+    assert sorted(r["answer"] for r in paraphrases) == sorted(
+        [questions["Where?"]["docs"][0], questions["Who?"]["docs"][0]]
+    )
+    assert all(r["docs"] == [r["answer"]] for r in paraphrases)
+
+
+def test_compress_qa_file_holds_no_held_out_gold_passage(tmp_path):
+    counts = default_data.build(SHARED / "data", tmp_path, crops_per_doc=0)
+    rows = default_data.read_jsonl(tmp_path / "compress_qa.jsonl")
+    assert len(rows) == counts["compress_qa"] > counts["compress"]
+    assert all(len(r["docs"]) == 1 for r in rows)  # stage 1 reads one document
+    held_gold, held_questions = set(), set()
+    for source in default_data.QA_SOURCES:
+        for row in default_data.read_jsonl(tmp_path / f"heldout_{source}.jsonl"):
+            held_gold.update(doc_text(row["docs"][g]) for g in row["gold"])
+            held_questions.add(row["question"].strip().lower())
+    assert not {doc_text(r["docs"][0]) for r in rows} & held_gold
+    asked = {
+        q.strip().lower()
+        for r in rows
+        for q in (r["question"] if isinstance(r.get("question"), list) else [r.get("question", "")])
+    }
+    assert asked.isdisjoint(held_questions)

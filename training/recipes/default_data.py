@@ -18,6 +18,7 @@ import json
 import random
 from pathlib import Path
 
+from clara_integrations.answers import normalize_answer
 from training.data import doc_text
 from training.pseudo_queries import pseudo_query_rows, retrieval_rows
 
@@ -69,6 +70,34 @@ def stage1_rows(pretrain_rows: list[dict]) -> list[dict]:
         rows.append(row)
         if row.get("data_type", "qa") == "qa":  # add the document's reconstruction row
             rows.append({"data_type": "paraphrase", "docs": row["docs"], "answer": row["docs"][0]})
+    return rows
+
+
+def answer_passage(row: dict) -> str:
+    """The gold passage a labeled question's answer is read from: the first gold passage
+    that contains a reference answer (multi-hop questions have two, and the answer is
+    usually in one), else the first gold passage."""
+    golds = [doc_text(row["docs"][g]) for g in row["gold"]]
+    answers = [normalize_answer(a) for a in row["answers"]]
+    for gold in golds:
+        if any(a and a in normalize_answer(gold) for a in answers):
+            return gold
+    return golds[0]
+
+
+def compress_qa_rows(qa_train: list[dict], seed: int = 0) -> list[dict]:
+    """Stage-1 rows from the labeled training questions: each question with the one gold
+    passage that answers it (stage 1 reads one document), and one reconstruction row per
+    distinct passage, so that the compressor learns to keep what questions ask about."""
+    rows, passages = [], {}
+    for row in qa_train:
+        if not row.get("gold") or not row.get("answers"):
+            continue
+        passage = answer_passage(row)
+        passages.setdefault(passage, None)
+        rows.append({"question": row["question"], "docs": [passage], "answer": row["answers"][0]})
+    rows += [{"data_type": "paraphrase", "docs": [p], "answer": p} for p in passages]
+    random.Random(seed).shuffle(rows)
     return rows
 
 
@@ -204,6 +233,10 @@ def build(
     random.Random(seed).shuffle(stage1)
     write_jsonl(output / "compress.jsonl", stage1)
     counts["compress"] = len(stage1)
+    compress_qa = stage1 + compress_qa_rows(train_all, seed)
+    random.Random(seed).shuffle(compress_qa)
+    write_jsonl(output / "compress_qa.jsonl", compress_qa)
+    counts["compress_qa"] = len(compress_qa)
     handbook = [doc_text(r) for r in read_jsonl(shared / "handbook_18f_docs.jsonl")]
     retrieval = retrieval_data(train_all, pretrain, handbook, held_docs, seed, crops_per_doc)
     write_jsonl(output / "retrieval.jsonl", retrieval)
