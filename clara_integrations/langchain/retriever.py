@@ -48,6 +48,7 @@ class ClaraRetriever(PipelineOwner, BaseRetriever):
         >>> retriever.invoke("Who is the Eiffel Tower named after?")  # doctest: +SKIP
         [Document(id='...', metadata={'score': 0.83}, page_content='The Eiffel Tower ...'), ...]
         >>> retriever.invoke("...", k=1, filters={"source": "a.pdf"})  # per-call overrides  # doctest: +SKIP
+        >>> retriever.invoke("error code E1234", hybrid=True)  # BM25 fusion for this call  # doctest: +SKIP
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
@@ -64,7 +65,8 @@ class ClaraRetriever(PipelineOwner, BaseRetriever):
     """Metadata filter applied before the top-k cut, e.g. `{"source": "a.pdf"}`."""
     hybrid: bool = False
     """Fuse the query reasoner's ranking with BM25's over the store's texts (reciprocal
-    rank); `metadata["score"]` is then the fused score. Needs a `MemoryStore`."""
+    rank); `metadata["score"]` is then the fused score. Needs a `MemoryStore`
+    (overridable per call: `invoke(q, hybrid=True)`)."""
 
     @field_validator("store", mode="before")
     @classmethod
@@ -86,13 +88,16 @@ class ClaraRetriever(PipelineOwner, BaseRetriever):
         run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
         filters: dict[str, Any] | None = None,
+        hybrid: bool | None = None,
     ) -> list[Document]:
+        if hybrid is not None and not isinstance(hybrid, bool):
+            raise TypeError(f"hybrid must be True, False or None, got {hybrid!r}")
         items = self.pipeline.retrieve(
             query,
             self.k if k is None else k,
             self.candidate_pool,
             self.filters if filters is None else filters,
-            hybrid=self.hybrid,
+            hybrid=self.hybrid if hybrid is None else hybrid,
         )
         documents = [to_document(i, **{SCORE_KEY: i.score}) for i in items]
         register_documents(self.model.model_identity, documents, items)

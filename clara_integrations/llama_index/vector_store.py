@@ -176,8 +176,7 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
         ids = self._select(node_ids, filters)
         if not ids:
             return []
-        records = self._store.get_nodes(ids)
-        memories = self._store.get_memories(ids)
+        records, memories = self._store.get_nodes_with_memories(ids)
         return [
             item_to_node(Item(r.id, r.text, r.metadata, memory=m))
             for r, m in zip(records, memories)

@@ -21,6 +21,7 @@ import torch
 
 from ..modeling import ClaraModel, MissingAdapterError
 from ..modeling.adapters import QUERY_ADAPTER
+from ..store.errors import NodeNotFoundError
 from ..store.protocol import MemoryStoreProtocol
 from .cache import CompressionCache
 from .generation import Answer, AnswerStream, Generation
@@ -40,6 +41,10 @@ __all__ = [
 #: Hybrid retrieval fuses each ranking's top ``HYBRID_DEPTH * k`` (at least): fusing only
 #: the top k would drop every document that one ranker places just below the cut.
 HYBRID_DEPTH = 4
+
+# A search whose hits are deleted before their memories are read searches again, this
+# many times, then raises: only a store deleting faster than it can be read gets there.
+_SEARCH_RETRIES = 3
 
 # One message for every adapter (the frameworks' tests and users grep for these words).
 EMPTY_QUERY = (
@@ -120,11 +125,22 @@ def search_store(
         ['b']
     """
     k = _positive(k, "k")
-    if len(store) == 0:
-        return []
-    hits = store.search(query_vector, k=k, filters=filters)[0]
-    memories = store.get_memories([h.id for h in hits]) if hits else []  # (N, n_mem, H)
-    return [Item(h.id, h.text, h.metadata, h.score, m) for h, m in zip(hits, memories)]
+    retries = _SEARCH_RETRIES
+    while len(store):
+        hits = store.search(query_vector, k=k, filters=filters)[0]
+        if not hits:
+            break
+        try:  # text, metadata and memory of one version of each node, never mixed
+            nodes, memories = store.get_nodes_with_memories([h.id for h in hits])
+        except NodeNotFoundError:
+            if not retries:
+                raise
+            retries -= 1  # a hit was deleted since the search: search again
+            continue
+        return [
+            Item(h.id, n.text, n.metadata, h.score, m) for h, n, m in zip(hits, nodes, memories)
+        ]
+    return []
 
 
 def fuse_rankings(

@@ -71,8 +71,10 @@ def live_nodes(
     ids = list(ids)
     while True:
         try:
-            nodes = store.get_nodes(ids)
-            return list(zip(nodes, store.get_memories(ids))) if memories else nodes
+            if memories:  # one version of each node: text and memory never mixed
+                nodes, rows = store.get_nodes_with_memories(ids)
+                return list(zip(nodes, rows))
+            return store.get_nodes(ids)
         except NodeNotFoundError:
             ids = [i for i in ids if i in store]  # deleted meanwhile: drop, read again
 

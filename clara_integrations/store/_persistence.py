@@ -66,16 +66,21 @@ def persist(st: StoreState, target: Path, *, overwrite: bool, show_progress: boo
     same = target == st.home
     if same and not st.dirty:
         return
+    before: set[str] = set()
     if same:
         st.begin_write(changes_nodes=False)  # the writer lock and the staleness check
     else:
         target.mkdir(parents=True, exist_ok=True)
+        _refuse_other_store(target, overwrite)  # before the lock: a refusal leaves no file
     new_lock = None if same else DirLock(target)
     try:
         if not same:
-            _refuse_other_store(target, overwrite)
+            _refuse_other_store(target, overwrite)  # again under the lock (a racing writer)
+            before = set(_created_files(target))
         manifest, new_db = _write_version(st, target, same, show_progress)
     except BaseException:
+        if not same:
+            _remove_uncommitted(target, before, st.uid)
         if new_lock is not None:
             new_lock.release()
         raise
@@ -124,26 +129,26 @@ def _write_version(
             db.rollback_after(st.committed)
         _check_consistent(st, db, gen)
         db.set_meta(meta, durable=True)
+        fsync_dir(target)
+        _stage("db")
+        manifest = Manifest(
+            store_uid=st.uid,
+            generation=gen,
+            config=st.cfg,
+            fingerprint=st.cfg.fingerprint,
+            db_file=db_file,
+            n_rows=st.rows.n_rows,
+            n_live=st.n_live,
+            segments=st.rows.segment_entries(),
+            alive=alive,
+            index=index_entry,
+        )
+        replace_atomic(target / MANIFEST_NAME, manifest.to_bytes())
+        _stage("manifest")
     except BaseException:
         if new_db is not None:
-            new_db.close()
+            new_db.close()  # its file may be removed as uncommitted (persist)
         raise
-    fsync_dir(target)
-    _stage("db")
-    manifest = Manifest(
-        store_uid=st.uid,
-        generation=gen,
-        config=st.cfg,
-        fingerprint=st.cfg.fingerprint,
-        db_file=db_file,
-        n_rows=st.rows.n_rows,
-        n_live=st.n_live,
-        segments=st.rows.segment_entries(),
-        alive=alive,
-        index=index_entry,
-    )
-    replace_atomic(target / MANIFEST_NAME, manifest.to_bytes())
-    _stage("manifest")
     st.index.entry = index_entry
     return manifest, new_db
 
@@ -337,10 +342,45 @@ def _same_version(a: Manifest, b: Manifest) -> bool:
     return (a.store_uid, a.generation) == (b.store_uid, b.generation)
 
 
+def _created_files(directory: Path) -> list[str]:
+    """Names in ``directory`` that the store gives its own files (sorted)."""
+    return sorted(e.name for e in directory.iterdir() if is_created_file_name(e.name))
+
+
+def _remove_uncommitted(target: Path, before: set[str], uid: str) -> None:
+    """After a failed persist into another directory: remove the files it created there,
+    unless its manifest was committed (then they are the store), so that the directory is
+    as it was and a retry is not refused as "files without a manifest"."""
+    try:
+        if Manifest.read(target).store_uid == uid:
+            return
+    except (OSError, StoreCorruptError):
+        pass  # no manifest, or not ours
+    for name in set(_created_files(target)) - before:
+        try:
+            (target / name).unlink()
+        except OSError as exc:  # pragma: no cover - best effort, the error is re-raised
+            logger.warning("could not remove %s left by a failed persist: %s", target / name, exc)
+
+
 def _refuse_other_store(target: Path, overwrite: bool) -> None:
     """Persisting into a directory that already holds a store replaces that store:
-    only when asked."""
-    if overwrite or not (target / MANIFEST_NAME).exists():
+    only when asked. Store data files without a manifest (a store whose manifest was
+    lost, or a persist that was killed) count as a store: garbage collection would
+    delete them."""
+    if overwrite:
+        return
+    if not (target / MANIFEST_NAME).exists():
+        orphans = _created_files(target)
+        if orphans:
+            shown = ", ".join(orphans[:3]) + (", ..." if len(orphans) > 3 else "")
+            raise FileExistsError(
+                f"{target} holds {len(orphans)} store data files ({shown}) but no "
+                f"{MANIFEST_NAME}: a store whose manifest was lost, or a persist that was "
+                "interrupted. Persisting there would delete them: restore the manifest and "
+                "MemoryStore.load() it, persist to another directory, or pass "
+                "overwrite=True to replace them"
+            )
         return
     try:
         m = Manifest.read(target)

@@ -470,11 +470,7 @@ class MemoryStore:
         """
         ids_ = check.node_ids(ids)
         with self._reading():
-            found = self._require(ids_)
-            data, _ = self._st.rows.gather(np.array([found[i].row for i in ids_], dtype=np.int64))
-        return to_torch(data, self._st.cfg.dtype).reshape(
-            len(ids_), self._st.cfg.n_mem, self._st.cfg.hidden_size
-        )
+            return self._memories(ids_, self._require(ids_))
 
     def get_nodes(self, ids: Sequence[str]) -> list[Node]:
         """Id, text and metadata of ``ids``, in order.
@@ -486,6 +482,26 @@ class MemoryStore:
         with self._reading():
             found = self._require(ids_)
         return [Node(i, found[i].text, _json(found[i].metadata)) for i in ids_]
+
+    def get_nodes_with_memories(self, ids: Sequence[str]) -> tuple[list[Node], torch.Tensor]:
+        """`get_nodes` and `get_memories` of ``ids`` read together, under one read lock: a
+        concurrent `update` can never pair one version's text with another's memory (as
+        two separate calls can).
+
+        Raises:
+            NodeNotFoundError: an id is not present.
+        """
+        ids_ = check.node_ids(ids)
+        with self._reading():
+            found = self._require(ids_)
+            memories = self._memories(ids_, found)
+        return [Node(i, found[i].text, _json(found[i].metadata)) for i in ids_], memories
+
+    def _memories(self, ids: list[str], found: dict) -> torch.Tensor:
+        """``[len(ids), n_mem, H]`` rows of ``found`` nodes (caller holds the read lock)."""
+        data, _ = self._st.rows.gather(np.array([found[i].row for i in ids], dtype=np.int64))
+        cfg = self._st.cfg
+        return to_torch(data, cfg.dtype).reshape(len(ids), cfg.n_mem, cfg.hidden_size)
 
     def search(
         self,

@@ -675,6 +675,22 @@ class MilvusMemoryStore:
         rows = self._fetch(ids_, ["text", "metadata"]) if ids_ else {}
         return [Node(i, rows[i]["text"], dict(rows[i]["metadata"] or {})) for i in ids_]
 
+    def get_nodes_with_memories(self, ids: Sequence[str]) -> tuple[list[Node], torch.Tensor]:
+        """`get_nodes` and `get_memories` of ``ids`` in one fetch: each node's text,
+        metadata and memory come from the same row version (Milvus reads whole rows).
+
+        Raises:
+            NodeNotFoundError: an id is not present.
+        """
+        ids_ = check.node_ids(ids)
+        cfg = self._cfg
+        if not ids_:
+            return [], torch.empty(0, cfg.n_mem, cfg.hidden_size, dtype=cfg.torch_dtype)
+        rows = self._fetch(ids_, ["text", "metadata", *self._memory_fields()])
+        nodes = [Node(i, rows[i]["text"], dict(rows[i]["metadata"] or {})) for i in ids_]
+        memories = torch.stack([self._memory_of(rows[i]) for i in ids_])
+        return nodes, memories.reshape(len(ids_), cfg.n_mem, cfg.hidden_size)
+
     def ids_where(self, filters: Mapping[str, Any] | None = None) -> list[str]:
         """Ids of every node matching ``filters`` (the `search` syntax; all without), sorted.
 

@@ -165,9 +165,14 @@ class NodeDB:
                 f"cannot open node database {self.path}: {exc}", self.path
             ) from None
         conn.create_function("clara_crc", 7, row_checksum, deterministic=True)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._damage_named():
+                conn.execute("PRAGMA busy_timeout = 10000")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            conn.close()
+            raise
         with self._conns_lock:
             self._conns.append(conn)
         return conn
@@ -194,7 +199,8 @@ class NodeDB:
         if conn is None:
             conn = self._open()
         try:
-            yield conn
+            with self._damage_named():
+                yield conn
         finally:
             with self._conns_lock:
                 if conn in self._conns:  # not closed meanwhile
@@ -459,6 +465,22 @@ class NodeDB:
 
     def _corrupt(self, what: str) -> None:
         raise StoreCorruptError(f"node database {self.path} {what}", self.path)
+
+    @contextmanager
+    def _damage_named(self) -> Iterator[None]:
+        """SQLite's plain ``DatabaseError`` ("database disk image is malformed", "file is
+        not a database") is damage to this file: say which file, as `StoreCorruptError`.
+        Its subclasses (a lock timeout, a constraint) pass unchanged."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:
+                raise
+            raise StoreCorruptError(
+                f"node database {self.path} is damaged ({exc}); restore the store "
+                "directory from a backup, or rebuild the store",
+                self.path,
+            ) from exc
 
 
 def _set_where(column: str, value: str, condition: str) -> str:

@@ -65,6 +65,9 @@ class MemoryStoreProtocol(Protocol):
     def get_nodes(self, ids: Sequence[str]) -> list[Node]:
         """Id, text and metadata of `ids`, in order."""
 
+    def get_nodes_with_memories(self, ids: Sequence[str]) -> tuple[list[Node], torch.Tensor]:
+        """`get_nodes` and `get_memories` of `ids` read as one version of each node."""
+
     def add(
         self,
         memories: torch.Tensor,

@@ -134,3 +134,25 @@ def test_hybrid_gives_the_pipelines_fused_ranking(e2e_model, doc_store, referenc
         assert [d.metadata["score"] for d in docs] == pytest.approx([i.score for i in expected])
     with pytest.raises(TypeError, match="revision"):
         ClaraRetriever(model=e2e_model, store=NoRevisionStore(doc_store), hybrid=True)
+
+
+def test_hybrid_per_call_overrides_the_constructor(e2e_model, doc_store, reference):
+    from clara_integrations.pipeline import ClaraPipeline
+    from tests.pipeline.conftest import NoRevisionStore
+
+    pipeline = ClaraPipeline(e2e_model, doc_store)
+    dense = ClaraRetriever(model=e2e_model, store=doc_store, k=3)
+    fused = ClaraRetriever(model=e2e_model, store=doc_store, k=3, hybrid=True)
+    differ = 0
+    for question in reference["questions"]:
+        want_fused = [i.id for i in pipeline.retrieve(question, k=3, hybrid=True)]
+        want_dense = [i.id for i in pipeline.retrieve(question, k=3)]
+        differ += want_fused != want_dense
+        assert [d.id for d in dense.invoke(question, hybrid=True)] == want_fused
+        assert [d.id for d in fused.invoke(question, hybrid=False)] == want_dense
+        assert [d.id for d in fused.invoke(question)] == want_fused
+    assert differ  # the fixture's questions tell the two modes apart
+    with pytest.raises(TypeError, match="revision"):  # refused at the call, as in __init__
+        ClaraRetriever(model=e2e_model, store=NoRevisionStore(doc_store)).invoke("q", hybrid=True)
+    with pytest.raises(TypeError, match="hybrid must be"):
+        dense.invoke("q", hybrid="yes")

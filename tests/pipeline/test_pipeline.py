@@ -280,6 +280,7 @@ class _Forwarding:
             "search",
             "get_memories",
             "get_nodes",
+            "get_nodes_with_memories",
             "ids_where",
             "add",
             "add_documents",

@@ -238,6 +238,49 @@ def test_persist_refuses_to_replace_another_store(tmp_path):
     assert sum(n.startswith("seg-") for n in os.listdir(path)) == 1  # old store collected
 
 
+def test_persist_refuses_store_files_without_a_manifest(tmp_path):
+    path = tmp_path / "s"
+    _persisted(path).close()
+    (path / "manifest.json").rename(tmp_path / "manifest.json.saved")  # lost, or being restored
+    files = {n: (path / n).read_bytes() for n in os.listdir(path) if n != ".writer.lock"}
+    (path / ".writer.lock").unlink()
+    other = MemoryStore(n_mem=N_MEM, hidden_size=H)
+    other.add(clustered(2, seed=8), ids=["o1", "o2"])
+    with pytest.raises(FileExistsError, match="no manifest.json.*overwrite=True"):
+        other.persist(path)
+    assert {n: (path / n).read_bytes() for n in os.listdir(path)} == files  # not even a lock
+    (tmp_path / "manifest.json.saved").rename(path / "manifest.json")
+    assert len(_ids(path)) == 20  # the restored store is whole
+    (path / "manifest.json").unlink()
+    other.persist(path, overwrite=True)  # asked for: replaces them
+    other.close()
+    assert _ids(path) == {"o1", "o2"}
+
+
+@pytest.mark.parametrize("stage", ["segments", "files", "db"])
+def test_a_failed_persist_elsewhere_leaves_the_directory_as_it_was(tmp_path, monkeypatch, stage):
+    from clara_integrations.store import _persistence
+
+    path = tmp_path / "s"
+    path.mkdir()
+    (path / "notes.txt").write_text("mine")
+
+    def boom(name):
+        if name == stage:
+            raise OSError(errno.EIO, "injected")
+
+    store = MemoryStore(n_mem=N_MEM, hidden_size=H)
+    store.add(clustered(5), ids=[f"n{i}" for i in range(5)])
+    monkeypatch.setattr(_persistence, "_persist_hook", boom)
+    with pytest.raises(OSError, match="injected"):
+        store.persist(path)
+    assert sorted(os.listdir(path)) == [".writer.lock", "notes.txt"]
+    monkeypatch.setattr(_persistence, "_persist_hook", None)
+    store.persist(path)  # the retry is not refused as "files without a manifest"
+    store.close()
+    assert len(_ids(path)) == 5 and (path / "notes.txt").read_text() == "mine"
+
+
 def test_persist_rejects_an_empty_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     store = MemoryStore(n_mem=N_MEM, hidden_size=H)

@@ -57,6 +57,36 @@ def test_a_changed_byte_in_a_nodes_text_is_detected(tmp_path):
         MemoryStore.load(path, verify=True)
 
 
+def _damaged_db_store(path):
+    """A persisted store of 300 nodes (a node database of several pages)."""
+    store = MemoryStore(n_mem=N_MEM, hidden_size=H)
+    store.add(clustered(300), texts=["t" * 100] * 300)
+    store.persist(path)
+    store.close()
+    return _db_file(path)
+
+
+def test_a_truncated_node_database_is_a_named_error(tmp_path):
+    db = _damaged_db_store(tmp_path / "s")
+    os.truncate(db, db.stat().st_size // 2)
+    with pytest.raises(StoreCorruptError, match=f"{db.name}.*damaged") as info:
+        MemoryStore.load(tmp_path / "s")
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+
+
+def test_a_zeroed_page_of_the_node_database_is_a_named_error(tmp_path):
+    db = _damaged_db_store(tmp_path / "s")
+    with open(db, "r+b") as fh:
+        fh.seek(4096 * 5)
+        fh.write(b"\0" * 4096)
+    store = MemoryStore.load(tmp_path / "s")  # cheap load: the damage shows when read
+    with pytest.raises(StoreCorruptError, match=f"{db.name}.*damaged"):
+        store.search(queries(1), k=5)
+    store.close()
+    with pytest.raises(StoreCorruptError, match=db.name):
+        MemoryStore.load(tmp_path / "s", verify=True)
+
+
 def test_broken_metadata_json_is_a_named_error(tmp_path):
     path = _persisted(tmp_path / "s")
     _edit_db(path, b'{"source": "MARKERSRC"}', b'{"source": "MARKERSRC"!')

@@ -112,6 +112,15 @@ def test_memories_nodes_and_len_are_exact(pair):
     assert torch.equal(milvus.get_memories(ids[::7]), ref.get_memories(ids[::7]))
     assert milvus.get_memories(ids[:2]).dtype == torch.float16
     assert milvus.get_nodes(ids[:3]) == ref.get_nodes(ids[:3])
+    nodes, memories = milvus.get_nodes_with_memories(ids[5::11])
+    ref_nodes, ref_memories = ref.get_nodes_with_memories(ids[5::11])
+    assert nodes == ref_nodes == ref.get_nodes(ids[5::11])
+    assert torch.equal(memories, ref_memories) and torch.equal(
+        memories, ref.get_memories(ids[5::11])
+    )
+    assert milvus.get_nodes_with_memories([])[1].shape == (0, N_MEM, H)
+    with pytest.raises(NodeNotFoundError):
+        milvus.get_nodes_with_memories(["n1", "zz"])
 
 
 def test_update_delete_and_errors_as_memory_store(pair):
