@@ -143,7 +143,8 @@ def store_reduce(store: Any) -> tuple[Any, tuple[Any, ...]]:
         )
     from .store.config import RUNTIME_FIELDS  # noqa: PLC0415
 
-    # Runtime settings (`configure`, `load(**runtime)`) are not saved with the data.
+    # Runtime settings (`configure`, `load(**runtime)`) may differ from the manifest's
+    # (a configure() not persisted yet, or a load() override): carry the handle's own.
     runtime = {name: getattr(store.config, name) for name in RUNTIME_FIELDS}
     return _restore_store, (_token(store), str(store.path), store.config.fingerprint, runtime)
 

@@ -64,7 +64,7 @@ def persist(st: StoreState, target: Path, *, overwrite: bool, show_progress: boo
     """Commit the handle's state as a new generation in ``target`` (see
     :meth:`MemoryStore.persist` for the protocol)."""
     same = target == st.home
-    if same and not st.dirty:
+    if same and not (st.dirty or st.settings_changed):
         return
     before: set[str] = set()
     if same:

@@ -89,6 +89,7 @@ class StoreState:
     n_live: int = 0
     view: int = 0  #: the generation reads see: ``committed``, or the open one while writing
     dirty: bool = False  #: changes not yet committed
+    settings_changed: bool = False  #: configure() since the last commit (the manifest keeps them)
     index: IndexSlot = field(default_factory=IndexSlot)
     filter_cache: dict[str, np.ndarray] = field(default_factory=dict)
     block_rows: int = 0
@@ -176,7 +177,7 @@ class StoreState:
     def committed_as(self, generation: int) -> None:
         """A commit succeeded: the handle is now based on ``generation``, clean."""
         self.committed = self.view = generation
-        self.dirty = False
+        self.dirty = self.settings_changed = False
 
     def set_db(self, db: NodeDB, db_file: str) -> None:
         old, self.db, self.db_file = self.db, db, db_file

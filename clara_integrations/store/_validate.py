@@ -41,7 +41,29 @@ def memories(x: Any, cfg: StoreConfig) -> torch.Tensor:
             f"memories contain values that are not finite in {cfg.dtype}{hint}; "
             "use dtype=torch.bfloat16 or torch.float32 for large magnitudes"
         )
+    if out.numel():
+        _refuse_zero_rows(x.reshape(x.shape[0], cfg.dim), out, cfg)
     return out.contiguous()
+
+
+def _refuse_zero_rows(given: torch.Tensor, stored: torch.Tensor, cfg: StoreConfig) -> None:
+    """A row that is all zeros as stored has no direction: it would score 0 against every
+    query and never be found. Refused, naming the cause (an all-zero input, or values
+    too small for the store's dtype)."""
+    zero = ~stored.ne(0).any(dim=1)
+    if not zero.any():
+        return
+    i = int(zero.nonzero()[0])
+    if given[i].ne(0).any():
+        raise ValueError(
+            f"memories[{i}] becomes all zeros in {cfg.dtype} (its largest value is "
+            f"{given[i].abs().max().item():.3g}): use dtype=torch.float32 for such small "
+            "magnitudes"
+        )
+    raise ValueError(
+        f"memories[{i}] is all zeros ({int(zero.sum())} such rows): a zero memory has no "
+        "cosine with any query, so that node could never be retrieved"
+    )
 
 
 def queries(x: Any, cfg: StoreConfig) -> torch.Tensor:
@@ -100,11 +122,28 @@ def metadata(values: Any, n: int) -> list[dict[str, Any]]:
         m = {} if m is None else m
         if not isinstance(m, Mapping) or not all(isinstance(k, str) for k in m):
             raise TypeError(f"metadata[{i}] must be a dict with str keys")
+        _require_str_keys(m, f"metadata[{i}]")
         try:
             out.append(json.loads(json.dumps(m, allow_nan=False)))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"metadata[{i}] is not JSON-serialisable: {exc}") from None
     return out
+
+
+def _require_str_keys(value: Any, where: str) -> None:
+    """JSON would turn a nested dict's 1, 2.5, True or None key into a string silently,
+    and merge ``{1: "a", "1": "b"}`` into one key: refuse non-str keys at any depth."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"{where} has the key {key!r} ({type(key).__name__}); metadata keys "
+                    "must be str at every level (JSON would change it to a string)"
+                )
+            _require_str_keys(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for j, item in enumerate(value):
+            _require_str_keys(item, f"{where}[{j}]")
 
 
 def new_ids(values: Any, n: int) -> tuple[list[str], bool]:

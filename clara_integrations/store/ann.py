@@ -126,6 +126,12 @@ class Reducer:
         finally:
             torch.random.set_rng_state(gen_state)
         components = torch.cat([m_hat[None], v[:, : dim - 2].T])
+        # A sample of n rows has fewer than dim - 2 components when n is small (a store
+        # of 50 nodes under reduce_dim=128): zero rows fill the index's width, adding the
+        # same 0 to every coordinate there, so distances are those of the real ones.
+        missing = dim - 1 - components.shape[0]
+        if missing > 0:
+            components = torch.cat([components, components.new_zeros(missing, sample.shape[1])])
         proj = (sample - mean) @ components.T
         m2 = 1.25 * proj.pow(2).sum(dim=1).max()  # headroom for rows added later
         return cls(components, mean, m2)

@@ -680,7 +680,8 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ index
     def configure(self, **runtime: Any) -> None:
-        """Change search-time settings (see :data:`config.RUNTIME_FIELDS`).
+        """Change search-time settings (see :data:`config.RUNTIME_FIELDS`); the next
+        `persist` saves them with the store, even if no node changed.
 
         Example:
             >>> store = MemoryStore(n_mem=2, hidden_size=4, index="hnsw")
@@ -695,7 +696,10 @@ class MemoryStore:
             )
         with self._writing():
             st = self._st
-            st.cfg = StoreConfig.model_validate({**st.cfg.model_dump(), **runtime})
+            before, st.cfg = st.cfg, StoreConfig.model_validate({**st.cfg.model_dump(), **runtime})
+            # Saved by the next persist() (the manifest records the settings in force),
+            # even when no node changed meanwhile.
+            st.settings_changed |= st.cfg != before
             st.block_rows = block_rows_for(st.cfg.dim, st.cfg.scan_block_bytes)
             if st.index.ann is not None:
                 st.index.ann.use_gpu(st.cfg.use_gpu)

@@ -76,8 +76,10 @@ class Piece:
 
 
 def inverse_norms(x: torch.Tensor) -> np.ndarray:
-    """[N, D] tensor -> [N] float32 numpy of 1 / max(||x||, eps), computed in float32."""
-    norms = torch.linalg.vector_norm(x.float(), dim=1).clamp_min(_NORM_EPS)
+    """[N, D] tensor -> [N] float32 numpy of 1 / max(||x||, eps), the norm computed in
+    float64: a float32 sum of squares overflows to inf for elements past ~1e19 (finite
+    in float32 and bfloat16), and such a row would score 0 against every query."""
+    norms = torch.linalg.vector_norm(x.double(), dim=1).clamp_min(_NORM_EPS)
     return (1.0 / norms).numpy().astype(np.float32, copy=False)
 
 

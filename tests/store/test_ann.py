@@ -114,3 +114,23 @@ def test_switch_index_kind(data):
         store.build_index("IVF8,Flat", show_progress=False)  # one node left: nothing changes
     assert store.config.index == "hnsw" and store.stats()["indexed_rows"] == 1000
     store.close()
+
+
+def test_an_hnsw_index_over_fewer_nodes_than_its_width(tmp_path):
+    """50 nodes of 256 dims under reduce_dim=128: the PCA sample has fewer components than
+    the index is wide (faiss used to fail with a bare AssertionError, in build_index and
+    in the compact or persist that trains one)."""
+    store = MemoryStore(n_mem=4, hidden_size=64, index="hnsw", min_index_rows=2)
+    memories = clustered(50, n_mem=4, h=64, seed=5)
+    ids = store.add(memories)
+    store.build_index(show_progress=False)
+    hits = store.search(memories[:5].flatten(1), k=1)
+    assert [h[0].id for h in hits] == ids[:5]
+    assert all(h[0].score == pytest.approx(1.0, abs=1e-3) for h in hits)
+    store.delete(ids[40:])
+    store.persist(tmp_path / "s")
+    store.compact(show_progress=False)
+    with MemoryStore.load(tmp_path / "s") as again:
+        assert len(again) == 40
+        assert again.search(memories[7:8].flatten(1), k=1)[0][0].id == ids[7]
+    store.close()

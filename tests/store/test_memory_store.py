@@ -233,3 +233,39 @@ def test_fingerprint_and_config():
         StoreConfig(n_mem=2, hidden_size=4, index="ivfpq", reduce_dim=None, pq_m=3)
     assert issubclass(StoreMismatchError, ValueError)
     store.close()
+
+
+def test_nested_metadata_keys_that_json_would_change_are_refused():
+    store = MemoryStore(n_mem=N_MEM, hidden_size=H)
+    for bad in ({"m": {1: "int-key", "1": "str-key"}}, {"m": [{None: "c"}]}, {"m": {2.5: 1}}):
+        with pytest.raises(TypeError, match=r"metadata\[0\]\['m'\].*must be str at every level"):
+            store.add(clustered(1), metadata=[bad])
+    assert len(store) == 0
+    [i] = store.add(clustered(1), metadata=[{"m": {"1": ["a", {"b": None}]}}])
+    assert store.get_nodes([i])[0].metadata == {"m": {"1": ["a", {"b": None}]}}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_huge_but_finite_memories_keep_their_cosine(dtype):
+    store = MemoryStore(n_mem=1, hidden_size=4, dtype=dtype)
+    v = torch.tensor([[[1.0, 2, 3, 4]]])
+    store.add(v * 1e20, ids=["big"])
+    store.add(-v, ids=["opposite"])
+    [best, worst] = store.search(v.flatten(1), k=2)[0]
+    assert best.id == "big" and best.score == pytest.approx(1.0, abs=1e-2)
+    assert worst.score == pytest.approx(-1.0, abs=1e-2)
+
+
+def test_memories_that_are_or_become_all_zeros_are_refused():
+    half = MemoryStore(n_mem=1, hidden_size=4, dtype="float16")
+    with pytest.raises(ValueError, match=r"memories\[1\] becomes all zeros in float16.*1e-08"):
+        half.add(torch.stack([torch.ones(1, 4), torch.full((1, 4), 1e-8)]))
+    with pytest.raises(ValueError, match=r"memories\[0\] is all zeros \(1 such rows\)"):
+        half.add(torch.zeros(1, 1, 4))
+    [i] = half.add(torch.ones(1, 1, 4))
+    with pytest.raises(ValueError, match="all zeros"):
+        half.update([i], memories=torch.zeros(1, 1, 4))
+    assert len(half) == 1 and torch.equal(half.get_memories([i]), torch.ones(1, 1, 4).half())
+    wide = MemoryStore(n_mem=1, hidden_size=4, dtype="float32")
+    wide.add(torch.full((1, 1, 4), 1e-8))  # representable there: kept
+    assert wide.search(torch.ones(1, 4), k=1)[0][0].score == pytest.approx(1.0)

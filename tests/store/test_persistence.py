@@ -234,3 +234,21 @@ def test_crash_leftovers_are_rolled_back(tmp_path, monkeypatch):
     assert len(_segments(path)) == 2
     assert sum(n.startswith("alive-") for n in names) == 1
     assert len({n.split(".")[0] for n in names if n.startswith("nodes-")}) == 1
+
+
+def test_configured_settings_are_saved_by_the_next_persist_alone(tmp_path):
+    store = MemoryStore(n_mem=N_MEM, hidden_size=H)
+    store.add(clustered(3))
+    store.persist(tmp_path / "s")
+    generation = store.generation
+    store.persist()  # nothing changed: no new generation
+    assert store.generation == generation
+    store.configure(exact_filter_rows=7)
+    store.persist()
+    assert store.generation == generation + 1
+    store.close()
+    with MemoryStore.load(tmp_path / "s") as again:
+        assert again.config.exact_filter_rows == 7
+        again.configure(exact_filter_rows=7)  # unchanged: nothing to save
+        again.persist()
+        assert again.generation == generation + 1
