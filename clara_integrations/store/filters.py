@@ -28,7 +28,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["canonical_value", "compile_filters", "index_pairs"]
+__all__ = ["canonical_value", "compile_filters", "filter_keys", "index_pairs"]
 
 _SCALARS = (str, int, float, bool, type(None))
 _MEMBERSHIP = ("$eq", "$in", "$ne", "$nin")
@@ -179,3 +179,20 @@ def compile_filters(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
     cond, params = condition(filters, _Dialect())
     # Bracketed: callers AND it with the live-row test, and AND binds tighter than OR.
     return f"({cond})", params
+
+
+def filter_keys(filters: Mapping[str, Any]) -> list[str]:
+    """The metadata keys a (valid) filter names, ``$and``/``$or`` branches included.
+
+    Example:
+        >>> filter_keys({"source": "a.pdf", "$or": [{"page": 1}, {"tags": "x"}]})
+        ['source', 'page', 'tags']
+    """
+    keys: list[str] = []
+    for key, value in filters.items():
+        if key in _LOGICAL:
+            for branch in value:
+                keys.extend(filter_keys(branch))
+        else:
+            keys.append(key)
+    return list(dict.fromkeys(keys))

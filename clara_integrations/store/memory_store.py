@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from ._state import StoreState
 from .ann import build_empty_index
 from .config import RUNTIME_FIELDS, StoreConfig, canonical_dtype
 from .errors import NodeNotFoundError, StoreCorruptError
-from .filters import compile_filters
+from .filters import compile_filters, filter_keys
 from .records import Hit, Node
 from .segments import to_torch
 
@@ -121,6 +122,7 @@ class MemoryStore:
         closed or garbage-collected)."""
         self._st = state
         self._lock = RWLock()
+        self._warned_keys: set[str] = set()  # filter keys named in a warning already
         self._finalizer = weakref.finalize(self, state.res.close)
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, tuple[Any, ...]]:
@@ -552,17 +554,37 @@ class MemoryStore:
         if filters is not None:
             compile_filters(filters)  # validate before taking the lock
         with self._reading():
-            return self._st.db.ids_for_filter(filters, self._st.view)
+            ids = self._st.db.ids_for_filter(filters, self._st.view)
+            if filters and not ids and self._st.n_live:
+                self._warn_unused_keys(filters)
+            return ids
 
     def _filter_rows(self, filters: Mapping[str, Any]) -> np.ndarray:
         key = repr(sorted((str(k), repr(v)) for k, v in filters.items()))
         rows = self._st.filter_cache.get(key)
         if rows is None:
             rows = self._st.db.rows_for_filter(filters, self._st.view)
+            if not rows.size and self._st.n_live:
+                self._warn_unused_keys(filters)
             if len(self._st.filter_cache) > 64:
                 self._st.filter_cache.clear()
             self._st.filter_cache[key] = rows
         return rows
+
+    def _warn_unused_keys(self, filters: Mapping[str, Any]) -> None:
+        """A filter that matched nothing because it names a key no node has (a typo:
+        ``{"soruce": ...}``) returns no results, which reads like "nothing relevant":
+        say so, once per key and store."""
+        unused = self._st.db.keys_unused(filter_keys(filters), self._st.view)
+        for key in unused:
+            if key not in self._warned_keys:
+                self._warned_keys.add(key)
+                warnings.warn(
+                    f"filter key {key!r} is in no node's metadata ({self._st.n_live} nodes), "
+                    "so the filter matched nothing; check its spelling",
+                    UserWarning,
+                    stacklevel=4,
+                )
 
     def _search_rows(self, q: torch.Tensor, k: int, allowed: np.ndarray | None) -> list[Result]:
         n_rows, cfg, br = self._st.rows.n_rows, self._st.cfg, self._st.block_rows

@@ -421,6 +421,20 @@ class NodeDB:
             )
             return [r[0] for r in cur]
 
+    def keys_unused(self, keys: Iterable[str], view: int) -> list[str]:
+        """Those of ``keys`` that no live node's metadata has (in generation ``view``)."""
+        unused = []
+        with self.reading() as conn:
+            for key in dict.fromkeys(keys):
+                found = conn.execute(
+                    "SELECT 1 FROM node_meta m JOIN nodes n ON n.vid = m.vid "
+                    f"WHERE m.key = ? AND {_LIVE} LIMIT 1",
+                    (key, view, view),
+                ).fetchone()
+                if found is None:
+                    unused.append(key)
+        return unused
+
     def count_live(self, view: int) -> int:
         with self.reading() as conn:
             cur = conn.execute(f"SELECT count(*) FROM nodes n WHERE {_LIVE}", (view, view))

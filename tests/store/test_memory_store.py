@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -269,3 +271,19 @@ def test_memories_that_are_or_become_all_zeros_are_refused():
     wide = MemoryStore(n_mem=1, hidden_size=4, dtype="float32")
     wide.add(torch.full((1, 1, 4), 1e-8))  # representable there: kept
     assert wide.search(torch.ones(1, 4), k=1)[0][0].score == pytest.approx(1.0)
+
+
+def test_a_filter_naming_a_key_no_node_has_warns_once():
+    store = MemoryStore(n_mem=N_MEM, hidden_size=H)
+    store.add(clustered(4), metadata=[{"source": "a.pdf", "page": i} for i in range(4)])
+    with pytest.warns(
+        UserWarning, match=r"filter key 'soruce' is in no node's metadata \(4 nodes\)"
+    ):
+        assert store.search(queries(1), k=3, filters={"soruce": "a.pdf"}) == [[]]
+    with pytest.warns(UserWarning, match="'pgae'"):
+        assert store.ids_where({"$or": [{"source": "b.pdf"}, {"pgae": 1}]}) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        store.search(queries(1), k=3, filters={"soruce": "x"})  # said once already
+        assert store.ids_where({"source": "b.pdf"}) == []  # a real key: an honest "none"
+        assert len(store.search(queries(1), k=3, filters={"page": {"$gte": 2}})[0]) == 2
