@@ -66,7 +66,7 @@ def persist(st: StoreState, target: Path, *, overwrite: bool, show_progress: boo
     same = target == st.home
     if same and not (st.dirty or st.settings_changed):
         return
-    before: set[str] = set()
+    before: set[str] | None = None  # store files in target before this persist wrote any
     if same:
         st.begin_write(changes_nodes=False)  # the writer lock and the staleness check
     else:
@@ -79,7 +79,7 @@ def persist(st: StoreState, target: Path, *, overwrite: bool, show_progress: boo
             before = set(_created_files(target))
         manifest, new_db = _write_version(st, target, same, show_progress)
     except BaseException:
-        if not same:
+        if before is not None:  # only once we know which files were there (not after a refusal)
             _remove_uncommitted(target, before, st.uid)
         if new_lock is not None:
             new_lock.release()

@@ -315,3 +315,34 @@ def test_manifest_paths_are_confined_to_the_store(tmp_path, field, value):
     with pytest.raises(StoreCorruptError, match="not a store file name"):
         MemoryStore.load(path)
     assert sorted(os.listdir(tmp_path / "store")) == outside_before
+
+
+def test_a_refusal_under_the_lock_removes_nothing(tmp_path, monkeypatch):
+    """Another store committed into the directory between the first check and the lock:
+    the second check refuses, and none of that store's files are touched."""
+    from clara_integrations.store import _persistence
+
+    path = tmp_path / "s"
+    path.mkdir()
+    other = MemoryStore(n_mem=N_MEM, hidden_size=H)
+    other.add(clustered(2, seed=8), ids=["o1", "o2"])
+    real = _persistence._refuse_other_store
+    calls = []
+
+    def racing(target, overwrite):
+        if target == path:
+            calls.append(target)
+        if (
+            target == path and len(calls) == 2
+        ):  # under the lock: the racing writer has committed meanwhile
+            _persisted(tmp_path / "elsewhere").close()
+            for f in (tmp_path / "elsewhere").iterdir():
+                if f.name != ".writer.lock":
+                    f.rename(path / f.name)
+        real(target, overwrite)
+
+    monkeypatch.setattr(_persistence, "_refuse_other_store", racing)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        other.persist(path)
+    assert len(calls) == 2 and len(_ids(path)) == 20  # the racing writer's store is whole
+    other.close()
