@@ -28,7 +28,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["canonical_value", "compile_filters", "filter_keys", "index_pairs"]
+__all__ = ["canonical_value", "compile_filters", "filter_keys", "index_pairs", "value_types"]
 
 _SCALARS = (str, int, float, bool, type(None))
 _MEMBERSHIP = ("$eq", "$in", "$ne", "$nin")
@@ -179,6 +179,50 @@ def compile_filters(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
     cond, params = condition(filters, _Dialect())
     # Bracketed: callers AND it with the live-row test, and AND binds tighter than OR.
     return f"({cond})", params
+
+
+def json_type(canonical: str) -> str:
+    """``"string"``, ``"number"``, ``"bool"`` or ``"null"``: the JSON type of a canonical
+    value (`canonical_value`), the classes filters compare within."""
+    if canonical.startswith('"'):
+        return "string"
+    if canonical in ("true", "false"):
+        return "bool"
+    return "null" if canonical == "null" else "number"
+
+
+class _TypeProbe(_Dialect):
+    """Records, per key, the JSON types a filter looks for (equality, ``$in`` and range
+    bounds; not ``$ne``/``$nin``, which a value of another type satisfies)."""
+
+    def __init__(self) -> None:
+        self.types: dict[str, set[str]] = {}
+
+    def membership(self, key: str, values: list[str], negated: bool) -> tuple[str, list[Any]]:
+        if not negated:
+            self.types.setdefault(key, set()).update(json_type(v) for v in values)
+        return super().membership(key, values, negated)
+
+    def number_range(self, key: str, op: str, bound: float) -> tuple[str, list[Any]]:
+        self.types.setdefault(key, set()).add("number")
+        return super().number_range(key, op, bound)
+
+    def string_range(self, key: str, op: str, bound: str) -> tuple[str, list[Any]]:
+        self.types.setdefault(key, set()).add("string")
+        return super().string_range(key, op, bound)
+
+
+def value_types(filters: Mapping[str, Any]) -> dict[str, set[str]]:
+    """The JSON types (`json_type`) each key of a valid filter compares with; a key only
+    negated (``$ne``, ``$nin``) maps to an empty set.
+
+    Example:
+        >>> value_types({"year": "2020", "$or": [{"page": {"$gt": 3}}, {"tag": {"$ne": 1}}]})
+        {'year': {'string'}, 'page': {'number'}, 'tag': set()}
+    """
+    probe = _TypeProbe()
+    condition(filters, probe)
+    return {key: probe.types.get(key, set()) for key in filter_keys(filters)}
 
 
 def filter_keys(filters: Mapping[str, Any]) -> list[str]:

@@ -38,7 +38,7 @@ from ._state import StoreState
 from .ann import build_empty_index
 from .config import RUNTIME_FIELDS, StoreConfig, canonical_dtype
 from .errors import NodeNotFoundError, StoreCorruptError
-from .filters import compile_filters, filter_keys
+from .filters import compile_filters, value_types
 from .records import Hit, Node
 from .segments import to_torch
 
@@ -556,7 +556,7 @@ class MemoryStore:
         with self._reading():
             ids = self._st.db.ids_for_filter(filters, self._st.view)
             if filters and not ids and self._st.n_live:
-                self._warn_unused_keys(filters)
+                self._warn_empty_filter(filters)
             return ids
 
     def _filter_rows(self, filters: Mapping[str, Any]) -> np.ndarray:
@@ -565,26 +565,36 @@ class MemoryStore:
         if rows is None:
             rows = self._st.db.rows_for_filter(filters, self._st.view)
             if not rows.size and self._st.n_live:
-                self._warn_unused_keys(filters)
+                self._warn_empty_filter(filters)
             if len(self._st.filter_cache) > 64:
                 self._st.filter_cache.clear()
             self._st.filter_cache[key] = rows
         return rows
 
-    def _warn_unused_keys(self, filters: Mapping[str, Any]) -> None:
+    def _warn_empty_filter(self, filters: Mapping[str, Any]) -> None:
         """A filter that matched nothing because it names a key no node has (a typo:
-        ``{"soruce": ...}``) returns no results, which reads like "nothing relevant":
-        say so, once per key and store."""
-        unused = self._st.db.keys_unused(filter_keys(filters), self._st.view)
-        for key in unused:
-            if key not in self._warned_keys:
-                self._warned_keys.add(key)
-                warnings.warn(
-                    f"filter key {key!r} is in no node's metadata ({self._st.n_live} nodes), "
-                    "so the filter matched nothing; check its spelling",
-                    UserWarning,
-                    stacklevel=4,
+        ``{"soruce": ...}``) or compares a key with values of another JSON type than the
+        nodes hold (``{"year": "2020"}`` against 2020) returns no results, which reads like
+        "nothing relevant": say so, once per key and store."""
+        for key, wanted in value_types(filters).items():
+            if key in self._warned_keys:
+                continue
+            held = self._st.db.value_types(key, self._st.view)
+            if not held:
+                why = f"is in no node's metadata ({self._st.n_live} nodes)"
+            elif wanted and not wanted & held:
+                why = (
+                    f"is compared with {'/'.join(sorted(wanted))} values, but the nodes hold "
+                    f'{"/".join(sorted(held))} values there ("2020" never equals 2020)'
                 )
+            else:
+                continue
+            self._warned_keys.add(key)
+            warnings.warn(
+                f"filter key {key!r} {why}, so the filter matched nothing; check it",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _search_rows(self, q: torch.Tensor, k: int, allowed: np.ndarray | None) -> list[Result]:
         n_rows, cfg, br = self._st.rows.n_rows, self._st.cfg, self._st.block_rows

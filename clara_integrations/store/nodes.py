@@ -421,19 +421,18 @@ class NodeDB:
             )
             return [r[0] for r in cur]
 
-    def keys_unused(self, keys: Iterable[str], view: int) -> list[str]:
-        """Those of ``keys`` that no live node's metadata has (in generation ``view``)."""
-        unused = []
+    def value_types(self, key: str, view: int) -> set[str]:
+        """JSON types (`filters.json_type`) of ``key``'s values among the live nodes of
+        generation ``view``; empty when no live node has the key."""
         with self.reading() as conn:
-            for key in dict.fromkeys(keys):
-                found = conn.execute(
-                    "SELECT 1 FROM node_meta m JOIN nodes n ON n.vid = m.vid "
-                    f"WHERE m.key = ? AND {_LIVE} LIMIT 1",
-                    (key, view, view),
-                ).fetchone()
-                if found is None:
-                    unused.append(key)
-        return unused
+            cur = conn.execute(
+                "SELECT DISTINCT CASE WHEN substr(m.value, 1, 1) = '\"' THEN 'string' "
+                "WHEN m.value IN ('true', 'false') THEN 'bool' WHEN m.value = 'null' "
+                "THEN 'null' ELSE 'number' END FROM node_meta m JOIN nodes n ON n.vid = m.vid "
+                f"WHERE m.key = ? AND {_LIVE}",
+                (key, view, view),
+            )
+            return {r[0] for r in cur}
 
     def count_live(self, view: int) -> int:
         with self.reading() as conn:

@@ -273,7 +273,7 @@ def test_memories_that_are_or_become_all_zeros_are_refused():
     assert wide.search(torch.ones(1, 4), k=1)[0][0].score == pytest.approx(1.0)
 
 
-def test_a_filter_naming_a_key_no_node_has_warns_once():
+def test_a_filter_that_cannot_match_says_why_once():
     store = MemoryStore(n_mem=N_MEM, hidden_size=H)
     store.add(clustered(4), metadata=[{"source": "a.pdf", "page": i} for i in range(4)])
     with pytest.warns(
@@ -282,6 +282,10 @@ def test_a_filter_naming_a_key_no_node_has_warns_once():
         assert store.search(queries(1), k=3, filters={"soruce": "a.pdf"}) == [[]]
     with pytest.warns(UserWarning, match="'pgae'"):
         assert store.ids_where({"$or": [{"source": "b.pdf"}, {"pgae": 1}]}) == []
+    with pytest.warns(
+        UserWarning, match=r"'page' is compared with string values, but the nodes hold number"
+    ):
+        assert store.ids_where({"page": {"$in": ["1", "2"]}}) == []
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         store.search(queries(1), k=3, filters={"soruce": "x"})  # said once already
