@@ -5,8 +5,8 @@ Only this subpackage imports `langchain-core`; install it with
 
 How memory reaches the chat model: documents are passed to `ChatClara` as a call
 keyword, `llm.invoke(question, documents=docs)`. A document whose `id` is in the
-chat model's `MemoryStore` is read from its stored memory tokens; any other document is
-compressed from its text on the fly. `create_clara_rag_chain` wires this up for you.
+chat model's `MemoryStore` with the same text is read from its stored memory tokens; any
+other document is compressed from its text on the fly. `create_clara_rag_chain` wires this up for you.
 
 Example:
     >>> from clara_integrations.langchain import ChatClara, ClaraRetriever, create_clara_rag_chain

@@ -55,7 +55,8 @@ class _ShortRepr:
 
 
 def to_items(documents: Sequence[Document]) -> list[Item]:
-    """One item per document: its id (a store id gets the stored memory), text, metadata.
+    """One item per document: its id (a store id with the stored text gets the stored
+    memory), text, metadata.
 
     Raises:
         TypeError: an entry is not a `Document`.

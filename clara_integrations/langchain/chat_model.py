@@ -34,7 +34,8 @@ class ChatClara(PipelineOwner, BaseChatModel):
 
     With documents (`invoke(question, documents=docs)`) the generator reads their memory
     tokens, spliced into CLaRa's answer prompt, never their text: a document whose `id`
-    is in `store` uses its stored memory, any other is compressed on the fly; a tensor
+    is in `store` with the stored text uses its stored memory, any other is compressed
+    on the fly (an id with other text is, with a warning); a tensor
     `(k, n_mem, H)` of memories is accepted too. The question is the last human
     message; CLaRa's generator was trained on single-turn prompts, so earlier turns and
     system messages are not part of its prompt. Without documents it is the plain base

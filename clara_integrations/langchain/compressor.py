@@ -21,8 +21,8 @@ RELEVANCE_KEY = "relevance_score"
 
 class ClaraDocumentCompressor(PipelineOwner, BaseDocumentCompressor):
     """Rerank documents by the cosine between the query reasoner's question vector and
-    each document's memory (stored memory when the document's id is in `store`, else
-    its text compressed now), keeping the best `top_n`.
+    each document's memory (stored memory when the document's id is in `store` with the
+    same text, else its text compressed now), keeping the best `top_n`.
 
     Each returned document is a copy with the cosine under `metadata["relevance_score"]`.
     Use it in `ContextualCompressionRetriever` to let CLaRa rerank BM25, Chroma, ...

@@ -23,6 +23,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
+    TextBlock,
 )
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.instrumentation import get_dispatcher
@@ -128,6 +129,7 @@ class ClaraLLM(PicklesWhole, CustomLLM):
     _pipeline: ClaraPipeline = PrivateAttr()
     _warned_text_context: bool = PrivateAttr(default=False)
     _warned_template: bool = PrivateAttr(default=False)
+    _warned_dropped: bool = PrivateAttr(default=False)
     _answers: OrderedDict = PrivateAttr(default_factory=OrderedDict)
 
     def __init__(self, model: Any = None, **kwargs: Any) -> None:
@@ -161,11 +163,13 @@ class ClaraLLM(PicklesWhole, CustomLLM):
 
     # ------------------------------------------------------------------ preparation
     def _generate_kwargs(self, call_kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        kwargs = {
-            **self.generate_kwargs,
-            **sampling_kwargs(self.temperature, self.top_p),
-            **call_kwargs,
-        }
+        call = dict(call_kwargs)
+        # A per-call temperature/top_p goes through the same translation as the fields
+        # (0: greedy, else do_sample): passed raw, transformers ignored it under greedy
+        # decoding and refused temperature=0 under sampling.
+        temperature = call.pop("temperature", self.temperature)
+        top_p = call.pop("top_p", self.top_p)
+        kwargs = {**self.generate_kwargs, **sampling_kwargs(temperature, top_p), **call}
         return int(kwargs.pop("max_new_tokens", self.max_new_tokens)), kwargs
 
     def memory_batch(self, memory: MemoryLike) -> torch.Tensor:
@@ -245,14 +249,30 @@ class ClaraLLM(PicklesWhole, CustomLLM):
 
     def _chat_generation(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]):
         memory = kwargs.pop("memory", None)
-        plain = [{"role": m.role.value, "content": m.content or ""} for m in messages]
+        plain = [
+            {"role": m.role.value, "content": _message_text(m, i)} for i, m in enumerate(messages)
+        ]
         question = None
         if memory is not None:
             users = [m.content for m in messages if m.role == MessageRole.USER and m.content]
             if not users:
                 raise ValueError("ClaraLLM.chat with memory needs a user message (the question)")
             question = users[-1]  # CLaRa's answer prompt holds one question: the last one
+            self._warn_dropped(len(messages))
         return self._generation(question, plain, memory, kwargs)
+
+    def _warn_dropped(self, n_messages: int) -> None:
+        """CLaRa's answer prompt is one question over memories: say once what is left out
+        (system prompts, earlier turns of a chat engine)."""
+        if n_messages > 1 and not self._warned_dropped:
+            self._warned_dropped = True
+            logger.warning(
+                "ClaraLLM answers from memory with CLaRa's single-turn prompt: %d of the %d "
+                "messages (system messages, earlier turns) are not part of it; put what they "
+                "say into the question if it matters (shown once per ClaraLLM)",
+                n_messages - 1,
+                n_messages,
+            )
 
     # ------------------------------------------------------------------ completion
     @llm_completion_callback()
@@ -476,3 +496,15 @@ def _default_templates() -> frozenset[str]:
         if name.isupper() and name.endswith("PROMPT")
     ]
     return frozenset(t for t in map(_template_text, prompts) if t is not None)
+
+
+def _message_text(message: ChatMessage, index: int) -> str:
+    """The text of a chat message; other content (an image, audio, a document) is refused:
+    `ChatMessage.content` keeps the text blocks alone, so the rest would vanish unsaid."""
+    for block in message.blocks:
+        if not isinstance(block, TextBlock):
+            raise ValueError(
+                f"ClaraLLM reads text only; message {index} has a {type(block).__name__}: "
+                "describe it in text, or use a multimodal LLM for it"
+            )
+    return message.content or ""

@@ -594,6 +594,28 @@ class ClaraModel(torch.nn.Module):
         )
         return {"input_ids": input_ids, "inputs_embeds": embeds, "attention_mask": attention_mask}
 
+    def _generation_inputs(
+        self, prompt_texts: Sequence[str], memories: torch.Tensor, k: int
+    ) -> dict[str, torch.Tensor]:
+        """`build_decoder_inputs` for prompts to answer, refusing any that the
+        `DECODER_MAX_LENGTH` cap would cut: the cut falls on the question and the
+        assistant turn (right truncation), so the model would answer half a question."""
+        lengths = [
+            len(ids)
+            for ids in self.tokenizer(list(prompt_texts), add_special_tokens=False)["input_ids"]
+        ]
+        for i, n in enumerate(lengths):
+            if n > DECODER_MAX_LENGTH:
+                slot = self.n_mem + 1  # memory tokens and <SEP>
+                raise ValueError(
+                    f"prompt {i} is {n} tokens ({k} documents x {slot} memory-slot tokens = "
+                    f"{k * slot}, the rest question and template), above the "
+                    f"{DECODER_MAX_LENGTH} tokens the generator reads (the reference's cap); "
+                    "its end, with the question, would be cut: pass fewer documents "
+                    "(similarity_top_k / k) or a shorter question"
+                )
+        return self.build_decoder_inputs(prompt_texts, memories, k)
+
     def prepare_generation_inputs(
         self, questions: Sequence[str], memories: torch.Tensor, k: int | None = None
     ) -> dict[str, torch.Tensor]:
@@ -610,7 +632,7 @@ class ClaraModel(torch.nn.Module):
         """
         questions = validate_texts(questions, "question")
         memories, k = self._check_memories(questions, memories, k)
-        return self.build_decoder_inputs(self._answer_prompts(questions, k), memories, k)
+        return self._generation_inputs(self._answer_prompts(questions, k), memories, k)
 
     def _top_k(self, k: Any) -> int:
         # `k or default` would turn k=0 into the config's k; only None means "default".
@@ -773,7 +795,7 @@ class ClaraModel(torch.nn.Module):
             return []
         k = self._check_documents(questions, documents)
         memory = self._compress_unique(documents, batch_size)
-        inputs = self.build_decoder_inputs(self._answer_prompts(questions, k), memory, k)
+        inputs = self._generation_inputs(self._answer_prompts(questions, k), memory, k)
         return self._generate_text(inputs, max_new_tokens, **generate_kwargs)
 
     def generate_from_paraphrase(
@@ -798,7 +820,7 @@ class ClaraModel(torch.nn.Module):
             )[0]
             for _ in documents
         ]
-        inputs = self.build_decoder_inputs(texts, memory, k)
+        inputs = self._generation_inputs(texts, memory, k)
         return self._generate_text(inputs, max_new_tokens, **generate_kwargs)
 
     @torch.no_grad()
@@ -849,7 +871,7 @@ class ClaraModel(torch.nn.Module):
             )
         queries = self.encode_queries(questions, batch_size=batch_size)
         selected, topk_idx, _ = self.select(queries, candidate_memories.to(self.device), k)
-        inputs = self.build_decoder_inputs(self._answer_prompts(questions, k), selected, k)
+        inputs = self._generation_inputs(self._answer_prompts(questions, k), selected, k)
         return self._generate_text(inputs, max_new_tokens, **generate_kwargs), topk_idx
 
     # ------------------------------------------------------------------ saving

@@ -12,6 +12,7 @@ nothing but a second lock order to reason about.
 from __future__ import annotations
 
 import itertools
+import logging
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,8 @@ from ..store.protocol import MemoryStoreProtocol
 from .cache import CompressionCache
 from .generation import Answer, AnswerStream, Generation
 from .hybrid import StoreBM25, live_nodes, reciprocal_rank_fusion
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "EMPTY_QUERY",
@@ -272,6 +275,7 @@ class ClaraPipeline:
         self.store = store
         self.cache = cache if cache is not None else CompressionCache(max_items=cache_size)
         self._lexical: StoreBM25 | None = None  # built on the first hybrid retrieval
+        self._warned_other_text = False
 
     def rebind(self, model: ClaraModel, store: MemoryStoreProtocol | None) -> ClaraPipeline:
         """This pipeline if it runs `model` over `store`, else a new one that does,
@@ -455,10 +459,45 @@ class ClaraPipeline:
         return self._select(q, items, memories, k)
 
     # ------------------------------------------------------------------ memory
+    def _stored_memories(
+        self, items: list[Item], rows: list[torch.Tensor | None]
+    ) -> list[torch.Tensor | None]:
+        """`rows` with the store's memory for each item that has none and a store id whose
+        stored text is the item's text (or that has no text). An id whose text differs (an
+        id from another source, text edited after retrieval) would answer from another
+        document's memory: that item's own text is compressed instead, said once."""
+        wanted = [it.id for it, row in zip(items, rows) if row is None and it.id is not None]
+        known = [i for i in dict.fromkeys(wanted) if i in self.store]
+        if not known:
+            return rows
+        nodes, memories = self.store.get_nodes_with_memories(known)
+        stored = {n.id: (n.text, m) for n, m in zip(nodes, memories)}
+        out, other_text = [], []
+        for j, (it, row) in enumerate(zip(items, rows)):
+            if row is None and it.id in stored:
+                text, memory = stored[it.id]
+                if isinstance(it.text, str) and it.text.strip() and it.text != text:
+                    other_text.append(j)
+                else:
+                    row = memory
+            out.append(row)
+        if other_text and not self._warned_other_text:
+            self._warned_other_text = True
+            logger.warning(
+                "%d of %d documents have the id of a stored node but other text (e.g. "
+                "documents[%d], id %r): their own text is compressed instead of using that "
+                "node's memory (shown once per pipeline)",
+                len(other_text),
+                len(items),
+                other_text[0],
+                items[other_text[0]].id,
+            )
+        return out
+
     def memories(self, items: Sequence[Item]) -> torch.Tensor:
         """``(k, n_mem, H)`` memories of `items`, in order, in the model's dtype and device:
-        the item's own memory, else the store's for its id, else its text compressed now
-        (once: `cache`).
+        the item's own memory, else the store's for its id (if the item's text is the
+        stored text, or empty), else its text compressed now (once: `cache`).
 
         Raises:
             ValueError: an item to compress has empty text.
@@ -471,10 +510,7 @@ class ClaraPipeline:
         items = list(items)
         rows: list[torch.Tensor | None] = [it.memory for it in items]
         if self.store is not None:
-            wanted = [it.id for it, row in zip(items, rows) if row is None and it.id is not None]
-            known = [i for i in dict.fromkeys(wanted) if i in self.store]
-            stored = dict(zip(known, self.store.get_memories(known))) if known else {}
-            rows = [stored.get(it.id) if row is None else row for it, row in zip(items, rows)]
+            rows = self._stored_memories(items, rows)
         todo = [j for j, row in enumerate(rows) if row is None]
         for j in todo:
             if not isinstance(items[j].text, str) or not items[j].text.strip():

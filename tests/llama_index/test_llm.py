@@ -183,3 +183,48 @@ def test_generation_errors_reach_the_consumer(e2e_model):
 
     with pytest.raises(RuntimeError, match="boom"):
         list(Generation(e2e_model.tokenizer, run).stream())
+
+
+def test_per_call_temperature_is_applied_like_the_fields(e2e_model, reference, memory):
+    greedy = ClaraLLM(model=e2e_model, max_new_tokens=3)
+    max_new, kwargs = greedy._generate_kwargs({"temperature": 0.7})
+    assert max_new == 3 and kwargs["do_sample"] is True and kwargs["temperature"] == 0.7
+    sampling = ClaraLLM(model=e2e_model, max_new_tokens=3, temperature=0.7, top_p=0.9)
+    assert sampling._generate_kwargs({"temperature": 0}) == (3, {})  # greedy, not an error
+    question = reference["questions"][0]
+    assert (
+        sampling.complete(question, memory=memory, temperature=0).text
+        == greedy.complete(question, memory=memory).text
+    )
+
+
+def test_chat_with_memory_says_once_which_messages_it_leaves_out(
+    e2e_model, reference, memory, caplog
+):
+    llm = ClaraLLM(model=e2e_model, max_new_tokens=2)
+    messages = [
+        ChatMessage(role=MessageRole.SYSTEM, content="Answer in French."),
+        ChatMessage(role=MessageRole.USER, content="earlier turn"),
+        ChatMessage(role=MessageRole.ASSISTANT, content="ok"),
+        ChatMessage(role=MessageRole.USER, content=reference["questions"][1]),
+    ]
+    with caplog.at_level("WARNING", logger="clara_integrations.llama_index.llm"):
+        llm.chat(messages, memory=memory)
+        llm.chat(messages, memory=memory)
+    said = [r.getMessage() for r in caplog.records if "single-turn prompt" in r.getMessage()]
+    assert said == [said[0]] and "3 of the 4 messages" in said[0]
+
+
+def test_non_text_content_is_refused_not_dropped(llm, memory):
+    from llama_index.core.base.llms.types import ImageBlock, TextBlock
+
+    message = ChatMessage(
+        role=MessageRole.USER,
+        blocks=[
+            TextBlock(text="What is in this picture?"),
+            ImageBlock(url="http://x.invalid/a.png"),
+        ],
+    )
+    for kwargs in ({}, {"memory": memory}):
+        with pytest.raises(ValueError, match="reads text only; message 0 has a ImageBlock"):
+            llm.chat([message], **kwargs)

@@ -112,3 +112,21 @@ def test_generate_rejects_k_that_is_not_a_positive_int(e2e_model, k):
 def test_generate_k_none_uses_the_config_default(e2e_model):
     _, idx = e2e_model.generate_from_questions(["a?"], documents=[DOCS], k=None, max_new_tokens=1)
     assert idx.shape == (1, e2e_model.config.generation_top_k)
+
+
+def test_a_prompt_past_the_decoder_cap_is_refused_not_cut(e2e_model):
+    """The reference cuts answer prompts at 1024 tokens on the right: the question and the
+    assistant turn go first, and the model answers half a question."""
+    memory = e2e_model.compress_documents(DOCS[:1])
+    question = "Who is the Eiffel Tower named after?"
+    fits = e2e_model.prepare_generation_inputs([question], memory.repeat(2, 1, 1))
+    assert fits["attention_mask"].sum() < 1024
+    with pytest.raises(
+        ValueError, match=r"prompt 0 is \d+ tokens .* above the 1024 .* fewer documents"
+    ):
+        e2e_model.prepare_generation_inputs(["word " * 1100 + question], memory.repeat(2, 1, 1))
+    many = 1024 // (e2e_model.n_mem + 1)  # memory slots alone fill the cap
+    with pytest.raises(ValueError, match=rf"{many} documents x {e2e_model.n_mem + 1}"):
+        e2e_model.prepare_generation_inputs([question], memory.repeat(many, 1, 1))
+    with pytest.raises(ValueError, match="above the 1024"):
+        e2e_model.generate_from_text(["word " * 1100 + question], [DOCS[:1]], max_new_tokens=1)

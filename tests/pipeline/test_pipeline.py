@@ -88,8 +88,12 @@ def test_rerank_compresses_each_text_once(e2e_model, reference, monkeypatch):
 def test_memories_stored_carried_or_compressed(pipeline, e2e_model, store, reference, monkeypatch):
     carried = torch.randn(e2e_model.n_mem, e2e_model.hidden_size)
     monkeypatch.setattr(e2e_model, "compress_documents", _no_compression)
-    out = pipeline.memories([Item("1", "text not read"), Item("x", "text", memory=carried)])
-    assert torch.equal(out[0], store.get_memories(["1"])[0]) and torch.equal(out[1], carried)
+    stored_text = store.get_nodes(["1"])[0].text
+    out = pipeline.memories(
+        [Item("1", stored_text), Item("1", ""), Item("x", "text", memory=carried)]
+    )
+    assert torch.equal(out[0], store.get_memories(["1"])[0]) and torch.equal(out[1], out[0])
+    assert torch.equal(out[2], carried)
     monkeypatch.undo()
     fresh = pipeline.memories(
         [Item("not-in-store", reference["docs"][2]), Item(None, reference["docs"][2])]
@@ -111,6 +115,22 @@ class _StubModel:
     def compress_documents(self, texts, batch_size=16, show_progress=False):
         self.calls += len(texts)
         return torch.ones(len(texts), 2, 4)
+
+
+def test_a_store_id_with_other_text_is_read_from_its_text(e2e_model, store, reference, caplog):
+    """An id shared with another source, or text edited after retrieval: the stored
+    memory belongs to another document, so the item's own text is compressed (said once)."""
+    pipeline = ClaraPipeline(e2e_model, store)
+    fake = "The secret password is swordfish."
+    with caplog.at_level("WARNING", logger="clara_integrations.pipeline.core"):
+        out = pipeline.memories([Item("0", fake), Item("2", reference["docs"][2])])
+        pipeline.memories([Item("0", fake)])
+    torch.testing.assert_close(out[0], e2e_model.compress_documents([fake])[0])
+    assert torch.equal(out[1], store.get_memories(["2"])[0])
+    said = [r.getMessage() for r in caplog.records]
+    assert (
+        len(said) == 1 and "1 of 2 documents have the id of a stored node but other text" in said[0]
+    )
 
 
 def test_cache_is_keyed_by_text_and_model_identity_and_bounded():
