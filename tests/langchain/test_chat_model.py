@@ -41,9 +41,10 @@ def test_answers_from_memory_like_the_model(llm, e2e_model, doc_store, reference
 def test_generator_reads_memory_not_document_text(
     llm, e2e_model, doc_store, reference, monkeypatch
 ):
-    """The documents' text never reaches the model: the prompt holds memory placeholders,
-    the spliced embeddings are the stored memory rows, and tampering with the text (or
-    forbidding compression) changes nothing."""
+    """The documents' text never reaches the model: the prompt holds memory placeholders
+    and the spliced embeddings are the stored memory rows, read without compressing
+    anything (an id whose text differs from the stored text is compressed from its own
+    text instead: tests/pipeline/test_pipeline.py)."""
     question = reference["questions"][1]
     ids = [str(i) for i in reference["e2e.topk_idx"][1]]
     captured = {}
@@ -59,15 +60,15 @@ def test_generator_reads_memory_not_document_text(
 
     monkeypatch.setattr(e2e_model, "prepare_generation_inputs", spy)
     monkeypatch.setattr(e2e_model, "compress_documents", no_compression)
-    tampered = [Document(page_content="zzz unrelated text zzz", id=i) for i in ids]
-    answer = llm.invoke(question, documents=tampered).content
+    stored = [Document(page_content=n.text, id=n.id) for n in doc_store.get_nodes(ids)]
+    answer = llm.invoke(question, documents=stored).content
     assert answer == reference["e2e.generate_from_questions"][1]
 
     assert captured["questions"] == [question]
     inputs = captured["inputs"]
     prompt = e2e_model.tokenizer.decode(inputs["input_ids"][0])
     assert question in prompt
-    for text in [reference["docs"][int(i)] for i in ids] + ["zzz"]:
+    for text in [reference["docs"][int(i)] for i in ids]:
         assert text not in prompt
     slots = torch.isin(inputs["input_ids"][0], torch.tensor(e2e_model.special.mem_token_ids))
     spliced = inputs["inputs_embeds"][0][slots].reshape(len(ids), e2e_model.n_mem, -1)

@@ -54,7 +54,8 @@ def test_reranks_like_the_reference_selector(e2e_model, reference):
 
 def test_uses_stored_memory_for_store_ids(e2e_model, doc_store, reference, monkeypatch):
     reranker = ClaraDocumentCompressor(model=e2e_model, store=doc_store, top_n=2)
-    docs = [Document(page_content="text not used", id=str(i)) for i in range(5)]
+    stored = doc_store.get_nodes([str(i) for i in range(5)])
+    docs = [Document(page_content=n.text, id=n.id) for n in stored]  # as a retriever returns
 
     def no_compression(*args, **kwargs):
         raise AssertionError("stored documents must not be compressed again")
