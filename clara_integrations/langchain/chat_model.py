@@ -71,6 +71,7 @@ class ChatClara(PipelineOwner, BaseChatModel):
     model_name: str | None = None
     """Name reported in traces and `response_metadata` (default: `clara/<base model>`)."""
     _warned_dropped: bool = PrivateAttr(default=False)
+    _warned_no_documents: bool = PrivateAttr(default=False)
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
@@ -200,6 +201,8 @@ class ChatClara(PipelineOwner, BaseChatModel):
         if documents is None or len(documents) == 0:
             in_prompt = self._documents_in_prompt(messages)
             if in_prompt is None:
+                if documents is not None:
+                    self._warn_no_documents()
                 return self.pipeline.prepare_chat(_chat_messages(messages), **gen)
             question, memory = in_prompt
             return self.pipeline.prepare_answer(question, self.pipeline.memory_batch(memory), **gen)
@@ -253,6 +256,16 @@ class ChatClara(PipelineOwner, BaseChatModel):
         )
         self._warn_dropped(messages)
         return check_question(question), torch.stack([m for _, _, m in spans])
+
+    def _warn_no_documents(self) -> None:
+        """`documents=[]` (a retriever that found nothing, in a RAG chain) is answered by
+        the plain base chat model, from no document at all: say so once."""
+        if not self._warned_no_documents:
+            self._warned_no_documents = True
+            logger.warning(
+                "ChatClara got documents=[] (0 documents): answering with the plain base chat "
+                "model, from no document; check the retriever (shown once per ChatClara)"
+            )
 
     def _warn_dropped(self, messages: Sequence[BaseMessage]) -> None:
         """CLaRa's answer prompt is one question over memories: say once what is left out."""

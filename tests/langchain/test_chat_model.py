@@ -234,3 +234,14 @@ def test_cache_keys_tell_memory_tensors_apart(llm, doc_store):
     a, b = doc_store.get_memories(["0", "1"]), doc_store.get_memories(["0", "2"])
     assert llm._get_llm_string(documents=a) != llm._get_llm_string(documents=b)
     assert llm._get_llm_string(documents=a) == llm._get_llm_string(documents=a.clone())
+
+
+def test_empty_documents_say_once_that_the_base_model_answers(e2e_model, caplog):
+    llm = ChatClara(model=e2e_model, max_new_tokens=2)
+    with caplog.at_level("WARNING", logger="clara_integrations.langchain.chat_model"):
+        llm.invoke("Hello")  # plain chat: nothing to say
+        assert not caplog.records
+        llm.invoke("Who?", documents=[])
+        llm.invoke("Who?", documents=[])
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "documents=[] (0 documents)" in said[0]
