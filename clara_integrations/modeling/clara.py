@@ -569,18 +569,29 @@ class ClaraModel(torch.nn.Module):
         memories: torch.Tensor,
         k: int,
         max_length: int = DECODER_MAX_LENGTH,
+        truncate: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Tokenize rendered prompts (left padding, right truncation at `max_length`) and
         splice `memories` (B * k, n_mem, H) into their memory slots. Differentiable in
-        `memories`; used by generation and by training (prompts with answers)."""
+        `memories`; used by generation and by training (prompts with answers).
+
+        With ``truncate=False`` (prompts to answer) a prompt longer than `max_length` is
+        refused instead: the cut would fall on the question and the assistant turn, and
+        the model would answer half a question.
+
+        Raises:
+            ValueError: ``truncate=False`` and a prompt is longer than `max_length`.
+        """
         enc = self.tokenizer(
             list(prompt_texts),
             add_special_tokens=False,
             padding="longest",
-            truncation=True,
-            max_length=max_length,
+            truncation=truncate,
+            max_length=max_length if truncate else None,
             return_tensors="pt",
         )
+        if not truncate:
+            self._refuse_overlong(enc["attention_mask"].sum(dim=1).tolist(), k, max_length)
         input_ids = enc["input_ids"].to(self.device)
         attention_mask = enc["attention_mask"].to(self.device)
         embeds = self.decoder.get_input_embeddings()(input_ids)
@@ -594,27 +605,23 @@ class ClaraModel(torch.nn.Module):
         )
         return {"input_ids": input_ids, "inputs_embeds": embeds, "attention_mask": attention_mask}
 
-    def _generation_inputs(
-        self, prompt_texts: Sequence[str], memories: torch.Tensor, k: int
-    ) -> dict[str, torch.Tensor]:
-        """`build_decoder_inputs` for prompts to answer, refusing any that the
-        `DECODER_MAX_LENGTH` cap would cut: the cut falls on the question and the
-        assistant turn (right truncation), so the model would answer half a question."""
-        lengths = [
-            len(ids)
-            for ids in self.tokenizer(list(prompt_texts), add_special_tokens=False)["input_ids"]
-        ]
+    def _refuse_overlong(self, lengths: Sequence[int], k: int, max_length: int) -> None:
         for i, n in enumerate(lengths):
-            if n > DECODER_MAX_LENGTH:
+            if n > max_length:
                 slot = self.n_mem + 1  # memory tokens and <SEP>
                 raise ValueError(
                     f"prompt {i} is {n} tokens ({k} documents x {slot} memory-slot tokens = "
-                    f"{k * slot}, the rest question and template), above the "
-                    f"{DECODER_MAX_LENGTH} tokens the generator reads (the reference's cap); "
-                    "its end, with the question, would be cut: pass fewer documents "
-                    "(similarity_top_k / k) or a shorter question"
+                    f"{k * slot}, the rest question and template), above the {max_length} "
+                    "tokens the generator reads (the reference's cap); its end, with the "
+                    "question, would be cut: pass fewer documents (similarity_top_k / k) or "
+                    "a shorter question"
                 )
-        return self.build_decoder_inputs(prompt_texts, memories, k)
+
+    def _generation_inputs(
+        self, prompt_texts: Sequence[str], memories: torch.Tensor, k: int
+    ) -> dict[str, torch.Tensor]:
+        """Decoder inputs of prompts to answer: never truncated (see `build_decoder_inputs`)."""
+        return self.build_decoder_inputs(prompt_texts, memories, k, truncate=False)
 
     def prepare_generation_inputs(
         self, questions: Sequence[str], memories: torch.Tensor, k: int | None = None

@@ -181,6 +181,13 @@ def compile_filters(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
     return f"({cond})", params
 
 
+#: `json_type` in SQL, over a ``node_meta`` row's ``value`` (keep the two in step).
+JSON_TYPE_SQL = (
+    f"CASE WHEN {_IS_STRING} THEN 'string' WHEN value IN ('true', 'false') THEN 'bool' "
+    "WHEN value = 'null' THEN 'null' ELSE 'number' END"
+)
+
+
 def json_type(canonical: str) -> str:
     """``"string"``, ``"number"``, ``"bool"`` or ``"null"``: the JSON type of a canonical
     value (`canonical_value`), the classes filters compare within."""

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreClosedError, StoreCorruptError
-from .filters import compile_filters, index_pairs
+from .filters import JSON_TYPE_SQL, compile_filters, index_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -426,10 +426,8 @@ class NodeDB:
         generation ``view``; empty when no live node has the key."""
         with self.reading() as conn:
             cur = conn.execute(
-                "SELECT DISTINCT CASE WHEN substr(m.value, 1, 1) = '\"' THEN 'string' "
-                "WHEN m.value IN ('true', 'false') THEN 'bool' WHEN m.value = 'null' "
-                "THEN 'null' ELSE 'number' END FROM node_meta m JOIN nodes n ON n.vid = m.vid "
-                f"WHERE m.key = ? AND {_LIVE}",
+                f"SELECT DISTINCT {JSON_TYPE_SQL} FROM node_meta WHERE key = ? "
+                f"AND vid IN (SELECT n.vid FROM nodes n WHERE {_LIVE})",
                 (key, view, view),
             )
             return {r[0] for r in cur}
