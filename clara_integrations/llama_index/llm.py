@@ -83,6 +83,9 @@ class ClaraLLM(PicklesWhole, CustomLLM):
     Anything else (nodes from another retriever, text a postprocessor changed, a node cut
     because the text exceeded ``context_window``, tree-summarize's second level) is read
     as text, with a logged warning.
+    ``index.as_chat_engine(chat_mode="context", llm=...)`` answers each turn from memory
+    the same way; its earlier turns are not part of CLaRa's single-turn prompt (said once:
+    ``chat_mode="condense_question"`` rewrites each question to stand alone first).
 
     Every entry point has its sync, streaming and async forms (`complete`,
     `stream_complete`, `chat`, `stream_chat`, `acomplete`, ...). Answers with memory carry
@@ -130,6 +133,7 @@ class ClaraLLM(PicklesWhole, CustomLLM):
     _warned_text_context: bool = PrivateAttr(default=False)
     _warned_template: bool = PrivateAttr(default=False)
     _warned_dropped: bool = PrivateAttr(default=False)
+    _warned_history: bool = PrivateAttr(default=False)
     _answers: OrderedDict = PrivateAttr(default_factory=OrderedDict)
 
     def __init__(self, model: Any = None, **kwargs: Any) -> None:
@@ -390,8 +394,14 @@ class ClaraLLM(PicklesWhole, CustomLLM):
 
     def _check_template(self, prompt: Any) -> None:
         """CLaRa answers from memory with its own fixed prompt (the question and the
-        memories): say once when a user's template is therefore not applied."""
-        template = _template_text(prompt)
+        memories): say once when a user's template, or a chat engine's history, is
+        therefore not applied."""
+        chat = _chat_template_parts(prompt)
+        if chat is not None:
+            template, history = chat
+            self._warn_history(history)
+        else:
+            template = _template_text(prompt)
         if template is None or template in _default_templates() or self._warned_template:
             return
         self._warned_template = True
@@ -402,6 +412,23 @@ class ClaraLLM(PicklesWhole, CustomLLM):
             "from the template and the documents' text (shown once per ClaraLLM)",
             template[:60] + ("..." if len(template) > 60 else ""),
             len(template),
+        )
+
+    def _warn_history(self, history: int) -> None:
+        """A chat engine (``index.as_chat_engine(chat_mode="context")``) puts its earlier
+        turns between the context and the question: CLaRa's answer prompt has no place
+        for them, so a follow-up that refers to them ("and when was he born?") is answered
+        without them. Say so once."""
+        if history == 0 or self._warned_history:
+            return
+        self._warned_history = True
+        logger.warning(
+            "ClaraLLM answered a chat engine's question from memory with CLaRa's single-turn "
+            "answer prompt: the %d earlier chat message(s) in its prompt are not part of it, "
+            "so a follow-up that refers to them is answered without them. Use "
+            'index.as_chat_engine(chat_mode="condense_question", llm=...) to have each '
+            "question rewritten to stand alone first (shown once per ClaraLLM)",
+            history,
         )
 
     def _remember(self, plan: _ContextPlan, answer: str) -> None:
@@ -484,9 +511,26 @@ def _template_text(prompt: Any) -> str | None:
         return None
 
 
+def _chat_template_parts(prompt: Any) -> tuple[str, int] | None:
+    """For a chat engine's prompt (a chat template: a message with the context, other
+    messages, a last user message with ``{query_str}``): (the context message's text, the
+    number of other messages: system prompts and earlier turns). None for other prompts."""
+    prompt = getattr(prompt, "default_template", prompt)
+    messages = getattr(prompt, "message_templates", None)
+    if not messages:
+        return None
+    texts = [m.content or "" for m in messages]
+    context = [i for i, t in enumerate(texts) if "{context_str}" in t or "{context_msg}" in t]
+    if not context or "{query_str}" not in texts[-1] or context[0] == len(texts) - 1:
+        return None  # one message holds both: an ordinary template, its text is checked
+    return texts[context[0]], len(texts) - 2
+
+
 @functools.cache
 def _default_templates() -> frozenset[str]:
-    """LlamaIndex's own QA / refine / summarize templates (their text)."""
+    """LlamaIndex's own QA / refine / summarize templates and its chat engines' context
+    templates (their text)."""
+    from llama_index.core.chat_engine import condense_plus_context, context  # noqa: PLC0415
     from llama_index.core.prompts import chat_prompts, default_prompts  # noqa: PLC0415
 
     prompts = [
@@ -495,7 +539,16 @@ def _default_templates() -> frozenset[str]:
         for name in dir(module)
         if name.isupper() and name.endswith("PROMPT")
     ]
-    return frozenset(t for t in map(_template_text, prompts) if t is not None)
+    # The chat engines keep theirs as strings (the system message is the template plus
+    # the engine's system prompt, so a system prompt still counts as custom).
+    engines = [
+        getattr(module, name)
+        for module in (context, condense_plus_context)
+        for name in dir(module)
+        if (name.startswith("DEFAULT_") and "CONTEXT" in name) or name == "DEFAULT_REFINE_TEMPLATE"
+    ]
+    texts = {t for t in map(_template_text, prompts) if t is not None}
+    return frozenset(texts | {t for t in engines if isinstance(t, str)})
 
 
 def _message_text(message: ChatMessage, index: int) -> str:

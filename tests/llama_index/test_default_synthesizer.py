@@ -285,3 +285,39 @@ def test_a_custom_template_on_the_memory_path_is_said_once(index, e2e_model, ref
         engine.query(reference["questions"][0])
         engine.query(reference["questions"][1])
     assert caplog.text.count("the custom template 'Reply in French.") == 1
+
+
+HISTORY_WARNING = "earlier chat message(s) in its prompt are not part of it"
+
+
+def test_a_context_chat_engine_answers_from_memory_and_says_once_it_drops_history(
+    index, e2e_model, reference, spy, caplog
+):
+    """``as_chat_engine(chat_mode="context")`` puts earlier turns into the synthesizer's chat
+    template; CLaRa's single-turn prompt has no place for them. Turn 1 is answered from
+    memory with nothing to say (the engine's own template); from turn 2 on the history is
+    left out, which used to be silent, and is now said once with the count."""
+    llm = clara_llm(e2e_model)
+    engine = index.as_chat_engine(chat_mode="context", llm=llm, similarity_top_k=K)
+    with caplog.at_level(logging.WARNING, logger="clara_integrations.llama_index"):
+        engine.chat(reference["questions"][0])
+        assert caplog.text == ""  # the engine's default template: nothing is lost
+        engine.chat(reference["questions"][1])
+        engine.chat(reference["questions"][0])
+    assert spy.text_calls == 0 and len(spy.memory_calls) == 3  # every turn from memory
+    assert caplog.text.count(HISTORY_WARNING) == 1
+    assert "the 2 earlier chat message(s)" in caplog.text  # turn 2: one question, one answer
+    assert 'chat_mode="condense_question"' in caplog.text
+    assert "custom template" not in caplog.text
+
+
+def test_a_chat_engine_system_prompt_is_a_custom_template(index, e2e_model, reference, caplog):
+    """A system prompt given to the chat engine is appended to its context message: it is
+    not applied on the memory path, which the custom-template warning says."""
+    llm = clara_llm(e2e_model)
+    engine = index.as_chat_engine(
+        chat_mode="context", llm=llm, similarity_top_k=K, system_prompt="Answer like a pirate."
+    )
+    with caplog.at_level(logging.WARNING, logger="clara_integrations.llama_index"):
+        engine.chat(reference["questions"][0])
+    assert caplog.text.count("custom template") == 1 and HISTORY_WARNING not in caplog.text
