@@ -11,6 +11,7 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 from ..modeling.assets import default_model
 from ..pipeline import ClaraPipeline
 from ._pickle import PicklesWhole
+from ._provenance import VECTORS
 
 __all__ = ["ClaraEmbedding"]
 
@@ -29,6 +30,9 @@ class ClaraEmbedding(PicklesWhole, BaseEmbedding):
     Args:
         model: a `ClaraModel` with compressor and query reasoner.
         embed_batch_size: texts per compression batch.
+
+    The vectors it returns are remembered as this model's, so that `ClaraVectorStore`
+    refuses them if its store holds another model's memory.
 
     Raises:
         MissingAdapterError (when a query is embedded): the model has no query reasoner.
@@ -59,10 +63,14 @@ class ClaraEmbedding(PicklesWhole, BaseEmbedding):
         return self._pipeline.model
 
     def _get_query_embedding(self, query: str) -> list[float]:
-        return self._pipeline.embed_query(query)
+        vector = self._pipeline.embed_query(query)
+        VECTORS.note(self.model.model_identity, [vector])  # ClaraVectorStore checks it
+        return vector
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self._pipeline.embed_documents(texts, self.embed_batch_size)  # (N, n_mem * H)
+        vectors = self._pipeline.embed_documents(texts, self.embed_batch_size)  # (N, n_mem * H)
+        VECTORS.note(self.model.model_identity, vectors)
+        return vectors
 
     def _get_text_embedding(self, text: str) -> list[float]:
         return self._get_text_embeddings([text])[0]

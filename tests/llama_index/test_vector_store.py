@@ -225,3 +225,48 @@ def test_hybrid_query_mode_is_the_pipelines_fusion(index, e2e_model, reference):
         )
     with pytest.raises(ValueError, match="query_str"):
         index.vector_store.query(VectorStoreQuery(query_embedding=[0.1] * width, mode=hybrid))
+
+
+@pytest.fixture(scope="module")
+def other_model(e2e_model):
+    """The same weights under another compressor identity: what a retrained model looks
+    like to a store (same width, other memory)."""
+    import copy
+
+    other = copy.deepcopy(e2e_model)
+    other._identity = "clara-0000000000000000"
+    return other
+
+
+def test_a_store_loaded_without_model_refuses_another_models_vectors(
+    e2e_model, other_model, reference, tmp_path
+):
+    """``ClaraVectorStore(store=MemoryStore.load(...))`` has no model to check: a query or
+    node embedded by ClaraEmbedding of another model used to be ranked or stored without a
+    word (same width, wrong space). Vectors ClaraEmbedding made are now recognised."""
+    index = VectorStoreIndex.from_documents(
+        documents(reference)[:3],
+        storage_context=StorageContext.from_defaults(
+            vector_store=ClaraVectorStore(model=e2e_model, dtype=torch.float32)
+        ),
+        embed_model=ClaraEmbedding(model=e2e_model),
+    )
+    index.vector_store.persist(str(tmp_path / "store"))
+    loaded = ClaraVectorStore(store=MemoryStore.load(tmp_path / "store"))  # no model=
+    theirs, ours = ClaraEmbedding(model=other_model), ClaraEmbedding(model=e2e_model)
+    question = reference["questions"][0]
+    with pytest.raises(StoreMismatchError, match="clara-0000000000000000"):
+        loaded.query(VectorStoreQuery(query_embedding=theirs.get_query_embedding(question)))
+    node = TextNode(text="Paris is in France.", id_="new")
+    node.embedding = theirs.get_text_embedding(node.text)
+    with pytest.raises(StoreMismatchError, match="node 'new'"):
+        loaded.add([node])
+    assert len(loaded.client) == 3  # nothing was added
+    # The store's own model, and a vector no ClaraEmbedding made, are accepted as before.
+    hits = loaded.query(
+        VectorStoreQuery(query_embedding=ours.get_query_embedding(question), similarity_top_k=2)
+    )
+    assert len(hits.ids) == 2
+    unknown = [x + 1e-3 for x in theirs.get_query_embedding(question)]
+    assert len(loaded.query(VectorStoreQuery(query_embedding=unknown)).ids) == 1
+    loaded.client.close()
