@@ -323,6 +323,14 @@ def _chat_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
         role = message.role if isinstance(message, ChatMessage) else _ROLES.get(message.type)
         if role is None:
             raise ValueError(f"ChatClara cannot send a {message.type!r} message to the model")
+        if isinstance(message, AIMessage) and message.tool_calls:
+            # The base chat template has no tools: the calls would vanish, and the model
+            # would read an empty assistant turn.
+            names = [call["name"] for call in message.tool_calls]
+            raise ValueError(
+                f"ChatClara cannot send an AI message's tool calls {names} to the model (it has "
+                "no tool calling); drop them, or describe their results in a message's text"
+            )
         out.append({"role": role, "content": _message_text(message)})
     return out
 

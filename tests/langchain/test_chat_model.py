@@ -185,6 +185,9 @@ def test_bad_input(llm, e2e_model, reference):
         llm.invoke("Hello", documents=["plain string"])
     with pytest.raises(ValueError, match="text only"):
         llm.invoke([HumanMessage(content=[{"type": "image_url", "image_url": {"url": "x"}}])])
+    calls = [{"name": "search", "args": {"q": "x"}, "id": "1"}]
+    with pytest.raises(ValueError, match=r"tool calls \['search'\]"):  # used to vanish
+        llm.invoke([HumanMessage("Hi"), AIMessage("", tool_calls=calls), HumanMessage("And?")])
 
 
 def test_mismatched_store_is_a_clear_error(e2e_model):
