@@ -11,6 +11,12 @@ Spans are taken from the first `window_words` words only: a compressor reads the
 `doc_max_length` tokens of a document, and a span from past that point would teach the
 query reasoner to find text the memory does not hold.
 
+Titled documents give a second kind of pair (`title_query_rows`): a short query naming
+two documents' titles, whose positives are both. Multi-hop questions name the entities
+whose pages answer them (in the shared HotpotQA/2Wiki sets about half of the gold
+passages' titles occur in their question, against 4-5 % of the distractors'): this
+teaches memory to carry the name it is about, which word overlap (BM25) gets for free.
+
 Example:
     >>> docs = ["The cat sat on the mat all day long.", "Dogs bark at the mailman every day."]
     >>> rows = pseudo_query_rows(docs, per_doc=1, n_candidates=2, min_words=3, max_words=4)
@@ -28,7 +34,7 @@ from typing import Any
 
 from clara_integrations.pipeline.bm25 import BM25
 
-__all__ = ["crop", "pseudo_query_rows", "retrieval_rows"]
+__all__ = ["crop", "pseudo_query_rows", "retrieval_rows", "title_query_rows"]
 
 
 def crop(
@@ -110,3 +116,58 @@ def pseudo_query_rows(
             if query is not None:
                 pairs.append((query, doc))
     return retrieval_rows(pairs, docs, n_candidates, seed)
+
+
+#: Query shapes for two titles (one row each, chosen at random): question-like, so that
+#: the query reasoner sees the kind of text it reads at inference.
+TITLE_PAIR_TEMPLATES = (
+    "{a} and {b}",
+    "Which came first, {a} or {b}?",
+    "What do {a} and {b} have in common?",
+    "How is {a} related to {b}?",
+    "{a} or {b}: which one is older?",
+)
+
+
+def title_query_rows(
+    groups: Sequence[Sequence[tuple[str, str]]], per_group: int = 1, seed: int = 0
+) -> list[dict[str, Any]]:
+    """`per_group` rows per group of related titled documents ((title, text) pairs, e.g.
+    one question's candidates): a query naming two of the group's titles, both documents
+    positive, the rest of the group the candidates. Groups with fewer than three distinct
+    titles are skipped (no negative left). Deterministic for a given `seed`.
+
+    Returns:
+        rows ``{"data_type": "qa", "question", "answer": "", "docs", "pos_index": [i, j]}``.
+
+    Example:
+        >>> group = [("Paris", "Paris is..."), ("Lyon", "Lyon is..."), ("Nice", "Nice is...")]
+        >>> row = title_query_rows([group], seed=1)[0]
+        >>> sorted(row["docs"][i].split(chr(10))[0] for i in row["pos_index"]) == sorted(
+        ...     t for t in ("Paris", "Lyon", "Nice") if t in row["question"])
+        True
+    """
+    rng = random.Random(seed)
+    rows = []
+    for group in groups:
+        seen: dict[str, str] = {}
+        for title, text in group:
+            if title.strip() and title not in seen:
+                seen[title] = text
+        titles = list(seen)
+        if len(titles) < 3:
+            continue
+        docs = [f"{t}\n{seen[t]}" for t in titles]
+        for _ in range(per_group):
+            a, b = rng.sample(range(len(titles)), 2)
+            template = rng.choice(TITLE_PAIR_TEMPLATES)
+            rows.append(
+                {
+                    "data_type": "qa",
+                    "question": template.format(a=titles[a], b=titles[b]),
+                    "answer": "",
+                    "docs": list(docs),
+                    "pos_index": sorted((a, b)),
+                }
+            )
+    return rows

@@ -174,3 +174,21 @@ def test_compress_qa_file_holds_no_held_out_gold_passage(tmp_path):
         for q in (r["question"] if isinstance(r.get("question"), list) else [r.get("question", "")])
     }
     assert asked.isdisjoint(held_questions)
+
+
+def test_title_queries_name_two_candidates_and_keep_held_out_passages_out():
+    """`--title-queries`: per labeled multi-hop question, a query naming two of its titled
+    candidates (both positive) among the rest; no held-out passage, and every row keeps at
+    least the 9 candidates of the labeled rows (a stage cuts all rows to the smallest)."""
+    rows = default_data.read_jsonl(SHARED / "data" / "hotpotqa_dev.jsonl")[:12]
+    held = {doc_text(d) for d in rows[-1]["docs"]} | {doc_text(rows[0]["docs"][3])}
+    built = default_data.retrieval_data(rows[:-1], [], [], held, crops_per_doc=0, title_queries=2)
+    added = [r for r in built if "gold" not in r]
+    assert len(added) == 2 * 11
+    for r in added:
+        assert len(r["docs"]) >= default_data.MIN_CANDIDATES and len(r["pos_index"]) == 2
+        assert all(doc_text(d) not in held for d in r["docs"])
+        titles = [r["docs"][i].split("\n", 1)[0] for i in r["pos_index"]]
+        assert all(t in r["question"] for t in titles)
+    none = default_data.retrieval_data(rows[:-1], [], [], held, crops_per_doc=0)
+    assert len(none) == 11  # off by default: the labeled rows alone

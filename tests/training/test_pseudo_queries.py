@@ -46,3 +46,16 @@ def test_a_document_holding_the_query_is_not_a_negative():
     query = "molten rock called lava when pressure builds"
     row = retrieval_rows([(query, docs[0])], docs, n_candidates=3)[0]
     assert docs[1] not in row["docs"]  # it holds the span word for word: a false negative
+
+
+def test_title_queries_are_deterministic_and_skip_groups_without_negatives():
+    from training.pseudo_queries import title_query_rows
+
+    group = [(f"Title {i}", f"Text {i}.") for i in range(5)] + [("Title 0", "A duplicate.")]
+    rows = title_query_rows([group, group[:2]], per_group=3, seed=7)
+    assert rows == title_query_rows([group, group[:2]], per_group=3, seed=7)
+    assert len(rows) == 3  # the two-title group has no negative left: skipped
+    for row in rows:
+        assert len(row["docs"]) == 5 and "A duplicate." not in "".join(row["docs"])
+        a, b = row["pos_index"]
+        assert a < b and all(row["docs"][i].split("\n")[0] in row["question"] for i in (a, b))

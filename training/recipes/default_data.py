@@ -20,10 +20,12 @@ from pathlib import Path
 
 from clara_integrations.answers import normalize_answer
 from training.data import doc_text
-from training.pseudo_queries import pseudo_query_rows, retrieval_rows
+from training.pseudo_queries import pseudo_query_rows, retrieval_rows, title_query_rows
 
 #: QA sets with candidates and gold labels (shared data README).
 QA_SOURCES = ("hotpotqa", "musique", "2wikimultihopqa", "squad", "nq", "clara_qa")
+#: Candidates per retrieval row (the labeled sets have 9-20; added rows get 9).
+MIN_CANDIDATES = 9
 #: Share of each QA set used for training; the rest is held out for evaluation.
 TRAIN_FRACTION = 0.75
 
@@ -149,12 +151,14 @@ def retrieval_data(
     held_docs: set[str],
     seed: int = 0,
     crops_per_doc: int = 1,
+    title_queries: int = 0,
 ) -> list[dict]:
     """The query reasoner's data (`--retrieval-negatives bank`): the labeled training
-    questions, the pretraining sample's questions with their document, and `crops_per_doc`
+    questions, the pretraining sample's questions with their document, `crops_per_doc`
     cropped pseudo-queries per training-side document (training/pseudo_queries.py), 9
-    candidates each (BM25 negatives). No held-out candidate passage appears in the added
-    rows, as query source or candidate."""
+    candidates each (BM25 negatives), and `title_queries` two-title pseudo-queries per
+    labeled question among its titled candidates (`title_query_rows`). No held-out
+    candidate passage appears in the added rows, as query source or candidate."""
     collection = [doc_text(d) for row in qa_train for d in row["docs"]]
     pairs = []
     for row in pretrain_rows:
@@ -170,6 +174,15 @@ def retrieval_data(
     rows = list(qa_train)
     rows += retrieval_rows(pairs, collection, seed=seed)
     rows += pseudo_query_rows(collection, per_doc=crops_per_doc, seed=seed)
+    groups = [
+        [(d["title"], d["text"]) for d in row["docs"] if doc_text(d) not in held_docs]
+        for row in qa_train
+        if all(isinstance(d, dict) and d.get("title") for d in row["docs"])
+    ]
+    # As many candidates as the labeled rows (9 or more): a stage keeps the smallest
+    # count of the whole set for every row, so a short group would cut all the others.
+    groups = [g for g in groups if len({t for t, _ in g}) >= MIN_CANDIDATES]
+    rows += title_query_rows(groups, per_group=title_queries, seed=seed)
     random.Random(seed).shuffle(rows)
     return rows
 
@@ -209,6 +222,7 @@ def build(
     train_fraction: float = TRAIN_FRACTION,
     seed: int = 0,
     crops_per_doc: int = 1,
+    title_queries: int = 0,
 ) -> dict[str, int]:
     output.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
@@ -238,7 +252,9 @@ def build(
     write_jsonl(output / "compress_qa.jsonl", compress_qa)
     counts["compress_qa"] = len(compress_qa)
     handbook = [doc_text(r) for r in read_jsonl(shared / "handbook_18f_docs.jsonl")]
-    retrieval = retrieval_data(train_all, pretrain, handbook, held_docs, seed, crops_per_doc)
+    retrieval = retrieval_data(
+        train_all, pretrain, handbook, held_docs, seed, crops_per_doc, title_queries
+    )
     write_jsonl(output / "retrieval.jsonl", retrieval)
     counts["retrieval"] = len(retrieval)
     generator = generator_data(train_all, pretrain, held_docs, seed)
@@ -278,8 +294,21 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="cropped pseudo-queries per training-side document in retrieval.jsonl",
     )
+    p.add_argument(
+        "--title-queries",
+        type=int,
+        default=0,
+        help="two-title pseudo-queries per labeled training question in retrieval.jsonl "
+        "(both titled candidates positive; training/pseudo_queries.py)",
+    )
     args = p.parse_args(argv)
-    counts = build(args.shared, args.output, args.train_fraction, crops_per_doc=args.crops_per_doc)
+    counts = build(
+        args.shared,
+        args.output,
+        args.train_fraction,
+        crops_per_doc=args.crops_per_doc,
+        title_queries=args.title_queries,
+    )
     for name, n in counts.items():
         print(f"{name}: {n}")
     if args.demo_excerpt is not None:
