@@ -43,7 +43,28 @@ def memories(x: Any, cfg: StoreConfig) -> torch.Tensor:
         )
     if out.numel():
         _refuse_zero_rows(x.reshape(x.shape[0], cfg.dim), out, cfg)
+        _refuse_unscorable_norms(out)
     return out.contiguous()
+
+
+#: Norms whose cosines the store computes exactly in float32 (`_search`): past the upper
+#: bound a dot product overflows to inf (and the hit is dropped); below the lower one the
+#: norm is clamped (as torch's normalize does) and the row scores near 0 against itself.
+NORM_RANGE = (1e-12, 1e37)
+
+
+def _refuse_unscorable_norms(stored: torch.Tensor) -> None:
+    norms = torch.linalg.vector_norm(stored.double(), dim=1)
+    low, high = NORM_RANGE
+    bad = (norms < low) | (norms > high)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"memories[{i}] has norm {norms[i].item():.3g}, outside the range the store scores "
+            f"exactly ({low:g} to {high:g}; {int(bad.sum())} such rows): such a node would be "
+            "dropped from, or misplaced in, search results. Check the model's output; cosine "
+            "ignores scale, so a rescaled row ranks the same"
+        )
 
 
 def _refuse_zero_rows(given: torch.Tensor, stored: torch.Tensor, cfg: StoreConfig) -> None:

@@ -291,3 +291,21 @@ def test_a_filter_that_cannot_match_says_why_once():
         store.search(queries(1), k=3, filters={"soruce": "x"})  # said once already
         assert store.ids_where({"source": "b.pdf"}) == []  # a real key: an honest "none"
         assert len(store.search(queries(1), k=3, filters={"page": {"$gte": 2}})[0]) == 2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_memories_whose_cosine_cannot_be_scored_exactly_are_refused(dtype):
+    """Near float32's limit a dot product overflows (the hit used to vanish from search:
+    k=2 over 2 nodes gave 1); below 1e-12 the norm is clamped (the row used to score
+    ~3e-8 against its own direction). Both are refused at add and update, naming the row."""
+    store = MemoryStore(n_mem=2, hidden_size=4, dtype=dtype)
+    with pytest.raises(ValueError, match=r"memories\[0\] has norm .* outside the range"):
+        store.add(torch.cat([torch.full((1, 2, 4), 3.0e38), torch.randn(1, 2, 4)]))
+    if dtype == "float32":  # bfloat16 keeps 1e-20 as well; float16 would make it zero
+        with pytest.raises(ValueError, match=r"memories\[1\] has norm 2\.83e-20"):
+            store.add(torch.cat([torch.ones(1, 2, 4), torch.full((1, 2, 4), 1e-20)]))
+    assert len(store) == 0
+    [i] = store.add(torch.ones(1, 2, 4))
+    with pytest.raises(ValueError, match="outside the range"):
+        store.update([i], memories=torch.full((1, 2, 4), 1e38))
+    assert store.search(torch.ones(1, 8), k=1)[0][0].score == pytest.approx(1.0)
