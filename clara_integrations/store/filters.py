@@ -15,7 +15,8 @@ Filter syntax (a dict; several keys are AND-ed)::
 
 Values compare by JSON value: ``1 == 1.0`` and ``True != 1``; ``"1" != 1``. A range
 compares numbers with numbers and strings with strings (code-point order); a bound of one
-type never matches a value of the other, nor booleans or None (strings holding ``"``,
+type never matches a value of the other, nor booleans or None (integers compare
+exactly up to 64 bits, so nanosecond timestamps work; strings holding ``"``,
 ``\\`` or control characters compare in their JSON-escaped form). A list-valued metadata
 field matches when any of its elements matches (``{"tags": "x"}`` finds nodes whose
 ``tags`` list contains ``"x"``). Nested dicts are stored but cannot be filtered on.
@@ -39,6 +40,14 @@ _LOGICAL = ("$and", "$or")
 # quoted string nor true/false/null, and compare as REAL; strings compare as text.
 _IS_NUMBER = "substr(value, 1, 1) != '\"' AND value NOT IN ('true', 'false', 'null')"
 _IS_STRING = "substr(value, 1, 1) = '\"'"
+# A number row's value: an INTEGER when its text is one exactly (SQLite then compares it
+# with an integer or real bound exactly), else REAL. Everything as REAL would round
+# integers past 2**53 (nanosecond timestamps: 1700000000000000001 > 1700000000000000000
+# was false).
+_NUMBER_SQL = (
+    "(CASE WHEN CAST(CAST(value AS INTEGER) AS TEXT) = value THEN CAST(value AS INTEGER) "
+    "ELSE CAST(value AS REAL) END)"
+)
 
 
 def canonical_value(value: Any) -> str:
@@ -84,8 +93,8 @@ class _Dialect:
         sub = f"SELECT vid FROM node_meta WHERE key = ? AND value IN ({marks})"
         return f"n.vid {'NOT IN' if negated else 'IN'} ({sub})", [key, *values]
 
-    def number_range(self, key: str, op: str, bound: float) -> tuple[str, list[Any]]:
-        test = f"{_IS_NUMBER} AND CAST(value AS REAL) {op} ?"
+    def number_range(self, key: str, op: str, bound: float | int) -> tuple[str, list[Any]]:
+        test = f"{_IS_NUMBER} AND {_NUMBER_SQL} {op} ?"
         return f"n.vid IN (SELECT vid FROM node_meta WHERE key = ? AND {test})", [key, bound]
 
     def string_range(self, key: str, op: str, bound: str) -> tuple[str, list[Any]]:
@@ -119,7 +128,10 @@ def _range(d: _Dialect, key: str, op: str, bound: Any) -> tuple[str, list[Any]]:
         raise ValueError(f"{op} for {key!r} needs a number or a string, got {bound!r}")
     if isinstance(bound, str):
         return d.string_range(key, _RANGES[op], bound)
-    return d.number_range(key, _RANGES[op], float(canonical_value(bound)))
+    canonical = canonical_value(bound)  # also refuses NaN/inf
+    if isinstance(bound, int) and -(2**63) <= bound < 2**63:
+        return d.number_range(key, _RANGES[op], bound)  # exact, as SQLite INTEGER
+    return d.number_range(key, _RANGES[op], float(canonical))
 
 
 def _key_condition(d: _Dialect, key: str, spec: Any) -> tuple[str, list[Any]]:
@@ -174,7 +186,7 @@ def compile_filters(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
 
     Example:
         >>> compile_filters({"page": {"$gte": 3}})[1]
-        ['page', 3.0]
+        ['page', 3]
     """
     cond, params = condition(filters, _Dialect())
     # Bracketed: callers AND it with the live-row test, and AND binds tighter than OR.

@@ -78,7 +78,7 @@ class _MilvusDialect(_Dialect):
         test = f"array_contains_any(pairs, {digests})"
         return (f"not {test}" if negated else test), []
 
-    def number_range(self, key: str, op: str, bound: float) -> tuple[str, list[Any]]:
+    def number_range(self, key: str, op: str, bound: float | int) -> tuple[str, list[Any]]:
         return f'numbers["{_key_digest(key)}"] {op} {bound!r}', []
 
     def string_range(self, key: str, op: str, bound: str) -> tuple[str, list[Any]]:

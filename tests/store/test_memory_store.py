@@ -309,3 +309,18 @@ def test_memories_whose_cosine_cannot_be_scored_exactly_are_refused(dtype):
     with pytest.raises(ValueError, match="outside the range"):
         store.update([i], memories=torch.full((1, 2, 4), 1e38))
     assert store.search(torch.ones(1, 8), k=1)[0][0].score == pytest.approx(1.0)
+
+
+def test_range_filters_compare_integers_past_2_53_exactly():
+    """Nanosecond timestamps: compared as doubles, 1700000000000000001 > 1700000000000000000
+    was false (and $lte matched all three)."""
+    store = MemoryStore(n_mem=N_MEM, hidden_size=H)
+    ts = [1700000000000000000, 1700000000000000001, 1700000000000000100]
+    store.add(clustered(3), ids=["a", "b", "c"], metadata=[{"ts": t} for t in ts])
+    assert store.ids_where({"ts": {"$gt": ts[0]}}) == ["b", "c"]
+    assert store.ids_where({"ts": {"$lte": ts[0]}}) == ["a"]
+    assert store.ids_where({"ts": {"$gte": ts[1], "$lt": ts[2]}}) == ["b"]
+    assert store.ids_where({"ts": {"$gt": 1.5}}) == ["a", "b", "c"]  # float bounds still work
+    assert store.ids_where({"ts": {"$lt": 2**70}}) == ["a", "b", "c"]  # past 64 bits: REAL
+    hits = store.search(torch.ones(1, N_MEM * H), k=3, filters={"ts": {"$gt": ts[0]}})[0]
+    assert sorted(h.id for h in hits) == ["b", "c"]

@@ -45,6 +45,8 @@ FILTERS = [
     {"tags": {"$ne": "even"}},
     {"missing": {"$ne": "x"}},  # nodes without the key match $ne
     {"name": {"$gt": "n5"}},
+    {"ts": {"$gt": 1700000000000000050}},  # integers past 2**53 compare exactly
+    {"ts": {"$lte": 1700000000000000003, "$gt": 1700000000000000000}},
     {"$or": [{"source": "s0.pdf"}, {"page": {"$gt": 5}}]},
     {"$and": [{"source": "s0.pdf"}, {"tags": "odd"}]},
     {"source": {"$in": []}},
@@ -73,6 +75,7 @@ def _metadata(n: int) -> list[dict]:
             "tags": ["even" if i % 2 == 0 else "odd"],
             "flag": i % 5 == 0,
             "name": f"n{i}",
+            "ts": 1700000000000000000 + i,
             **({'odd key "quoted"': "ü"} if i % 4 == 0 else {}),
         }
         for i in range(n)
