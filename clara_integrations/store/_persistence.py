@@ -197,10 +197,15 @@ def load_state(
         cfg = _load_config(home, m, model, fingerprint, runtime)
         try:
             return _open_version(home, m, cfg, mmap, verify)
-        except StoreCorruptError:
-            # A writer that committed meanwhile may have collected our version's files:
-            # that is a race, not damage, when the manifest has moved on.
+        except (StoreCorruptError, FileNotFoundError) as exc:
+            # A writer that committed meanwhile may have collected our version's files
+            # (between a file's size check and its opening, too): that is a race, not
+            # damage, when the manifest has moved on.
             if attempt + 1 == _LOAD_ATTEMPTS or _same_version(Manifest.read(home), m):
+                if isinstance(exc, FileNotFoundError):
+                    raise StoreCorruptError(
+                        f"store file {exc.filename} is missing", exc.filename
+                    ) from None
                 raise
             logger.debug("store at %s changed while loading; loading again", home)
     raise AssertionError("unreachable")

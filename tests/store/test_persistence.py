@@ -252,3 +252,29 @@ def test_configured_settings_are_saved_by_the_next_persist_alone(tmp_path):
         again.configure(exact_filter_rows=7)  # unchanged: nothing to save
         again.persist()
         assert again.generation == generation + 1
+
+
+def test_a_load_that_races_a_commit_between_checking_and_opening_a_file_loads_again(
+    tmp_path, monkeypatch
+):
+    """Another writer's commit may collect a file after load checked its size and before
+    it opens it: a raw FileNotFoundError used to escape instead of the documented "loads
+    the new version"."""
+    from clara_integrations.store import segments
+
+    writer = MemoryStore(n_mem=2, hidden_size=4)
+    writer.add(torch.randn(3, 2, 4), ids=list("abc"))
+    writer.persist(tmp_path / "s", show_progress=False)
+    real, fired = segments.hash_file, []
+
+    def commit_in_between(path):
+        if not fired:
+            fired.append(path)
+            writer.update(["a"], texts=["new"])
+            writer.compact(show_progress=False)  # collects the files being loaded
+        return real(path)
+
+    monkeypatch.setattr(segments, "hash_file", commit_in_between)
+    with MemoryStore.load(tmp_path / "s", verify=True) as loaded:
+        assert fired and loaded.get_nodes(["a"])[0].text == "new"
+    writer.close()
