@@ -123,7 +123,7 @@ class MemoryStore:
         self._st = state
         self._lock = RWLock()
         self._warned_keys: set[str] = set()  # filter keys named in a warning already
-        self._finalizer = weakref.finalize(self, state.res.close)
+        self._finalizer = weakref.finalize(self, _close_state, state)
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, tuple[Any, ...]]:
         """Pickle by reference to the persisted directory: the same store in this process,
@@ -255,7 +255,9 @@ class MemoryStore:
         self.close()
 
     def close(self) -> None:
-        """Release files and locks. Unpersisted changes of a never-persisted store are lost.
+        """Release files and locks. Unpersisted changes are lost: those of a never-persisted
+        store silently (it lives in memory), those of a persisted or loaded one with a
+        warning naming the directory (call `persist` first to keep them).
 
         Any later use of the store raises :class:`StoreClosedError`; closing twice is fine.
         """
@@ -775,6 +777,21 @@ class MemoryStore:
                 "generation": self._st.committed,
                 "disk_bytes": disk,
             }
+
+
+def _close_state(state: StoreState) -> None:
+    """Close a store's resources (its `close`, its finalizer when it is garbage collected
+    or the interpreter exits), saying so when changes to a store on disk are discarded:
+    the directory keeps its last persisted version, which a later load returns."""
+    if not state.res.closed and state.home is not None and (state.dirty or state.settings_changed):
+        warnings.warn(
+            f"closing the store at {state.home} discards its unpersisted changes (the "
+            f"directory keeps generation {state.committed}); call persist() before close() "
+            "to keep them",
+            UserWarning,
+            stacklevel=3,
+        )
+    state.res.close()
 
 
 def _json(text: str) -> dict[str, Any]:

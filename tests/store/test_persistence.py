@@ -278,3 +278,35 @@ def test_a_load_that_races_a_commit_between_checking_and_opening_a_file_loads_ag
     with MemoryStore.load(tmp_path / "s", verify=True) as loaded:
         assert fired and loaded.get_nodes(["a"])[0].text == "new"
     writer.close()
+
+
+def test_closing_a_store_on_disk_with_unpersisted_changes_says_they_are_discarded(tmp_path):
+    """A loaded store's changes that were never persisted vanish at close (or garbage
+    collection): that used to be silent. A never-persisted store lives in memory and
+    closes quietly, and so does a loaded store that was only read."""
+    import gc
+    import warnings
+
+    with MemoryStore(n_mem=N_MEM, hidden_size=H) as fresh:
+        fresh.add(clustered(3), ids=list("abc"))
+        fresh.persist(tmp_path / "s", show_progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning for these
+        with MemoryStore(n_mem=N_MEM, hidden_size=H) as scratch:
+            scratch.add(clustered(1))
+        with MemoryStore.load(tmp_path / "s") as read_only:
+            read_only.search(queries(1), k=2)
+    loaded = MemoryStore.load(tmp_path / "s")
+    loaded.delete(["a"])
+    with pytest.warns(UserWarning, match=r"discards its unpersisted changes .*generation 1"):
+        loaded.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded.close()  # closing twice says nothing more
+    dropped = MemoryStore.load(tmp_path / "s")
+    dropped.add(clustered(1))
+    with pytest.warns(UserWarning, match="call persist"):
+        del dropped
+        gc.collect()
+    with MemoryStore.load(tmp_path / "s") as again:
+        assert sorted(again.ids_where(None)) == ["a", "b", "c"]
