@@ -65,8 +65,30 @@ def build_empty_index(cfg: StoreConfig, n_train: int, n_rows: int | None = None)
         raise ValueError(
             f"index={spec!r} is not a valid FAISS factory string for dimension {d}: {exc}"
         ) from None
+    _check_searchable(index, spec)
     _tune_training(index, n_train)
     return index
+
+
+def _check_searchable(index: faiss.Index, spec: str) -> None:
+    """Refuse index types that FAISS cannot search with per-query parameters and an id
+    selector (every search here passes them: nprobe / efSearch, and the filter bitmap).
+    Such a string used to be accepted and fail every search once the store was large
+    enough for `persist` to build the index (20,000 rows by default)."""
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexPreTransform):  # PCA / OPQ in front: what it wraps
+        inner = faiss.downcast_index(inner.index)
+    # Not try_extract_index_ivf: it looks through a refine wrapper, which cannot.
+    searchable = isinstance(
+        inner, (faiss.IndexFlat, faiss.IndexScalarQuantizer, faiss.IndexHNSW, faiss.IndexIVF)
+    )
+    if not searchable:
+        raise ValueError(
+            f"index={spec!r} builds a FAISS {type(inner).__name__}, which cannot search with "
+            "the per-query parameters and id filters the store uses; use 'flat', 'hnsw', "
+            "'ivfpq', or a factory string of the Flat, SQ, IVF or HNSW families (PCA/OPQ in "
+            "front allowed), e.g. 'IVF256,PQ16' or 'HNSW32,SQ8'"
+        )
 
 
 def _tune_training(index: faiss.Index, n_train: int) -> None:

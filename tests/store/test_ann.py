@@ -134,3 +134,20 @@ def test_an_hnsw_index_over_fewer_nodes_than_its_width(tmp_path):
         assert len(again) == 40
         assert again.search(memories[7:8].flatten(1), k=1)[0][0].id == ids[7]
     store.close()
+
+
+@pytest.mark.parametrize("spec", ["PQ4", "LSH", "NSG8,Flat", "IVF4,Flat,RFlat", "ITQ8,LSH"])
+def test_factory_strings_that_faiss_cannot_search_with_filters_are_refused_up_front(spec):
+    """These built and trained, then failed every search (FAISS refuses per-query
+    parameters / id selectors for them) once the store reached the index threshold."""
+    with pytest.raises(ValueError, match=rf"index='{spec}' builds a FAISS Index.*Flat, SQ, IVF"):
+        MemoryStore(n_mem=N_MEM, hidden_size=H, index=spec)
+
+
+@pytest.mark.parametrize("spec", ["SQ8", "IVF4,Flat", "HNSW8,SQ8", "PCA16,Flat", "OPQ4,IVF4,PQ4"])
+def test_searchable_factory_families_build_and_filter(spec):
+    store = MemoryStore(n_mem=N_MEM, hidden_size=H, index=spec, min_index_rows=1)
+    ids = store.add(clustered(300), metadata=[{"odd": i % 2} for i in range(300)])
+    store.build_index()
+    hits = store.search(clustered(1), k=5, filters={"odd": 1})[0]
+    assert len(hits) == 5 and all(int(ids.index(h.id)) % 2 == 1 for h in hits)
