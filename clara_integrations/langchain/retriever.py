@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, field_validator
@@ -102,3 +106,23 @@ class ClaraRetriever(PipelineOwner, BaseRetriever):
         documents = [to_document(i, **{SCORE_KEY: i.score}) for i in items]
         register_documents(self.model.model_identity, documents, items)
         return documents
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filters: dict[str, Any] | None = None,
+        hybrid: bool | None = None,
+    ) -> list[Document]:
+        # LangChain's default async path takes no per-call options (ainvoke(q, k=1) was
+        # a TypeError): the sync search, in a thread, with them.
+        return await asyncio.to_thread(
+            self._get_relevant_documents,
+            query,
+            run_manager=run_manager.get_sync(),
+            k=k,
+            filters=filters,
+            hybrid=hybrid,
+        )

@@ -65,6 +65,10 @@ def test_runnable_protocol(e2e_model, doc_store, reference):
         return await asyncio.gather(*(retriever.ainvoke(q) for q in questions))
 
     assert asyncio.run(both()) == single  # concurrent calls share one model safely
+    # Per-call options work on the async path too (they were a TypeError there).
+    one = retriever.invoke(questions[0], k=1, hybrid=True)
+    assert asyncio.run(retriever.ainvoke(questions[0], k=1, hybrid=True)) == one
+    assert asyncio.run(retriever.abatch(questions[:2], k=1)) == retriever.batch(questions[:2], k=1)
 
 
 def test_bad_input(e2e_model, doc_store):
