@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle
@@ -13,9 +14,11 @@ from llama_index.core.vector_stores.types import MetadataFilters
 
 from ..modeling.assets import default_model
 from ..pipeline import ClaraPipeline
+from ..store import StoreMismatchError
 from ._context import register_nodes
 from ._filters import to_store_filters
 from ._memory import item_to_node, query_text
+from ._provenance import VECTORS
 from .vector_store import ClaraVectorStore
 
 __all__ = ["ClaraRetriever"]
@@ -130,6 +133,7 @@ class ClaraRetriever(BaseRetriever):
             self.candidate_pool,
             self._filters,
             hybrid=self.hybrid,
+            query_vector=self._bundle_vector(query_bundle),
         )
         out = [
             NodeWithScore(node=item_to_node(i, self.attach_memory), score=i.score) for i in items
@@ -137,6 +141,27 @@ class ClaraRetriever(BaseRetriever):
         # Lets ClaraLLM answer from memory behind LlamaIndex's text synthesizers.
         register_nodes(self.model.model_identity, out, [i.memory for i in items])
         return out
+
+    def _bundle_vector(self, query_bundle: QueryBundle | str) -> torch.Tensor | None:
+        """The query vector a `QueryBundle` asks for, as LlamaIndex's own vector retriever
+        reads it: its ``embedding`` if set (e.g. computed by `ClaraEmbedding`), else the
+        mean of the query reasoner's vectors of its ``custom_embedding_strs`` (what
+        ``HyDEQueryTransform`` sets), else None (the vector of ``query_str``)."""
+        if not isinstance(query_bundle, QueryBundle):
+            return None
+        if query_bundle.embedding is not None:
+            made_by, ours = VECTORS.made_by(query_bundle.embedding), self.model.model_identity
+            if made_by is not None and made_by != ours:
+                raise StoreMismatchError(
+                    f"the query bundle's embedding was made by ClaraEmbedding of model "
+                    f"{made_by}, but this retriever's model is {ours}"
+                )
+            return torch.tensor(query_bundle.embedding, dtype=torch.float32)
+        strings = query_bundle.custom_embedding_strs
+        if not strings:
+            return None
+        vectors = [self._pipeline.encode_query(text).float() for text in strings]
+        return torch.cat(vectors).mean(dim=0)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         # Torch work runs in a worker thread so the event loop stays free.

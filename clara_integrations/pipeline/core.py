@@ -372,8 +372,13 @@ class ClaraPipeline:
         filters: Mapping[str, Any] | None = None,
         *,
         hybrid: bool = False,
+        query_vector: torch.Tensor | None = None,
     ) -> list[Item]:
         """The `k` documents for `question`, best first.
+
+        `query_vector` (``n_mem * H`` values, e.g. a framework's precomputed query
+        embedding) replaces the query reasoner's vector of `question`; BM25 (``hybrid``)
+        still reads `question`.
 
         The store returns ``max(k, candidate_pool)`` candidates; when that is more than
         `k`, the reference's differentiable top-k selector (forward pass: exact top-k of
@@ -405,7 +410,7 @@ class ClaraPipeline:
         if hybrid:
             lexical = self.store_bm25()  # TypeError before any model work
             pool = max(pool, HYBRID_DEPTH * k)
-        q = self.encode_query(question)
+        q = self.encode_query(question) if query_vector is None else self._query_row(query_vector)
         items = self.search(q, pool, filters)
         if hybrid:
             memories = torch.stack([i.memory for i in items]) if items else None
@@ -414,6 +419,16 @@ class ClaraPipeline:
         if len(items) <= k:
             return items
         return self._select(q, items, torch.stack([i.memory for i in items]), k)
+
+    def _query_row(self, vector: torch.Tensor) -> torch.Tensor:
+        """A given query vector as ``(1, n_mem * H)`` in the model's dtype and device."""
+        width = self.model.n_mem * self.model.hidden_size
+        if vector.numel() != width:
+            raise ValueError(
+                f"query vector has {vector.numel()} values; this model's query vectors have "
+                f"n_mem * hidden_size = {width}"
+            )
+        return vector.reshape(1, width).to(self.model.device, self.model.dtype)
 
     def store_bm25(self) -> StoreBM25:
         """The BM25 index of this pipeline's store that hybrid retrieval uses, built once

@@ -135,3 +135,39 @@ def test_hybrid_gives_the_pipelines_fused_ranking_with_memory(e2e_model, store32
             )
     with pytest.raises(TypeError, match="revision"):
         ClaraRetriever(model=e2e_model, store=NoRevisionStore(store32), hybrid=True)
+
+
+def test_a_query_bundles_embedding_and_custom_embedding_strs_are_honoured(
+    e2e_model, store32, reference
+):
+    """As LlamaIndex's own vector retriever: a precomputed ``embedding`` is the query
+    vector, else the mean vector of ``custom_embedding_strs`` (HyDE's). Both used to be
+    ignored (query_str was always encoded)."""
+    import copy
+
+    from llama_index.core.schema import QueryBundle
+
+    from clara_integrations.llama_index import ClaraEmbedding
+
+    q0, q1 = reference["questions"][:2]
+    retriever = ClaraRetriever(model=e2e_model, store=store32, similarity_top_k=3)
+    ids = lambda nodes: [n.node.node_id for n in nodes]  # noqa: E731
+    assert ids(retriever.retrieve(q0)) != ids(retriever.retrieve(q1))  # a visible difference
+    vector = ClaraEmbedding(model=e2e_model).get_query_embedding(q0)
+    assert ids(retriever.retrieve(QueryBundle(q1, embedding=vector))) == ids(retriever.retrieve(q0))
+    assert ids(retriever.retrieve(QueryBundle(q1, custom_embedding_strs=[q0]))) == ids(
+        retriever.retrieve(q0)
+    )
+    both = retriever.retrieve(QueryBundle(q1, custom_embedding_strs=[q0, q1]))
+    mean = torch.cat([e2e_model.encode_queries([q]) for q in (q0, q1)]).float().mean(0)
+    scores = torch.nn.functional.cosine_similarity(
+        mean[None], store32.get_memories(ids(both)).flatten(1).float()
+    )
+    assert [n.score for n in both] == pytest.approx(scores.tolist(), abs=1e-5)
+    other = copy.deepcopy(e2e_model)
+    other._identity = "clara-1111111111111111"
+    foreign = ClaraEmbedding(model=other).get_query_embedding(q0)
+    with pytest.raises(StoreMismatchError, match="clara-1111111111111111"):
+        retriever.retrieve(QueryBundle(q1, embedding=foreign))
+    with pytest.raises(ValueError, match="query vector has 3 values"):
+        retriever.retrieve(QueryBundle(q1, embedding=[0.1, 0.2, 0.3]))
