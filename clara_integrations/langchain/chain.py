@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from operator import itemgetter
 from typing import Any
 
@@ -16,6 +18,8 @@ from ..pipeline import ClaraPipeline, MemoryStoreProtocol, check_question
 from .chat_model import ChatClara
 
 __all__ = ["create_clara_rag_chain"]
+
+logger = logging.getLogger(__name__)
 
 # Used only when `llm` is not ChatClara: a text LLM then reads the documents' text.
 _TEXT_PROMPT = ChatPromptTemplate.from_messages(
@@ -81,7 +85,7 @@ def create_clara_rag_chain(
         else _text_answer(llm)
     )
     chain = (
-        RunnableLambda(_question_of, name="question")
+        RunnableLambda(_QuestionOf(), name="question")
         | RunnableParallel(question=RunnablePassthrough(), documents=retriever)
         | RunnablePassthrough.assign(answer=answer)
     ).pick(["answer", "documents"])
@@ -92,17 +96,43 @@ def create_clara_rag_chain(
 QUESTION_KEYS = ("input", "question", "query")
 
 
-def _question_of(value: Any) -> str:
-    """The question of a chain input: a string, or a dict with one of `QUESTION_KEYS`."""
-    if isinstance(value, dict):
-        key = next((k for k in QUESTION_KEYS if k in value), None)
-        if key is None:
-            raise ValueError(
-                f"a dict input needs the question under one of {list(QUESTION_KEYS)}, got "
-                f"keys {sorted(value)}"
-            )
-        value = value[key]
-    return check_question(value)
+class _QuestionOf:
+    """The question of a chain input: a string, or a dict with one of `QUESTION_KEYS`.
+    The answer is built from the question and the documents only: other keys with a value
+    (a retrieval chain's ``chat_history``) are said once per chain to be left out."""
+
+    def __init__(self) -> None:
+        self._warned = False
+        self._lock = threading.Lock()
+
+    def __call__(self, value: Any) -> str:
+        if isinstance(value, dict):
+            key = next((k for k in QUESTION_KEYS if k in value), None)
+            if key is None:
+                raise ValueError(
+                    f"a dict input needs the question under one of {list(QUESTION_KEYS)}, got "
+                    f"keys {sorted(value)}"
+                )
+            unused = sorted(k for k, v in value.items() if k != key and v not in (None, "", [], {}))
+            if unused:
+                self._warn_unused(key, unused)
+            value = value[key]
+        return check_question(value)
+
+    def _warn_unused(self, key: str, unused: list[str]) -> None:
+        with self._lock:
+            if self._warned:
+                return
+            self._warned = True
+        logger.warning(
+            "create_clara_rag_chain answers the %r question alone: the input's %s %s not "
+            "used (retrieval and CLaRa's answer prompt read one question). Rewrite a "
+            "follow-up into a standalone question first, e.g. with LangChain's "
+            "create_history_aware_retriever (shown once per chain)",
+            key,
+            ", ".join(repr(k) for k in unused),
+            "is" if len(unused) == 1 else "are",
+        )
 
 
 def _memory_answer(llm: ChatClara) -> Any:

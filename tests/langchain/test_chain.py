@@ -125,3 +125,28 @@ def test_constructor_rejects_wrong_types(e2e_model, doc_store):
         create_clara_rag_chain(object(), ChatClara(model=e2e_model))
     with pytest.raises(TypeError, match="chat model"):
         create_clara_rag_chain(ClaraRetriever(model=e2e_model, store=doc_store), object())
+
+
+def test_a_chat_history_in_the_input_is_said_once_to_be_left_out(
+    e2e_model, doc_store, reference, caplog
+):
+    """LangChain's retrieval chains pass `chat_history` on; this chain answers the question
+    alone, which used to be silent."""
+    import logging
+
+    from langchain_core.messages import HumanMessage
+
+    chain = create_clara_rag_chain(
+        ClaraRetriever(model=e2e_model, store=doc_store, k=2),
+        ChatClara(model=e2e_model, max_new_tokens=2),
+    )
+    question = reference["questions"][0]
+    with caplog.at_level(logging.WARNING, logger="clara_integrations.langchain"):
+        chain.invoke({"input": question, "chat_history": []})  # empty: nothing left out
+        assert caplog.text == ""
+        history = [HumanMessage("Who built it?"), AIMessage("Gustave Eiffel's company.")]
+        out = chain.invoke({"input": question, "chat_history": history})
+        chain.invoke({"input": question, "chat_history": history})
+    assert out == chain.invoke(question)  # answered from the question alone
+    assert caplog.text.count("'chat_history' is not used") == 1
+    assert "create_history_aware_retriever" in caplog.text
