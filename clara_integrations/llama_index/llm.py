@@ -373,8 +373,9 @@ class ClaraLLM(PicklesWhole, CustomLLM):
         if matched is None:
             return self._text_fallback(
                 "the context is not made only of whole nodes that a CLaRa component returned "
-                "(another retriever's nodes, text changed by a postprocessor, or a node cut "
-                "because the context exceeded the context window)"
+                "(another retriever's nodes, text changed by a postprocessor, a node cut "
+                "because the context exceeded the context window, or two nodes whose text "
+                "reads the same but whose memories differ)"
             )
         contents = [c for c, _ in matched]
         memories = [m for _, m in matched]

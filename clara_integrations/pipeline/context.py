@@ -17,6 +17,9 @@ separated by whitespace (LlamaIndex's ``context_str``; the synthesizers join chu
 blank lines, and any other text there means the text path is used), `find` for
 contents anywhere in a prompt (LangChain's filled-in templates).
 
+Two nodes whose contents render the same but whose memories differ make that content
+ambiguous: it matches nothing (the text path, with its warning) rather than one of them.
+
 The registry is process-wide, keyed by the compressor's identity (a store knows it
 without a model), least recently used first out, bounded in entries and in bytes: it only
 has to bridge the moment between retrieval and generation.
@@ -36,6 +39,21 @@ _SPACE = re.compile(r"\s*")
 
 MAX_ITEMS = 10_000
 MAX_BYTES = 256 * 2**20
+
+#: The memory of a content registered with two different memories (two nodes whose text
+#: renders the same but whose memories differ, e.g. through metadata the embedding reads
+#: and the LLM does not): no lookup can tell which is meant, so none answers for it.
+AMBIGUOUS = torch.empty(0)
+#: Memories of one content that differ by at most this share of their largest value are
+#: the same (a stored float16 copy and a fresh float32 one of one text).
+SAME_MEMORY_RTOL = 1e-2
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a is AMBIGUOUS or a.shape != b.shape:
+        return False
+    a, b = a.float(), b.float()
+    return bool((a - b).abs().max() <= SAME_MEMORY_RTOL * a.abs().max())
 
 
 class ContextRegistry:
@@ -93,6 +111,8 @@ class ContextRegistry:
                 old = self._items.pop(key, None)
                 if old is not None:
                     self._bytes -= self._size(content, old)
+                    if not _same_memory(old, memory):
+                        memory = AMBIGUOUS
                 self._items[key] = memory
                 self._bytes += self._size(content, memory)
                 head = _TOKEN.match(content).group()
@@ -125,7 +145,7 @@ class ContextRegistry:
             out = []
             for content in contents:
                 memory = self._items.get((identity, content))
-                if memory is None:
+                if memory is None or memory is AMBIGUOUS:
                     return None
                 self._items.move_to_end((identity, content))
                 out.append(memory)
@@ -175,6 +195,8 @@ class ContextRegistry:
             for content in found:
                 self._items.move_to_end((identity, content))
                 out.append((content, self._items[(identity, content)]))
+            if any(memory is AMBIGUOUS for _, memory in out):
+                return None
             return out
 
     def find(self, identity: str, text: str) -> list[tuple[int, int, torch.Tensor]]:
@@ -195,6 +217,8 @@ class ContextRegistry:
                     continue  # inside a content already found
                 for content in sorted(heads.get(token.group(), ()), key=len, reverse=True):
                     end = start + len(content)
+                    if self._items[(identity, content)] is AMBIGUOUS:
+                        continue  # left as text: no single memory is its
                     if text.startswith(content, start) and (
                         end == len(text) or not text[end].isalnum()
                     ):

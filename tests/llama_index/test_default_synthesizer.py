@@ -321,3 +321,33 @@ def test_a_chat_engine_system_prompt_is_a_custom_template(index, e2e_model, refe
     with caplog.at_level(logging.WARNING, logger="clara_integrations.llama_index"):
         engine.chat(reference["questions"][0])
     assert caplog.text.count("custom template") == 1 and HISTORY_WARNING not in caplog.text
+
+
+def test_nodes_whose_text_reads_the_same_but_whose_memories_differ_are_read_as_text(
+    e2e_model, spy, caplog
+):
+    """Text that the LLM sees identically can carry different metadata into the memory
+    (excluded_llm_metadata_keys): looked up by content, both nodes used to get one of the
+    two memories. No single memory answers for such a content: the text path, warned."""
+    text = "The quarterly meeting takes place on Monday at ten in room four."
+    docs = [
+        Document(
+            id_=f"d{i}", text=text, metadata={"team": team}, excluded_llm_metadata_keys=["team"]
+        )
+        for i, team in enumerate(("Alsobia botany group", "Python compiler group"))
+    ]
+    index = VectorStoreIndex.from_documents(
+        docs,
+        storage_context=StorageContext.from_defaults(
+            vector_store=ClaraVectorStore(model=e2e_model, dtype=torch.float32)
+        ),
+        embed_model=ClaraEmbedding(e2e_model),
+    )
+    with caplog.at_level(logging.WARNING, logger="clara_integrations.llama_index"):
+        response = index.as_query_engine(llm=clara_llm(e2e_model), similarity_top_k=2).query(
+            "When is the meeting?"
+        )
+    memories = [n.node.embedding for n in response.source_nodes]
+    assert len(memories) == 2 and memories[0] != memories[1]
+    assert spy.memory_calls == [] and spy.text_calls == 1
+    assert TEXT_WARNING in caplog.text and "memories differ" in caplog.text

@@ -41,8 +41,8 @@ def test_registry_is_bounded_and_skips_nodes_without_memory():
         and _values(registry.match("m", "two three")) == [2, 3]
     )
     assert registry.get("m", ["one"]) is None and len(registry.get("m", ["two", "three"])) == 2
-    registry.register("m", [nodes[2]], [_memory(4)])  # replaced, not added
-    assert len(registry) == 2 and _values(registry.match("m", "three")) == [4]
+    registry.register("m", [nodes[2]], [_memory(3)])  # the same memory again: one entry
+    assert len(registry) == 2 and _values(registry.match("m", "three")) == [3]
     registry.register("m", ["four", "  "], [None, _memory(5)])
     registry.register(None, ["five"], [_memory(6)])
     assert len(registry) == 2
@@ -67,3 +67,18 @@ def test_find_locates_registered_contents_anywhere_in_a_prompt():
     assert [prompt[a:b] for a, b, _ in found] == [texts[1], texts[2]]
     assert registry.find("m", "Paris is in France.x") == []  # ends mid-word
     assert registry.find("m", "nothing here") == [] and registry.find("other", prompt) == []
+
+
+def test_one_content_with_two_different_memories_matches_nothing():
+    """Two nodes whose text renders the same but whose memories differ (metadata the
+    embedding reads and the LLM does not): the later one used to answer for both."""
+    registry = ContextRegistry()
+    registry.register("m", ["Same text.", "Other."], [_memory(1), _memory(5)])
+    registry.register("m", ["Same text."], [_memory(1) * (1 + 1e-3)])  # float16 vs float32
+    assert _values(registry.match("m", "Same text.\n\nOther.")) == [1, 5]
+    registry.register("m", ["Same text."], [_memory(2)])
+    assert registry.match("m", "Same text.\n\nOther.") is None  # the text path, warned
+    assert registry.get("m", ["Same text."]) is None
+    assert [int(m[0, 0]) for _, _, m in registry.find("m", "Q: Same text. Other.")] == [5]
+    registry.register("m", ["Same text."], [_memory(1)])  # still two memories around
+    assert registry.get("m", ["Same text."]) is None
