@@ -200,9 +200,11 @@ class ContextRegistry:
             return out
 
     def find(self, identity: str, text: str) -> list[tuple[int, int, torch.Tensor]]:
-        """Registered contents occurring anywhere in `text` and ending on a word boundary,
+        """Registered contents occurring in `text` as blocks of a filled-in template,
         left to right, the longest where several start at one place: ``(start, end,
-        memory)`` each."""
+        memory)`` each. A block ends on a word boundary and stands apart on at least one
+        side (`_stands_apart`): a retrieved document's text inside a sentence ("Is Python
+        faster than Rust", with a document "Python" retrieved earlier) is not one."""
         if not isinstance(text, str):
             return []
         found = []
@@ -219,14 +221,25 @@ class ContextRegistry:
                     end = start + len(content)
                     if self._items[(identity, content)] is AMBIGUOUS:
                         continue  # left as text: no single memory is its
-                    if text.startswith(content, start) and (
-                        end == len(text) or not text[end].isalnum()
+                    if (
+                        text.startswith(content, start)
+                        and (end == len(text) or not text[end].isalnum())
+                        and _stands_apart(text, start, end)
                     ):
                         self._items.move_to_end((identity, content))
                         found.append((start, end, self._items[(identity, content)]))
                         done = end
                         break
         return found
+
+
+def _stands_apart(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` is set apart as templates set documents apart: only
+    spaces or tabs between it and a line break or the text's edge on one side, or a
+    colon before it ("Context: ...")."""
+    before = text[:start].rstrip(" \t")
+    after = text[end:].lstrip(" \t")
+    return not before or before[-1] in "\n:" or not after or after[0] == "\n"
 
 
 REGISTRY = ContextRegistry()

@@ -248,3 +248,31 @@ def test_empty_documents_say_once_that_the_base_model_answers(e2e_model, caplog)
         llm.invoke("Who?", documents=[])
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "documents=[] (0 documents)" in said[0]
+
+
+def test_a_retrieved_text_inside_an_ordinary_sentence_is_not_taken_for_a_document(
+    e2e_model, monkeypatch
+):
+    """After any retrieval in the process, a plain call whose sentence merely contains a
+    retrieved document's text was answered from that document's memory, the text cut out
+    of the question. Only a document set apart in the prompt (a filled-in template) is."""
+    from clara_integrations.langchain import ClaraRetriever
+    from clara_integrations.pipeline import ClaraPipeline
+    from clara_integrations.store import MemoryStore
+
+    with MemoryStore.for_model(e2e_model, dtype=torch.float32) as store:
+        store.add_documents(["Python", "Mexico"], e2e_model, show_progress=False)
+        ClaraRetriever(model=e2e_model, store=store, k=2).invoke("Which language?")
+    answers = []
+    real = ClaraPipeline.prepare_answer
+
+    def spy(self, question, memories, **kwargs):
+        answers.append((question, memories.shape[0]))
+        return real(self, question, memories, **kwargs)
+
+    monkeypatch.setattr(ClaraPipeline, "prepare_answer", spy)
+    chat = ChatClara(model=e2e_model, max_new_tokens=3)
+    chat.invoke("Is Python faster than Mexico?")
+    assert answers == []  # the plain chat model
+    chat.invoke("Answer from the context.\nContext: Python\n\nMexico\nQuestion: Which one?")
+    assert answers == [("Answer from the context. Context: Question: Which one?", 2)]

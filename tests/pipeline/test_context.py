@@ -82,3 +82,14 @@ def test_one_content_with_two_different_memories_matches_nothing():
     assert [int(m[0, 0]) for _, _, m in registry.find("m", "Q: Same text. Other.")] == [5]
     registry.register("m", ["Same text."], [_memory(1)])  # still two memories around
     assert registry.get("m", ["Same text."]) is None
+
+
+def test_find_takes_only_contents_set_apart_as_template_blocks():
+    """A short retrieved text ("Python") inside an unrelated sentence used to turn a plain
+    chat call into a memory answer with the word cut out of the question."""
+    registry = ContextRegistry()
+    registry.register("m", ["Python", "Mexico"], [_memory(1), _memory(2)])
+    assert registry.find("m", "Translate: I love Python and Mexico very much.") == []
+    assert registry.find("m", "Is Python faster than Rust") == []
+    for prompt in ("Python", "Context: Python\nQuestion: x?", "Docs:\nPython  \nMexico"):
+        assert len(registry.find("m", prompt)) == prompt.count("Python") + prompt.count("Mexico")
