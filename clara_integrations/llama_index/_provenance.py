@@ -17,7 +17,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
-__all__ = ["VECTORS", "VectorProvenance"]
+from ..store import StoreMismatchError
+
+__all__ = ["VECTORS", "VectorProvenance", "refuse_foreign"]
 
 
 def _digest(vector: Sequence[float]) -> bytes:
@@ -51,3 +53,15 @@ class VectorProvenance:
 
 
 VECTORS = VectorProvenance()
+
+
+def refuse_foreign(vector: Sequence[float], identity: str | None, what: str, where: str) -> None:
+    """Raise `StoreMismatchError` if `ClaraEmbedding` of another model than `identity`
+    made `vector` (`what`: the vector, `where`: what it was given to)."""
+    made_by = VECTORS.made_by(vector)
+    if made_by is not None and identity is not None and made_by != identity:
+        raise StoreMismatchError(
+            f"{what} was embedded by ClaraEmbedding of model {made_by}, but {where} belongs "
+            f"to model {identity}: embed with that model (ClaraEmbedding(model=...)), or "
+            "rebuild the store with the new model"
+        )

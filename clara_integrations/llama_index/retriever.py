@@ -14,11 +14,10 @@ from llama_index.core.vector_stores.types import MetadataFilters
 
 from ..modeling.assets import default_model
 from ..pipeline import ClaraPipeline
-from ..store import StoreMismatchError
 from ._context import register_nodes
 from ._filters import to_store_filters
 from ._memory import item_to_node, query_text
-from ._provenance import VECTORS
+from ._provenance import refuse_foreign
 from .vector_store import ClaraVectorStore
 
 __all__ = ["ClaraRetriever"]
@@ -150,18 +149,19 @@ class ClaraRetriever(BaseRetriever):
         if not isinstance(query_bundle, QueryBundle):
             return None
         if query_bundle.embedding is not None:
-            made_by, ours = VECTORS.made_by(query_bundle.embedding), self.model.model_identity
-            if made_by is not None and made_by != ours:
-                raise StoreMismatchError(
-                    f"the query bundle's embedding was made by ClaraEmbedding of model "
-                    f"{made_by}, but this retriever's model is {ours}"
-                )
+            refuse_foreign(
+                query_bundle.embedding,
+                self.model.model_identity,
+                "the query bundle's embedding",
+                "this retriever",
+            )
             return torch.tensor(query_bundle.embedding, dtype=torch.float32)
         strings = query_bundle.custom_embedding_strs
         if not strings:
             return None
-        vectors = [self._pipeline.encode_query(text).float() for text in strings]
-        return torch.cat(vectors).mean(dim=0)
+        self._pipeline.require_query_reasoner()
+        vectors = self.model.encode_queries([query_text(t) for t in strings], show_progress=False)
+        return vectors.float().mean(dim=0)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         # Torch work runs in a worker thread so the event loop stays free.

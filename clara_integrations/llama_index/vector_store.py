@@ -20,13 +20,13 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import node_to_metadata_dict
 
 from ..pipeline import HYBRID_DEPTH, Item, StoreBM25, fuse_rankings, search_store, upsert_store
-from ..store import MemoryStore, MemoryStoreProtocol, StoreMismatchError
+from ..store import MemoryStore, MemoryStoreProtocol
 from ..store.closing import ClosesStore
 from ._context import register_nodes
 from ._filters import to_store_filters
 from ._memory import item_to_node
 from ._pickle import PicklesWhole
-from ._provenance import VECTORS
+from ._provenance import refuse_foreign
 
 __all__ = ["ClaraVectorStore"]
 
@@ -102,19 +102,6 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
         """The underlying store (usable directly by `ClaraRetriever`)."""
         return self._store
 
-    def _check_made_here(self, vector: list[float], what: str) -> None:
-        """Refuse a `ClaraEmbedding` vector of another model than the store's: it has the
-        same width, so it would be ranked (or stored) without error, only wrongly."""
-        made_by = VECTORS.made_by(vector)
-        ours = self._store.config.model_identity
-        if made_by is not None and ours is not None and made_by != ours:
-            raise StoreMismatchError(
-                f"{what} was embedded by ClaraEmbedding of model {made_by}, but this store "
-                f"holds the memory of model {ours}: embed with the store's model "
-                "(ClaraEmbedding(model=...) of the model that built it), or rebuild the "
-                "store with the new model"
-            )
-
     # ------------------------------------------------------------------ writing
     def _memories(self, nodes: list[BaseNode]) -> torch.Tensor:
         cfg = self._store.config
@@ -131,7 +118,12 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
                     "embed with ClaraEmbedding of the store's model"
                 )
         for node in nodes:
-            self._check_made_here(node.embedding, f"node {node.node_id!r}'s memory")
+            refuse_foreign(
+                node.embedding,
+                self._store.config.model_identity,
+                f"node {node.node_id!r}'s memory",
+                "this store's memory",
+            )
         flat = torch.tensor([node.embedding for node in nodes], dtype=torch.float32)
         return flat.reshape(len(nodes), cfg.n_mem, cfg.hidden_size)
 
@@ -237,7 +229,12 @@ class ClaraVectorStore(ClosesStore, PicklesWhole, BasePydanticVectorStore):
             if "ref_doc_id" in filters:
                 raise ValueError("give doc_ids or a ref_doc_id filter, not both")
             filters["ref_doc_id"] = {"$in": list(query.doc_ids)}
-        self._check_made_here(query.query_embedding, "the query vector")
+        refuse_foreign(
+            query.query_embedding,
+            self._store.config.model_identity,
+            "the query vector",
+            "this store's memory",
+        )
         q = torch.tensor(query.query_embedding, dtype=torch.float32).unsqueeze(0)
         k = query.similarity_top_k
         if query.mode == VectorStoreQueryMode.MMR:

@@ -42,8 +42,7 @@ def memories(x: Any, cfg: StoreConfig) -> torch.Tensor:
             "use dtype=torch.bfloat16 or torch.float32 for large magnitudes"
         )
     if out.numel():
-        _refuse_zero_rows(x.reshape(x.shape[0], cfg.dim), out, cfg)
-        _refuse_unscorable_norms(out)
+        _refuse_unscorable_rows(x.reshape(x.shape[0], cfg.dim), out, cfg)
     return out.contiguous()
 
 
@@ -53,9 +52,25 @@ def memories(x: Any, cfg: StoreConfig) -> torch.Tensor:
 NORM_RANGE = (1e-12, 1e37)
 
 
-def _refuse_unscorable_norms(stored: torch.Tensor) -> None:
+def _refuse_unscorable_rows(given: torch.Tensor, stored: torch.Tensor, cfg: StoreConfig) -> None:
+    """Refuse rows, as stored, whose cosine the store cannot compute exactly, naming the
+    cause: all zeros (no direction: never found; an all-zero input, or values too small
+    for the store's dtype), or a norm outside `NORM_RANGE`. One float64 norm pass."""
     norms = torch.linalg.vector_norm(stored.double(), dim=1)
     low, high = NORM_RANGE
+    zero = norms == 0
+    if zero.any():
+        i = int(zero.nonzero()[0])
+        if given[i].ne(0).any():
+            raise ValueError(
+                f"memories[{i}] becomes all zeros in {cfg.dtype} (its largest value is "
+                f"{given[i].abs().max().item():.3g}): use dtype=torch.float32 for such small "
+                "magnitudes"
+            )
+        raise ValueError(
+            f"memories[{i}] is all zeros ({int(zero.sum())} such rows): a zero memory has no "
+            "cosine with any query, so that node could never be retrieved"
+        )
     bad = (norms < low) | (norms > high)
     if bad.any():
         i = int(bad.nonzero()[0])
@@ -65,26 +80,6 @@ def _refuse_unscorable_norms(stored: torch.Tensor) -> None:
             "dropped from, or misplaced in, search results. Check the model's output; cosine "
             "ignores scale, so a rescaled row ranks the same"
         )
-
-
-def _refuse_zero_rows(given: torch.Tensor, stored: torch.Tensor, cfg: StoreConfig) -> None:
-    """A row that is all zeros as stored has no direction: it would score 0 against every
-    query and never be found. Refused, naming the cause (an all-zero input, or values
-    too small for the store's dtype)."""
-    zero = ~stored.ne(0).any(dim=1)
-    if not zero.any():
-        return
-    i = int(zero.nonzero()[0])
-    if given[i].ne(0).any():
-        raise ValueError(
-            f"memories[{i}] becomes all zeros in {cfg.dtype} (its largest value is "
-            f"{given[i].abs().max().item():.3g}): use dtype=torch.float32 for such small "
-            "magnitudes"
-        )
-    raise ValueError(
-        f"memories[{i}] is all zeros ({int(zero.sum())} such rows): a zero memory has no "
-        "cosine with any query, so that node could never be retrieved"
-    )
 
 
 def queries(x: Any, cfg: StoreConfig) -> torch.Tensor:
